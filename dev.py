@@ -1,0 +1,68 @@
+"""Set up a local virtual environment and run the main job or the tests.
+
+Usage (needs only python3):
+    python3 dev.py demo [ARGS...]   # set up, then run the main job
+    python3 dev.py test [ARGS...]   # set up, then run the whole test suite
+    python3 dev.py setup            # only set up .venv
+
+The environment lives in .venv and is reused; it is reinstalled when
+pyproject.toml changes.
+"""
+
+import hashlib
+import os
+import platform
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+VENV = ROOT / ".venv"
+STAMP = VENV / "keras-lk-installed"
+BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
+PYTHON = BIN / ("python.exe" if os.name == "nt" else "python")
+
+
+def extras():
+    # tensorflow-cpu publishes x86_64 wheels only; elsewhere the full
+    # `tensorflow` wheel is the CPU build.
+    tf = "cpu" if platform.machine().lower() in ("x86_64", "amd64") else "gpu"
+    return f"{tf},test"
+
+
+def setup():
+    wanted = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    wanted += f" {extras()}"
+    if STAMP.exists() and STAMP.read_text() == wanted and PYTHON.exists():
+        return
+    if not PYTHON.exists():
+        print(f"Creating {VENV}", flush=True)
+        venv.EnvBuilder(with_pip=True).create(VENV)
+    pip = [str(PYTHON), "-m", "pip", "install", "--disable-pip-version-check"]
+    subprocess.run(pip + ["--upgrade", "pip"], check=True)
+    subprocess.run(pip + ["-e", f"{ROOT}[{extras()}]"], check=True)
+    STAMP.write_text(wanted)
+
+
+def run(args):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    return subprocess.run([str(PYTHON)] + args, cwd=ROOT, env=env).returncode
+
+
+def main(argv):
+    if not argv or argv[0] not in ("demo", "test", "setup"):
+        print(__doc__.strip())
+        return 2
+    command, rest = argv[0], argv[1:]
+    setup()
+    if command == "demo":
+        return run([str(ROOT / "examples" / "quickstart.py")] + rest)
+    if command == "test":
+        return run(["-m", "pytest", "tests", "keras_lk", "--doctest-modules"]
+                   + rest)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,27 @@
+"""keras_lk: generalized Lk weight penalties for Keras 3, and the tools to
+watch what they do to the weights.
+
+Example:
+
+>>> import keras, keras_lk
+>>> layer = keras.layers.Dense(
+...     8, kernel_regularizer=keras_lk.LkRegularizer(k=0.5, alpha=1e-3))
+"""
+
+from keras_lk._require_tf import require_tensorflow as _require_tensorflow
+
+_require_tensorflow()
+
+from keras_lk.attach import attach, detach  # noqa: E402
+from keras_lk.penalties import lk_penalty, safe_abs_pow  # noqa: E402
+from keras_lk.regularizers import LkRegularizer  # noqa: E402
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "LkRegularizer",
+    "attach",
+    "detach",
+    "lk_penalty",
+    "safe_abs_pow",
+]

@@ -1,0 +1,101 @@
+import keras
+import numpy as np
+import pytest
+
+import keras_lk
+from keras_lk import LkRegularizer
+
+
+def nested_model():
+    encoder = keras.Sequential([keras.Input((6,)), keras.layers.Dense(5, name="enc_dense"),
+                                keras.layers.BatchNormalization(name="enc_bn")],
+                               name="encoder")
+    inputs = keras.Input((6,))
+    hidden = encoder(inputs)
+    hidden = keras.layers.Dropout(0.1)(hidden)
+    outputs = keras.layers.Dense(1, name="head")(hidden)
+    return keras.Model(inputs, outputs, name="outer")
+
+
+def test_attach_to_every_kernel_and_fit_includes_penalty():
+    model = nested_model()
+    model.compile("sgd", "mse")
+    x = np.ones((8, 6), "float32")
+    y = np.zeros((8, 1), "float32")
+    before = model.evaluate(x, y, verbose=0)
+    reg = LkRegularizer(k=1, alpha=10.0)
+    layers = keras_lk.attach(model, reg)
+    assert [layer.name for layer in layers] == ["enc_dense", "head"]
+    assert len(model.losses) == 2
+    after = model.evaluate(x, y, verbose=0)
+    assert after == pytest.approx(before + sum(float(l) for l in model.losses),
+                                  rel=1e-5)
+    history = model.fit(x, y, epochs=1, verbose=0)
+    assert history.history["loss"][0] > before
+
+
+def test_attach_by_type_name_path_and_predicate():
+    model = nested_model()
+    reg = LkRegularizer(k=0.5)
+    assert [l.name for l in keras_lk.attach(model, reg, names="head")] == ["head"]
+    assert [l.name for l in keras_lk.attach(
+        model, reg, names=["encoder/enc_dense"])] == ["enc_dense"]
+    assert [l.name for l in keras_lk.attach(
+        model, reg, predicate=lambda l: l.name.startswith("enc"))] == ["enc_dense"]
+    chosen = keras_lk.attach(model, reg, layer_types=keras.layers.Dense,
+                             predicate=lambda l: l.units == 1)
+    assert [l.name for l in chosen] == ["head"]
+
+
+def test_attached_model_saves_with_the_regularizer(tmp_path):
+    model = nested_model()
+    keras_lk.attach(model, LkRegularizer(k=3, alpha=0.2), names="head")
+    path = tmp_path / "m.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    head = loaded.get_layer("head")
+    assert isinstance(head.kernel_regularizer, LkRegularizer)
+    assert head.kernel_regularizer.k == 3.0
+    np.testing.assert_allclose([float(l) for l in loaded.losses],
+                               [float(l) for l in model.losses], rtol=1e-6)
+
+
+def test_detach_removes_what_attach_added():
+    model = nested_model()
+    keras_lk.attach(model, LkRegularizer())
+    removed = keras_lk.detach(model, names="head")
+    assert [l.name for l in removed] == ["head"]
+    assert len(model.losses) == 1
+    assert model.get_layer("head").kernel_regularizer is None
+    assert [l.name for l in keras_lk.detach(model)] == ["enc_dense"]
+    assert model.losses == []
+
+
+def test_attach_after_fit_retraces_the_train_step():
+    model = nested_model()
+    model.compile(keras.optimizers.SGD(0.0), "mse")
+    x = np.ones((8, 6), "float32")
+    y = np.zeros((8, 1), "float32")
+    plain = model.fit(x, y, epochs=1, verbose=0).history["loss"][0]
+    keras_lk.attach(model, LkRegularizer(k=2, alpha=5.0))
+    penalised = model.fit(x, y, epochs=1, verbose=0).history["loss"][0]
+    assert penalised == pytest.approx(
+        plain + sum(float(l) for l in model.losses), rel=1e-5)
+
+
+def test_attach_refuses_when_nothing_matches():
+    model = nested_model()
+    with pytest.raises(ValueError, match="No layer of model 'outer' matches"):
+        keras_lk.attach(model, LkRegularizer(), layer_types=keras.layers.Conv2D)
+    with pytest.raises(ValueError, match=r"No layer named \['nope'\]"):
+        keras_lk.attach(model, LkRegularizer(), names="nope")
+
+
+def test_attach_checks_its_arguments():
+    model = nested_model()
+    with pytest.raises(ValueError, match="Invalid value for argument `regularizer`"):
+        keras_lk.attach(model, "l2")
+    with pytest.raises(ValueError, match="Invalid value for argument `predicate`"):
+        keras_lk.attach(model, LkRegularizer(), predicate=3)
+    with pytest.raises(ValueError, match="Invalid value for argument `layer_types`"):
+        keras_lk.attach(model, LkRegularizer(), layer_types="Dense")

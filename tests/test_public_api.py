@@ -1,0 +1,13 @@
+import keras_lk
+
+
+def test_public_names_are_pinned():
+    assert sorted(keras_lk.__all__) == sorted([
+        "LkRegularizer",
+        "attach",
+        "detach",
+        "lk_penalty",
+        "safe_abs_pow",
+    ])
+    for name in keras_lk.__all__:
+        assert getattr(keras_lk, name).__doc__, name
