@@ -13,12 +13,18 @@ from keras_lk._require_tf import require_tensorflow as _require_tensorflow
 _require_tensorflow()
 
 from keras_lk.attach import attach, detach  # noqa: E402
+from keras_lk.callbacks import (  # noqa: E402
+    AbsWeightHistograms, LkMonitor, RegularizationShare, ZeroCounts)
 from keras_lk.penalties import lk_penalty, safe_abs_pow  # noqa: E402
 from keras_lk.regularizers import LkRegularizer  # noqa: E402
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AbsWeightHistograms",
+    "LkMonitor",
+    "RegularizationShare",
+    "ZeroCounts",
     "LkRegularizer",
     "attach",
     "detach",

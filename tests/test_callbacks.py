@@ -1,0 +1,410 @@
+import os
+
+import keras
+import numpy as np
+import pytest
+
+import keras_lk
+from keras_lk import LkRegularizer
+from events import read, tags
+
+ALPHA = 0.1
+
+
+def data(n=64, features=4, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, features)).astype("float32")
+    y = rng.standard_normal((n, 1)).astype("float32")
+    return x, y
+
+
+def two_layer_model(lr=0.0):
+    model = keras.Sequential([
+        keras.Input((4,)),
+        keras.layers.Dense(3, name="first",
+                           kernel_regularizer=LkRegularizer(k=1, alpha=ALPHA)),
+        keras.layers.Dense(1, name="second",
+                           kernel_regularizer=keras.regularizers.L2(ALPHA)),
+    ])
+    model.compile(keras.optimizers.SGD(lr), "mse")
+    return model
+
+
+def by_hand_penalties(model):
+    first = ALPHA * np.mean(np.abs(model.get_layer("first").kernel.numpy()))
+    second = ALPHA * np.sum(np.square(model.get_layer("second").kernel.numpy()))
+    return first, second
+
+
+def test_lk_monitor_writes_exact_tags_and_steps(tmp_path):
+    x, y = data()
+    model = two_layer_model()
+    model.fit(x, y, epochs=2, batch_size=16, validation_split=0.25, verbose=0,
+              callbacks=[keras_lk.LkMonitor(tmp_path)])
+    events = read(tmp_path)
+    layers = ("first", "second", "(all layers)")
+    expected_train = (
+        {f"{q}/{l}" for q in ("zero_fraction", "zero_count",
+                              "exact_zero_fraction", "exact_zero_count")
+         for l in layers}
+        | {f"{q}/{l}/kernel" for q in ("abs_weights", "log10_abs_weights")
+           for l in ("first", "second")}
+        | {"reg_loss/first", "reg_loss/second", "reg_loss/total",
+           "reg_share/first", "reg_share/second", "reg_share/total",
+           "data_loss"})
+    assert tags(events, "train") == expected_train
+    assert tags(events, "validation") == {
+        "reg_loss/first", "reg_loss/second", "reg_loss/total",
+        "reg_share/first", "reg_share/second", "reg_share/total",
+        "data_loss"}
+    for tag in expected_train:
+        assert set(events[("train", tag)]) == {0, 1}, tag
+
+
+def test_share_with_zero_learning_rate_equals_hand_computation(tmp_path):
+    x, y = data()
+    model = two_layer_model(lr=0.0)
+    history = model.fit(x, y, epochs=2, batch_size=16, validation_split=0.25,
+                        verbose=0, callbacks=[keras_lk.LkMonitor(tmp_path)])
+    first, second = by_hand_penalties(model)
+    penalty = first + second
+    x_train, y_train = x[:48], y[:48]
+    x_val, y_val = x[48:], y[48:]
+    data_loss = np.mean((model.predict(x_train, verbose=0) - y_train) ** 2)
+    val_data_loss = np.mean((model.predict(x_val, verbose=0) - y_val) ** 2)
+    for epoch in range(2):
+        assert history.history["reg_loss"][epoch] == pytest.approx(penalty,
+                                                                   rel=1e-5)
+        assert history.history["reg_share"][epoch] == pytest.approx(
+            penalty / (data_loss + penalty), rel=1e-5)
+        assert history.history["val_reg_share"][epoch] == pytest.approx(
+            penalty / (val_data_loss + penalty), rel=1e-5)
+        assert history.history["val_reg_loss"][epoch] == pytest.approx(
+            penalty, rel=1e-5)
+    events = read(tmp_path)
+    assert events[("train", "reg_loss/first")][1] == pytest.approx(first, rel=1e-5)
+    assert events[("train", "reg_share/second")][1] == pytest.approx(
+        second / (data_loss + penalty), rel=1e-5)
+    assert events[("train", "data_loss")][0] == pytest.approx(data_loss, rel=1e-4)
+    assert events[("validation", "reg_share/total")][0] == pytest.approx(
+        penalty / (val_data_loss + penalty), rel=1e-5)
+
+
+class PenaltyTrace(keras.callbacks.Callback):
+    """Records, before each step, the penalty the step will add to its loss."""
+
+    def __init__(self):
+        super().__init__()
+        self.penalties = []
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.penalties.append(sum(float(l) for l in self.model.losses))
+
+
+def test_epoch_share_is_mean_penalty_over_mean_loss_while_training(tmp_path):
+    x, y = data()
+    model = two_layer_model(lr=0.05)
+    trace = PenaltyTrace()
+    history = model.fit(x, y, epochs=2, batch_size=16, verbose=0,
+                        callbacks=[trace, keras_lk.RegularizationShare(tmp_path)])
+    for epoch in range(2):
+        steps = trace.penalties[epoch * 4:(epoch + 1) * 4]
+        assert history.history["reg_loss"][epoch] == pytest.approx(
+            np.mean(steps), rel=1e-5)
+        assert history.history["reg_share"][epoch] == pytest.approx(
+            np.mean(steps) / history.history["loss"][epoch], rel=1e-5)
+
+
+class BatchLosses(keras.callbacks.Callback):
+    """Keeps Keras's batch-level (running mean) losses."""
+
+    def __init__(self):
+        super().__init__()
+        self.running = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.running.append(float(logs["loss"]))
+
+
+def test_batch_windows_undo_the_running_mean(tmp_path):
+    x, y = data()
+    model = two_layer_model(lr=0.05)
+    trace = PenaltyTrace()
+    losses = BatchLosses()
+    window = 2
+    monitor = keras_lk.LkMonitor(tmp_path, update_freq=window)
+    model.fit(x, y, epochs=2, batch_size=16, verbose=0,
+              callbacks=[trace, monitor, losses])
+    per_step = []
+    for epoch in range(2):
+        running = losses.running[epoch * 4:(epoch + 1) * 4]
+        sums = np.array(running) * np.arange(1, 5)
+        per_step.extend(np.diff(np.concatenate([[0.0], sums])))
+    events = read(tmp_path)
+    shares = events[("train", "reg_share/total")]
+    assert sorted(shares) == [2, 4, 6, 8]  # optimizer iterations
+    for step, share in shares.items():
+        steps = slice(step - window, step)
+        expected = np.mean(trace.penalties[steps]) / np.mean(per_step[steps])
+        assert share == pytest.approx(expected, rel=1e-4), step
+
+
+def test_logs_keys_reach_history_and_csv_logger(tmp_path):
+    x, y = data()
+    model = two_layer_model()
+    csv_path = tmp_path / "log.csv"
+    history = model.fit(
+        x, y, epochs=1, validation_split=0.25, verbose=0,
+        callbacks=[keras_lk.LkMonitor(tmp_path / "tb"),
+                   keras.callbacks.CSVLogger(str(csv_path))])
+    assert {"reg_loss", "reg_share", "zero_frac", "val_reg_loss",
+            "val_reg_share"} <= set(history.history)
+    header = csv_path.read_text().splitlines()[0].split(",")
+    assert {"reg_loss", "reg_share", "zero_frac", "val_reg_share"} <= set(header)
+
+
+def test_zero_counts_exact_and_near_and_relative(tmp_path):
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(
+        3, name="d", use_bias=False)])
+    model.get_layer("d").kernel.assign(
+        np.array([[0.0, 1e-4, 0.5], [0.0, -2.0, 0.002]], "float32"))
+    model.compile(keras.optimizers.SGD(0.0), "mse")
+    fit = dict(x=np.zeros((4, 2)), y=np.zeros((4, 3)), verbose=0)
+    history = model.fit(**fit, callbacks=[keras_lk.ZeroCounts(tmp_path / "a")])
+    assert history.history["zero_frac"] == [pytest.approx(3 / 6)]
+    events = read(tmp_path / "a")
+    assert events[("train", "exact_zero_count/d")] == {0: 2.0}
+    assert events[("train", "zero_count/d")] == {0: 3.0}
+    assert events[("train", "exact_zero_fraction/(all layers)")] == {
+        0: pytest.approx(2 / 6)}
+    history = model.fit(**fit, callbacks=[keras_lk.ZeroCounts(
+        tmp_path / "b", tol=1e-2, relative_tol=True)])  # |w| <= 0.02
+    assert history.history["zero_frac"] == [pytest.approx(4 / 6)]
+
+
+def test_histograms_are_exact_counts_adding_up(tmp_path):
+    model = keras.Sequential([keras.Input((50,)), keras.layers.Dense(
+        40, name="d")])
+    kernel = np.random.default_rng(0).standard_normal((50, 40)).astype("float32")
+    kernel[:10] = 0.0
+    model.get_layer("d").kernel.assign(kernel)
+    model.compile(keras.optimizers.SGD(0.0), "mse")
+    model.fit(np.zeros((4, 50)), np.zeros((4, 40)), verbose=0,
+              callbacks=[keras_lk.AbsWeightHistograms(tmp_path, buckets=20)])
+    events = read(tmp_path)
+    assert tags(events, "train") == {"abs_weights/d/kernel",
+                                     "log10_abs_weights/d/kernel"}
+    linear = events[("train", "abs_weights/d/kernel")][0]
+    assert linear.shape == (20, 3)
+    assert linear[:, 2].sum() == 2000
+    np.testing.assert_array_equal(linear[:, 2], np.round(linear[:, 2]))
+    edges = np.linspace(0, np.abs(kernel).max(), 21)
+    expected, _ = np.histogram(np.abs(kernel), bins=edges)
+    np.testing.assert_array_equal(linear[:, 2], expected)
+    logs = events[("train", "log10_abs_weights/d/kernel")][0]
+    assert logs.shape == (21, 3)
+    assert logs[0, 2] == 400  # the exact zeros' own bucket
+    assert logs[0, 1] == logs[1, 0]  # which sits just below the decades
+    assert logs[:, 2].sum() == 2000
+    nonzero = np.log10(np.abs(kernel[kernel != 0]))
+    expected, _ = np.histogram(nonzero, bins=np.linspace(logs[1, 0],
+                                                         logs[-1, 1], 21))
+    np.testing.assert_array_equal(logs[1:, 2], expected)
+
+
+def test_nan_and_inf_weights_are_counted_not_fatal(tmp_path):
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(
+        2, name="d", use_bias=False)])
+    model.get_layer("d").kernel.assign(
+        np.array([[np.nan, np.inf], [1.0, 0.0]], "float32"))
+    monitor = keras_lk.LkMonitor(tmp_path)
+    monitor.set_model(model)
+    monitor.on_train_begin()
+    monitor.on_epoch_begin(0)
+    logs = {}
+    monitor.on_epoch_end(0, logs)
+    monitor.on_train_end()
+    assert logs["zero_frac"] == 0.25
+    events = read(tmp_path)
+    assert events[("train", "nonfinite_count/d")] == {0: 2.0}
+    assert events[("train", "exact_zero_count/d")] == {0: 1.0}
+    assert events[("train", "abs_weights/d/kernel")][0][:, 2].sum() == 2
+    assert events[("train", "log10_abs_weights/d/kernel")][0][:, 2].sum() == 2
+
+
+def nested_model():
+    shared = keras.layers.Dense(4, name="shared")
+    encoder = keras.Sequential([keras.Input((4,)), keras.layers.Dense(
+        4, name="enc", kernel_regularizer=LkRegularizer(k=0.5, alpha=0.1))],
+        name="encoder")
+    inputs = keras.Input((4,))
+    hidden = shared(encoder(inputs))
+    hidden = shared(hidden)  # a shared layer, counted once
+    frozen = keras.layers.Dense(2, name="frozen")
+    frozen.trainable = False
+    outputs = keras.layers.Dense(1, name="head")(
+        keras.layers.Dropout(0.1)(frozen(hidden)))
+    model = keras.Model(inputs, outputs)
+    model.compile(keras.optimizers.SGD(0.01), "mse")
+    return model
+
+
+def test_nested_shared_and_frozen_layers(tmp_path):
+    x, y = data()
+    model = nested_model()
+    model.fit(x, y, epochs=1, verbose=0, callbacks=[keras_lk.LkMonitor(tmp_path)])
+    train = tags(read(tmp_path), "train")
+    assert {t for t in train if t.startswith("zero_count/")} == {
+        "zero_count/encoder/enc", "zero_count/shared", "zero_count/frozen",
+        "zero_count/head", "zero_count/(all layers)"}
+    assert {t for t in train if t.startswith("reg_loss/")} == {
+        "reg_loss/encoder/enc", "reg_loss/total"}
+    assert read(tmp_path)[("train", "exact_zero_count/(all layers)")][0] == 0.0
+
+
+class Subclassed(keras.Model):
+    def __init__(self):
+        super().__init__()
+        self.hidden = keras.layers.Dense(
+            3, kernel_regularizer=LkRegularizer(k=1.5, alpha=0.1))
+        self.out = keras.layers.Dense(1)
+
+    def call(self, x):
+        return self.out(self.hidden(x))
+
+
+def test_subclassed_model(tmp_path):
+    x, y = data()
+    model = Subclassed()
+    model.compile(keras.optimizers.SGD(0.01), "mse")
+    history = model.fit(x, y, epochs=1, verbose=0,
+                        callbacks=[keras_lk.LkMonitor(tmp_path)])
+    assert history.history["reg_loss"][0] > 0
+    train = tags(read(tmp_path), "train")
+    assert {"abs_weights/dense/kernel", "abs_weights/dense_1/kernel"} <= train
+
+
+def test_two_fits_and_initial_epoch_continue_the_step_axis(tmp_path):
+    x, y = data()
+    model = two_layer_model(lr=0.01)
+    monitor = keras_lk.LkMonitor(tmp_path)
+    model.fit(x, y, epochs=2, verbose=0, callbacks=[monitor])
+    history = model.fit(x, y, epochs=4, initial_epoch=2, verbose=0,
+                        callbacks=[monitor])
+    assert len(history.history["reg_share"]) == 2
+    events = read(tmp_path)
+    assert set(events[("train", "reg_share/total")]) == {0, 1, 2, 3}
+    assert set(events[("train", "abs_weights/first/kernel")]) == {0, 1, 2, 3}
+
+
+def test_a_fresh_callback_on_a_trained_model_still_sees_penalties(tmp_path):
+    x, y = data()
+    model = two_layer_model(lr=0.0)
+    model.fit(x, y, epochs=1, verbose=0)
+    model.evaluate(x, y, verbose=0)
+    history = model.fit(x, y, epochs=1, validation_data=(x, y), verbose=0,
+                        callbacks=[keras_lk.RegularizationShare(tmp_path)])
+    penalty = sum(by_hand_penalties(model))
+    assert history.history["reg_loss"][0] == pytest.approx(penalty, rel=1e-5)
+    assert history.history["val_reg_loss"][0] == pytest.approx(penalty, rel=1e-5)
+
+
+def test_batch_frequency_writes_at_optimizer_iterations(tmp_path):
+    x, y = data()
+    model = two_layer_model(lr=0.01)
+    model.fit(x, y, epochs=2, batch_size=16, verbose=0,
+              callbacks=[keras_lk.ZeroCounts(tmp_path, update_freq=3)])
+    events = read(tmp_path)
+    assert set(events[("train", "zero_fraction/first")]) == {3, 6}
+
+
+class FailAt(keras.callbacks.Callback):
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == 1:
+            raise RuntimeError("boom")
+
+
+def test_events_are_on_disk_when_fit_raises(tmp_path):
+    x, y = data()
+    model = two_layer_model(lr=0.01)
+    with pytest.raises(RuntimeError, match="boom"):
+        model.fit(x, y, epochs=3, verbose=0,
+                  callbacks=[keras_lk.LkMonitor(tmp_path), FailAt()])
+    events = read(tmp_path)
+    assert set(events[("train", "reg_share/total")]) == {0, 1}
+
+
+def test_coexists_with_keras_tensorboard_on_one_log_dir(tmp_path):
+    x, y = data()
+    model = two_layer_model(lr=0.01)
+    model.fit(x, y, epochs=2, validation_split=0.25, verbose=0, callbacks=[
+        keras_lk.LkMonitor(tmp_path),
+        keras.callbacks.TensorBoard(str(tmp_path), histogram_freq=1)])
+    events = read(tmp_path)
+    for run in ("train", "validation"):
+        assert {"epoch_loss", "epoch_reg_share", "reg_share/total"} <= tags(
+            events, run)
+        assert set(events[(run, "epoch_loss")]) == set(
+            events[(run, "reg_share/total")]) == {0, 1}
+
+
+def test_no_event_file_without_writing(tmp_path):
+    monitor = keras_lk.LkMonitor(tmp_path / "never")
+    assert not (tmp_path / "never").exists()
+    del monitor
+
+
+@pytest.mark.parametrize("cls", [keras_lk.LkMonitor, keras_lk.ZeroCounts,
+                                 keras_lk.AbsWeightHistograms,
+                                 keras_lk.RegularizationShare])
+@pytest.mark.parametrize("update_freq", [0, -3, "batch", 1.5, True])
+def test_bad_update_freq(cls, update_freq, tmp_path):
+    with pytest.raises(ValueError, match="Invalid value for argument "
+                       "`update_freq`. Expected \"epoch\" or an integer >= 1"):
+        cls(tmp_path, update_freq=update_freq)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"tol": -1e-3}, "Invalid value for argument `tol`. Expected a finite "
+                     "number >= 0. Received: tol=-0.001"),
+    ({"tol": float("nan")}, "Received: tol=nan"),
+    ({"relative_tol": "yes"}, "Received: relative_tol='yes'"),
+    ({"weights": "biases"}, "Expected one of 'kernels', 'all'. "
+                            "Received: weights='biases'"),
+    ({"buckets": 0}, "Received: buckets=0"),
+])
+def test_bad_weight_options(kwargs, message, tmp_path):
+    with pytest.raises(ValueError) as info:
+        keras_lk.LkMonitor(tmp_path, **kwargs)
+    assert message in str(info.value)
+
+
+def test_bad_log_dir_type():
+    with pytest.raises(ValueError, match="Received: log_dir=None"):
+        keras_lk.LkMonitor(None)
+
+
+def test_unwritable_log_dir_is_an_os_error_at_train_start(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    x, y = data()
+    model = two_layer_model()
+    with pytest.raises(OSError, match="Cannot write TensorBoard logs to "
+                       "log_dir="):
+        model.fit(x, y, verbose=0,
+                  callbacks=[keras_lk.LkMonitor(blocker / "logs")])
+
+
+def test_all_weights_option_includes_biases(tmp_path):
+    x, y = data()
+    model = two_layer_model()
+    model.fit(x, y, verbose=0,
+              callbacks=[keras_lk.AbsWeightHistograms(tmp_path, weights="all")])
+    assert "abs_weights/first/bias" in tags(read(tmp_path), "train")
+
+
+def test_importable_from_callbacks_module():
+    from keras_lk import callbacks
+    assert set(callbacks.__all__) == {"AbsWeightHistograms", "LkMonitor",
+                                      "RegularizationShare", "ZeroCounts"}
+    assert callbacks.LkMonitor is keras_lk.LkMonitor
