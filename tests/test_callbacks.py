@@ -408,3 +408,14 @@ def test_importable_from_callbacks_module():
     assert set(callbacks.__all__) == {"AbsWeightHistograms", "LkMonitor",
                                       "RegularizationShare", "ZeroCounts"}
     assert callbacks.LkMonitor is keras_lk.LkMonitor
+
+
+def test_a_non_chief_worker_logs_but_writes_nothing(tmp_path, monkeypatch):
+    from keras_lk import callbacks
+    monkeypatch.setattr(callbacks, "_is_chief", lambda model: False)
+    x, y = data()
+    model = two_layer_model()
+    history = model.fit(x, y, epochs=1, verbose=0,
+                        callbacks=[keras_lk.LkMonitor(tmp_path / "logs")])
+    assert "reg_share" in history.history
+    assert not any(files for _, _, files in os.walk(tmp_path / "logs"))

@@ -1,0 +1,160 @@
+"""Cost of LkMonitor: fit wall time, and one statistics pass at scale.
+
+Run: `.venv/bin/python benchmarks/bench_monitor.py [--rounds R]`
+
+1. Fit wall time on the regularizer benchmark's MLP (LkRegularizer k=1 on
+   every kernel), side by side, alternated: no monitor; LkMonitor at
+   update_freq="epoch" and at 10; keras.callbacks.TensorBoard(
+   histogram_freq=1). Targets: <= 1.03x no-monitor at "epoch", <= 1.15x at
+   10.
+2. One statistics pass (`weight_statistics`: both histograms and all
+   counts, compiled as the callbacks run it) over 1e6, 1e7 and 5e7 weights,
+   against one plain NumPy reduction over the same array
+   (`np.abs(w).max()`), and TensorBoard's own histogram op
+   (`tf.summary.histogram`) where it fits in memory. Each is run in a fresh
+   process so that its peak memory (max RSS) above the weights is its own.
+   Target: the pass <= 3x the NumPy reduction.
+"""
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import common
+
+SIZES = (10**6, 10**7, 5 * 10**7)
+TB_HISTOGRAM_MAX_SIZE = 10**7  # its N x 30 float64 one-hot: 2.4 GB at 1e7
+
+
+def max_rss_mb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def child(kind, size, repeats):
+    """Times `kind` over `size` weights; prints JSON."""
+    import numpy as np
+    import tensorflow as tf
+
+    from keras_lk.stats import weight_statistics
+
+    weights = np.random.default_rng(0).standard_normal(size).astype("float32")
+    variable = tf.Variable(weights)
+    if kind == "numpy":
+        def run():
+            return np.abs(weights).max()
+    elif kind == "keras_lk":
+        @tf.function(autograph=False)
+        def statistics_pass():
+            return weight_statistics(variable, 1e-3)
+
+        def run():
+            return [t.numpy() for t in statistics_pass().values()]
+    else:
+        writer = tf.summary.create_file_writer(tempfile.mkdtemp())
+
+        @tf.function(autograph=False)
+        def histogram():
+            with writer.as_default():
+                return tf.summary.histogram("w", variable, step=0)
+
+        def run():
+            return histogram()
+    base = max_rss_mb()
+    run()  # trace and warm up; its peak counts too
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    print(json.dumps({"seconds": statistics.median(times),
+                      "peak_mb": max(0.0, max_rss_mb() - base),
+                      "weights_mb": weights.nbytes / 2**20}))
+
+
+def measure(kind, size, repeats):
+    result = subprocess.run(
+        [sys.executable, __file__, "--child", kind, str(size), str(repeats)],
+        capture_output=True, text=True, check=True,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def statistics_pass_table(repeats):
+    print("\nOne statistics pass (median of repeats; peak = max RSS "
+          "above the process with its weights)")
+    print(f"{'weights':>10} {'what':<22}{'ms':>10}{'vs numpy':>10}"
+          f"{'extra MB':>10}{'weights MB':>12}")
+    for size in SIZES:
+        numpy = measure("numpy", size, repeats)
+        rows = [("numpy abs().max()", numpy),
+                ("keras_lk statistics", measure("keras_lk", size, repeats))]
+        if size <= TB_HISTOGRAM_MAX_SIZE:
+            rows.append(("tf.summary.histogram", measure("tensorboard", size,
+                                                         repeats)))
+        for name, row in rows:
+            ratio = row["seconds"] / numpy["seconds"]
+            print(f"{size:>10.0e} {name:<22}{row['seconds'] * 1e3:>10.1f}"
+                  f"{ratio:>9.2f}x{row['peak_mb']:>10.0f}"
+                  f"{row['weights_mb']:>12.0f}")
+
+
+def fit_table(rounds, epochs, steps):
+    import keras
+
+    import keras_lk
+
+    x, y = common.make_data(steps)
+    log_root = tempfile.mkdtemp()
+    reg = keras_lk.LkRegularizer(k=1.0, alpha=1e-4)
+    variants = {
+        "no monitor": [],
+        "LkMonitor epoch": [keras_lk.LkMonitor(f"{log_root}/epoch")],
+        "LkMonitor every 10": [keras_lk.LkMonitor(f"{log_root}/ten",
+                                                  update_freq=10)],
+        "keras TensorBoard hist=1": [keras.callbacks.TensorBoard(
+            f"{log_root}/keras", histogram_freq=1)],
+    }
+    runs = {name: (common.make_mlp(reg), callbacks)
+            for name, callbacks in variants.items()}
+    for model, callbacks in runs.values():  # trace; not timed
+        model.fit(x, y, batch_size=common.BATCH, epochs=1, verbose=0,
+                  callbacks=callbacks)
+
+    def run_once(run):
+        model, callbacks = run
+        start = time.perf_counter()
+        model.fit(x, y, batch_size=common.BATCH, epochs=epochs, verbose=0,
+                  callbacks=callbacks)
+        return [time.perf_counter() - start]
+
+    samples = common.alternate(runs, run_once, rounds)
+    print(f"fit wall time: {epochs} epochs x {steps} steps, batch "
+          f"{common.BATCH}, {rounds} rounds alternated")
+    common.report(samples, "no monitor", {"LkMonitor epoch": 1.03,
+                                          "LkMonitor every 10": 1.15})
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        kind, size, repeats = args.child
+        child(kind, int(size), int(repeats))
+        return
+    fit_table(args.rounds, args.epochs, args.steps)
+    statistics_pass_table(args.repeats)
+
+
+if __name__ == "__main__":
+    main()
