@@ -3,6 +3,10 @@ import keras_lk
 
 def test_public_names_are_pinned():
     assert sorted(keras_lk.__all__) == sorted([
+        "AbsWeightHistograms",
+        "LkMonitor",
+        "RegularizationShare",
+        "ZeroCounts",
         "LkRegularizer",
         "attach",
         "detach",
