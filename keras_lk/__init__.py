@@ -16,6 +16,7 @@ from keras_lk.attach import attach, detach  # noqa: E402
 from keras_lk.callbacks import (  # noqa: E402
     AbsWeightHistograms, LkMonitor, RegularizationShare, ZeroCounts)
 from keras_lk.penalties import lk_penalty, safe_abs_pow  # noqa: E402
+from keras_lk.optimizers import ProximalOptimizer  # noqa: E402
 from keras_lk.proximal import prox  # noqa: E402
 from keras_lk.regularizers import LkRegularizer  # noqa: E402
 
@@ -27,6 +28,7 @@ __all__ = [
     "RegularizationShare",
     "ZeroCounts",
     "LkRegularizer",
+    "ProximalOptimizer",
     "attach",
     "detach",
     "lk_penalty",

@@ -1,13 +1,48 @@
 """`LkRegularizer`: the Keras glue around `penalties.lk_penalty`."""
 
 import math
+import threading
+import weakref
 
 import keras
+from keras import ops
 
 from keras_lk import _validation
 from keras_lk.penalties import lk_penalty
 
 REDUCTIONS = ("mean", "sum")
+
+# Weights whose proximal step a built ProximalOptimizer takes: id -> weakref.
+_PROXIMAL_HANDLED = {}
+# A ProximalOptimizer announces itself in each train step before the
+# gradients are taken (in `scale_loss`), so that on the very first step,
+# before it is built, its weights' gradients know that it will follow.
+_STEP = threading.local()
+
+
+def mark_proximal_handled(variable):
+    """Records that an optimizer applies `variable`'s proximal step."""
+    _PROXIMAL_HANDLED[id(variable)] = weakref.ref(variable)
+
+
+def set_proximal_step(optimizer):
+    """Marks (or, with None, unmarks) a proximal optimizer's step."""
+    _STEP.optimizer = optimizer
+
+
+def is_proximal_handled(variable):
+    ref = _PROXIMAL_HANDLED.get(id(variable))
+    if ref is not None and ref() is variable:
+        return True
+    return getattr(_STEP, "optimizer", None) is not None
+
+
+def unwrap(regularizer):
+    """The regularizer itself, under any wrapper keras_lk's callbacks add."""
+    while regularizer is not None and not isinstance(
+            regularizer, LkRegularizer) and hasattr(regularizer, "regularizer"):
+        regularizer = regularizer.regularizer
+    return regularizer
 
 
 @keras.saving.register_keras_serializable(package="keras_lk")
@@ -29,6 +64,14 @@ class LkRegularizer(keras.regularizers.Regularizer):
     pruned kernels never turn into NaN. Half-precision weights are penalised
     in float32 and the penalty is returned in `keras.config.floatx()`.
 
+    With `proximal=True` the penalty is applied as a proximal step by
+    `keras_lk.ProximalOptimizer` after each optimizer step, which sets
+    weights exactly to zero for k <= 1 (plain gradient descent only makes
+    them oscillate around zero). Its value still enters the loss, so the
+    reported loss and `RegularizationShare` stay truthful, but its gradient
+    is 0: it is not applied twice. Training a proximal weight with any
+    other optimizer raises a ValueError at the first step's gradient.
+
     Args:
         k: The exponent, a real number `> 0` or `float("inf")`. Defaults to
             `2.0`.
@@ -36,6 +79,8 @@ class LkRegularizer(keras.regularizers.Regularizer):
             `0.01`.
         reduction: `"mean"` or `"sum"` over the weight's elements. Defaults
             to `"mean"`.
+        proximal: Whether `ProximalOptimizer` applies the penalty as a
+            proximal step instead of a gradient. Defaults to False.
 
     Example:
 
@@ -47,7 +92,7 @@ class LkRegularizer(keras.regularizers.Regularizer):
     0.9
     """
 
-    def __init__(self, k=2.0, alpha=0.01, reduction="mean"):
+    def __init__(self, k=2.0, alpha=0.01, reduction="mean", proximal=False):
         self.k = _validation.check_real(
             "k", k, minimum=0.0, strict=True, allow_inf=True,
             expected='a number > 0 or float("inf")')
@@ -55,14 +100,58 @@ class LkRegularizer(keras.regularizers.Regularizer):
             "alpha", alpha, minimum=0.0, expected="a finite number >= 0")
         self.reduction = _validation.check_choice(
             "reduction", reduction, REDUCTIONS)
+        if not isinstance(proximal, bool):
+            raise _validation.invalid("proximal", "True or False", proximal)
+        self.proximal = proximal
 
     def __call__(self, x):
-        return lk_penalty(x, self.k, self.alpha, self.reduction)
+        if not self.proximal:
+            return lk_penalty(x, self.k, self.alpha, self.reduction)
+        return self._proximal_penalty(x)
+
+    def _proximal_penalty(self, x):
+        variable = x if isinstance(x, keras.Variable) else None
+        name = getattr(variable, "path", None)
+
+        def check():
+            if variable is not None and not is_proximal_handled(variable):
+                raise ValueError(
+                    f"{self!r} on weight {name!r} is applied as a proximal "
+                    "step, and no keras_lk.ProximalOptimizer applies it: "
+                    "without one the weight would train unregularized. "
+                    "Compile with optimizer=keras_lk.ProximalOptimizer("
+                    "your_optimizer), or use proximal=False.")
+
+        @ops.custom_gradient
+        def penalty(x):
+            def grad(*args, upstream=None):
+                check()
+                # The proximal step applies the penalty: no gradient.
+                if keras.backend.backend() == "tensorflow":
+                    return None
+                return ops.zeros_like(x)
+
+            return lk_penalty(x, self.k, self.alpha, self.reduction), grad
+
+        return penalty(ops.copy(ops.convert_to_tensor(x)))
+
+    def proximal_strength(self, learning_rate, size):
+        """The `t` of the proximal step: `lr * alpha / n` (mean) or `lr * alpha`.
+
+        Args:
+            learning_rate: The step's learning rate, a float or tensor.
+            size: The number of elements of the weight.
+        """
+        if self.reduction == "mean" and not math.isinf(self.k):
+            return learning_rate * (self.alpha / max(size, 1))
+        return learning_rate * self.alpha
 
     def get_config(self):
-        return {"k": self.k, "alpha": self.alpha, "reduction": self.reduction}
+        return {"k": self.k, "alpha": self.alpha, "reduction": self.reduction,
+                "proximal": self.proximal}
 
     def __repr__(self):
         k = 'float("inf")' if math.isinf(self.k) else repr(self.k)
+        proximal = ", proximal=True" if self.proximal else ""
         return (f"LkRegularizer(k={k}, alpha={self.alpha!r}, "
-                f"reduction={self.reduction!r})")
+                f"reduction={self.reduction!r}{proximal})")

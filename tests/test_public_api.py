@@ -8,9 +8,11 @@ def test_public_names_are_pinned():
         "RegularizationShare",
         "ZeroCounts",
         "LkRegularizer",
+        "ProximalOptimizer",
         "attach",
         "detach",
         "lk_penalty",
+        "prox",
         "safe_abs_pow",
     ])
     for name in keras_lk.__all__:

@@ -91,8 +91,9 @@ def test_losses_enter_model_losses():
 def test_get_config_is_plain_python_and_round_trips():
     reg = LkRegularizer(k=np.float32(1.5), alpha=2, reduction="sum")
     config = reg.get_config()
-    assert config == {"k": 1.5, "alpha": 2.0, "reduction": "sum"}
-    assert all(type(v) in (float, str) for v in config.values())
+    assert config == {"k": 1.5, "alpha": 2.0, "reduction": "sum",
+                      "proximal": False}
+    assert all(type(v) in (float, str, bool) for v in config.values())
     clone = LkRegularizer.from_config(config)
     assert clone.get_config() == config
     restored = keras.regularizers.deserialize(

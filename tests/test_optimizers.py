@@ -1,0 +1,163 @@
+import math
+
+import keras
+import numpy as np
+import pytest
+
+import keras_lk
+from keras_lk import LkRegularizer, ProximalOptimizer, prox
+
+
+def linear_model(regularizer, features=5):
+    model = keras.Sequential([keras.Input((features,)), keras.layers.Dense(
+        1, name="linear", kernel_regularizer=regularizer)])
+    return model
+
+
+def data(n=64, features=5, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, features)).astype("float32")
+    y = (x[:, :1] * 2.0).astype("float32")
+    return x, y
+
+
+@pytest.mark.parametrize("k", [0.5, 1.0, 1.5, 2.0, math.inf])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_one_step_is_inner_step_then_prox(k, reduction):
+    x, y = data(n=8)
+    reg = LkRegularizer(k=k, alpha=0.3, reduction=reduction, proximal=True)
+    proximal = linear_model(reg)
+    plain = linear_model(None)
+    plain.set_weights(proximal.get_weights())
+    lr = 0.05
+    proximal.compile(ProximalOptimizer(keras.optimizers.SGD(lr)), "mse")
+    plain.compile(keras.optimizers.SGD(lr), "mse")
+    proximal.fit(x, y, batch_size=8, epochs=1, verbose=0, shuffle=False)
+    plain.fit(x, y, batch_size=8, epochs=1, verbose=0, shuffle=False)
+    kernel = plain.get_layer("linear").kernel.numpy()
+    n = 1 if reduction == "sum" or math.isinf(k) else kernel.size
+    expected = np.asarray(prox(kernel, lr * 0.3 / n, k))
+    np.testing.assert_allclose(proximal.get_layer("linear").kernel.numpy(),
+                               expected, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(proximal.get_layer("linear").bias.numpy(),
+                               plain.get_layer("linear").bias.numpy(),
+                               rtol=1e-5)
+
+
+def test_penalty_value_is_in_the_loss_but_its_gradient_is_not():
+    x, y = data(n=8)
+    reg = LkRegularizer(k=1, alpha=0.5, proximal=True)
+    model = linear_model(reg)
+    model.compile(ProximalOptimizer(keras.optimizers.SGD(0.0)), "mse")
+    history = model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    prediction = model.predict(x, verbose=0)
+    data_loss = np.mean((prediction - y) ** 2)
+    penalty = 0.5 * np.mean(np.abs(model.get_layer("linear").kernel.numpy()))
+    assert history.history["loss"][0] == pytest.approx(data_loss + penalty,
+                                                       rel=1e-5)
+
+
+def test_schedules_are_honoured_with_the_rate_of_each_step():
+    x, y = data(n=8)
+    # 0.1 at iteration 0, then 0.
+    schedule = keras.optimizers.schedules.PiecewiseConstantDecay([0], [0.1, 0.0])
+    reg = LkRegularizer(k=1, alpha=1.0, reduction="sum", proximal=True)
+    model = linear_model(reg)
+    plain = linear_model(None)
+    plain.set_weights(model.get_weights())
+    model.compile(ProximalOptimizer(keras.optimizers.SGD(schedule)), "mse")
+    plain.compile(keras.optimizers.SGD(0.1), "mse")
+    model.fit(x, y, batch_size=8, verbose=0)
+    plain.fit(x, y, batch_size=8, verbose=0)
+    after_one = model.get_layer("linear").kernel.numpy()
+    expected = np.asarray(prox(plain.get_layer("linear").kernel.numpy(), 0.1, 1))
+    np.testing.assert_allclose(after_one, expected, rtol=1e-6)
+    model.fit(x, y, batch_size=8, epochs=2, verbose=0)  # steps at rate 0
+    np.testing.assert_array_equal(model.get_layer("linear").kernel.numpy(),
+                                  after_one)
+
+
+def test_plain_optimizer_with_proximal_regularizer_fails_loudly():
+    x, y = data()
+    model = linear_model(LkRegularizer(k=1, alpha=0.1, proximal=True))
+    model.compile(keras.optimizers.SGD(0.1), "mse")
+    with pytest.raises(ValueError, match="no keras_lk.ProximalOptimizer "
+                       "applies it: without one the weight would train "
+                       "unregularized"):
+        model.fit(x, y, verbose=0)
+    model.evaluate(x, y, verbose=0)  # evaluation alone is fine
+
+
+@pytest.mark.parametrize("inner", [keras.optimizers.SGD, keras.optimizers.Adam])
+def test_save_load_and_continue_training(inner, tmp_path):
+    x, y = data()
+    model = linear_model(LkRegularizer(k=0.5, alpha=0.2, proximal=True))
+    model.compile(ProximalOptimizer(inner(0.05)), "mse")
+    model.fit(x, y, epochs=2, verbose=0)
+    path = tmp_path / "model.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert isinstance(loaded.optimizer, ProximalOptimizer)
+    assert isinstance(loaded.optimizer.inner_optimizer, inner)
+    assert int(loaded.optimizer.iterations) == int(model.optimizer.iterations)
+    np.testing.assert_array_equal(loaded.get_weights()[0],
+                                  model.get_weights()[0])
+    model.fit(x, y, epochs=1, verbose=0, shuffle=False)
+    loaded.fit(x, y, epochs=1, verbose=0, shuffle=False)
+    np.testing.assert_allclose(loaded.get_weights()[0], model.get_weights()[0],
+                               rtol=1e-5, atol=1e-7)
+
+
+def test_learning_rate_and_iterations_are_the_inner_optimizers():
+    inner = keras.optimizers.Adam(0.25)
+    wrapper = ProximalOptimizer(inner)
+    assert float(wrapper.learning_rate) == 0.25
+    wrapper.learning_rate = 0.5
+    assert float(inner.learning_rate) == 0.5
+    assert wrapper.iterations is inner.iterations
+    assert wrapper.get_config()["optimizer"]["class_name"] == "Adam"
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="Invalid value for argument "
+                       "`optimizer`. Expected a keras.optimizers.Optimizer "
+                       "instance"):
+        ProximalOptimizer("sgd")
+    with pytest.raises(ValueError, match="Received: proximal='yes'"):
+        LkRegularizer(proximal="yes")
+
+
+def sparse_regression(seed=0):
+    """200 features, the first 20 informative, with noise."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((400, 200)).astype("float32")
+    coef = np.zeros(200, "float32")
+    coef[:20] = rng.uniform(1.0, 2.0, 20) * rng.choice([-1, 1], 20)
+    y = (x @ coef + 0.5 * rng.standard_normal(400)).astype("float32")[:, None]
+    return x, y
+
+
+def fit_sparse(reg, optimizer, epochs=60):
+    keras.utils.set_random_seed(0)
+    x, y = sparse_regression()
+    model = linear_model(reg, features=200)
+    model.compile(optimizer, "mse")
+    model.fit(x, y, batch_size=40, epochs=epochs, verbose=0)
+    return model.get_layer("linear").kernel.numpy().ravel()
+
+
+@pytest.mark.slow
+def test_proximal_steps_give_exact_zeros_where_gradients_do_not():
+    alpha = 40.0  # mean reduction over 200 weights: 0.2 per weight
+    half = fit_sparse(LkRegularizer(k=0.5, alpha=alpha, proximal=True),
+                      ProximalOptimizer(keras.optimizers.SGD(0.01)))
+    assert np.mean(half[20:] == 0) > 0.8      # most noise features zeroed
+    assert np.all(half[:20] != 0)            # informative ones kept
+    l1 = fit_sparse(LkRegularizer(k=1, alpha=alpha, proximal=True),
+                    ProximalOptimizer(keras.optimizers.SGD(0.01)))
+    assert np.mean(l1[20:] == 0) > 0.3
+    assert np.all(l1[:20] != 0)
+    for k in (0.5, 1.0):
+        gradient = fit_sparse(LkRegularizer(k=k, alpha=alpha),
+                              keras.optimizers.SGD(0.01))
+        assert np.sum(gradient == 0) == 0
