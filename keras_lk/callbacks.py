@@ -14,6 +14,7 @@ their own names, nested models as paths such as `encoder/dense_1`):
 | `log10_abs_weights/<layer>/<weight>` | histogram of log10\\|w\\| | AbsWeightHistograms |
 | `zero_fraction/<layer>`, `zero_count/<layer>` | \\|w\\| <= tol | ZeroCounts |
 | `exact_zero_fraction/<layer>`, `exact_zero_count/<layer>` | w == 0 | ZeroCounts |
+| `stable_zero_fraction/<layer>`, `stable_zero_count/<layer>` | w == 0 at every step since the last log | ZeroCounts |
 | `nonfinite_count/<layer>` | NaN or inf weights, when any | ZeroCounts |
 | `reg_loss/<layer>`, `reg_loss/total` | penalty in the loss | RegularizationShare |
 | `reg_share/<layer>`, `reg_share/total` | penalty / loss | RegularizationShare |
@@ -92,18 +93,27 @@ class _WeightMeasure:
         self.buckets = buckets
         self.histograms = histograms
         self.zeros = zeros
-        self.log_keys = ("zero_frac",) if zeros else ()
+        self.log_keys = ("zero_frac", "stable_zero_frac") if zeros else ()
 
-    def start(self, model):
+    def start(self, model, recorders):
         self._layers = _layers_and_weights(model, self.weights)
         variables = [v for _, weights in self._layers for _, v in weights]
+        masks = [getattr(recorders.get(v), "stable", None) for v in variables]
 
         # One graph for every weight: the reductions run on the device and
         # only the small results cross to the host.
         @tf.function(autograph=False, reduce_retracing=True)
         def statistics():
-            return [weight_statistics(v, self.tol, self.relative_tol,
-                                      self.buckets) for v in variables]
+            results = []
+            for variable, mask in zip(variables, masks):
+                stats = weight_statistics(variable, self.tol,
+                                          self.relative_tol, self.buckets)
+                if mask is not None:
+                    stable = ops.logical_and(mask, ops.equal(variable, 0))
+                    stats["stable_zeros"] = ops.sum(ops.cast(stable, "int32"))
+                    mask.assign(ops.ones_like(mask))  # a new window
+                results.append(stats)
+            return results
 
         self._statistics = statistics
 
@@ -112,13 +122,17 @@ class _WeightMeasure:
             return
         results = iter(keras.tree.map_structure(
             ops.convert_to_numpy, self._statistics()))
-        total = {"size": 0, "exact_zeros": 0, "near_zeros": 0, "nonfinite": 0}
+        total = {"size": 0, "exact_zeros": 0, "near_zeros": 0, "nonfinite": 0,
+                 "stable_zeros": 0, "tracked": 0}
         for path, weights in self._layers:
             layer = dict.fromkeys(total, 0)
             for name, _ in weights:
                 stats = next(results)
                 for key in ("size", "exact_zeros", "near_zeros"):
                     layer[key] += int(stats[key])
+                if "stable_zeros" in stats:
+                    layer["stable_zeros"] += int(stats["stable_zeros"])
+                    layer["tracked"] += 1
                 layer["nonfinite"] += int(stats["nan"]) + int(stats["inf"])
                 if self.histograms:
                     report.histograms[f"abs_weights/{path}/{name}"] = (
@@ -136,6 +150,8 @@ class _WeightMeasure:
             self._zero_scalars(report, ALL_LAYERS, total)
             report.logs["zero_frac"] = _fraction(total["near_zeros"],
                                                  total["size"])
+            report.logs["stable_zero_frac"] = _fraction(total["stable_zeros"],
+                                                        total["size"])
 
     @staticmethod
     def _zero_scalars(report, name, counts):
@@ -145,6 +161,10 @@ class _WeightMeasure:
         report.scalars[f"exact_zero_count/{name}"] = counts["exact_zeros"]
         report.scalars[f"exact_zero_fraction/{name}"] = _fraction(
             counts["exact_zeros"], counts["size"])
+        if counts["tracked"]:
+            report.scalars[f"stable_zero_count/{name}"] = counts["stable_zeros"]
+            report.scalars[f"stable_zero_fraction/{name}"] = _fraction(
+                counts["stable_zeros"], counts["size"])
         if counts["nonfinite"]:
             report.scalars[f"nonfinite_count/{name}"] = counts["nonfinite"]
 
@@ -154,26 +174,76 @@ def _fraction(part, whole):
 
 
 class _Recorder:
-    """Wraps a weight's regularizer; adds each value it returns to a sum.
+    """Wraps a weight's regularizer (same value); records in the train step.
 
-    It runs inside the compiled train and test steps, so the penalty that
-    entered each step's loss is accumulated on the device at the cost of a
-    scalar addition: `sums[mode] += value`, `counts[mode] += 1`, with mode 0
-    for training and 1 for evaluation.
+    Keras calls a weight's regularizer in every compiled train and test
+    step with the weight as it enters that step, so this is where keras_lk
+    observes each step on the device, at the cost of a scalar addition
+    (`sums[mode] += value`, `counts[mode] += 1`; mode 0 for training, 1 for
+    evaluation) and, with `stable`, one elementwise AND
+    (`stable &= (w == 0)`).
     """
 
-    def __init__(self, regularizer, sums, counts, mode):
+    def __init__(self, regularizer, recorders, variable):
         self.regularizer = regularizer
-        self.sums = sums
-        self.counts = counts
-        self.mode = mode
+        self.recorders = recorders
+        self.sums = recorders.new_variable(np.zeros(2), "float64")
+        self.counts = recorders.new_variable(np.zeros(2), "float64")
+        self.stable = None
+        if recorders.stable:
+            self.stable = recorders.new_variable(
+                np.ones(variable.shape, bool), "bool")
 
     def __call__(self, x):
         value = self.regularizer(x)
-        one_hot = ops.one_hot(self.mode, 2, dtype="float64")
+        one_hot = ops.one_hot(self.recorders.mode, 2, dtype="float64")
         self.sums.assign_add(one_hot * ops.cast(value, "float64"))
         self.counts.assign_add(one_hot)
+        if self.stable is not None:
+            self.stable.assign(ops.logical_and(self.stable, ops.equal(x, 0)))
         return value
+
+
+class _Recorders:
+    """The `_Recorder`s one callback put on a model's regularized weights."""
+
+    def __init__(self, stable):
+        self.stable = stable
+        self.mode = None
+        self.by_variable = {}
+
+    def new_variable(self, value, dtype):
+        return keras.Variable(value, dtype=dtype, trainable=False,
+                              aggregation="only_first_replica")
+
+    def start(self, model):
+        """Wraps every regularized weight not yet wrapped by this callback."""
+        strategy = getattr(model, "distribute_strategy", None)
+        scope = strategy.scope() if strategy is not None else _null_scope()
+        retrace = False
+        with scope:
+            if self.mode is None:
+                self.mode = self.new_variable(0, "int32")
+            self.mode.assign(0)
+            for _, weights in _layers_and_weights(model, "all"):
+                for _, variable in weights:
+                    regularizer = variable.regularizer
+                    if regularizer is None:
+                        continue
+                    if not (isinstance(regularizer, _Recorder)
+                            and regularizer.recorders is self):
+                        regularizer = _Recorder(regularizer, self, variable)
+                        variable.regularizer = regularizer
+                        retrace = True
+                    self.by_variable[id(variable)] = regularizer
+        if retrace:
+            # Steps traced before the recorders were put in would not feed
+            # them.
+            model.make_train_function(force=True)
+            model.make_test_function(force=True)
+
+    def get(self, variable):
+        return self.by_variable.get(id(variable))
 
 
 class _PenaltyMeasure:
@@ -181,47 +251,20 @@ class _PenaltyMeasure:
 
     log_keys = ("reg_loss", "reg_share")
 
-    def start(self, model):
-        strategy = getattr(model, "distribute_strategy", None)
-        scope = strategy.scope() if strategy is not None else _null_scope()
+    def start(self, model, recorders):
+        self._recorders = recorders
         self._layers = []
-        retrace = False
-        with scope:
-            if not hasattr(self, "_mode"):
-                self._mode = keras.Variable(0, dtype="int32", trainable=False,
-                                            aggregation="only_first_replica")
-            for path, weights in _layers_and_weights(model, "all"):
-                recorders = []
-                for _, variable in weights:
-                    regularizer = variable.regularizer
-                    if regularizer is None:
-                        continue
-                    if not (isinstance(regularizer, _Recorder)
-                            and regularizer.mode is self._mode):
-                        regularizer = _Recorder(regularizer, *(
-                            keras.Variable(np.zeros(2), dtype="float64",
-                                           trainable=False,
-                                           aggregation="only_first_replica")
-                            for _ in range(2)), self._mode)
-                        variable.regularizer = regularizer
-                        retrace = True
-                    recorders.append(regularizer)
-                if recorders:
-                    self._layers.append((path, recorders))
-        if retrace:
-            # Steps traced before the recorders were put in would not feed
-            # them.
-            model.make_train_function(force=True)
-            model.make_test_function(force=True)
+        for path, weights in _layers_and_weights(model, "all"):
+            layer = [recorders.get(v) for _, v in weights]
+            layer = [r for r in layer if r is not None]
+            if layer:
+                self._layers.append((path, layer))
 
     def totals(self):
         """`{path: (sums[2], counts[2])}` so far, as host arrays: a mark."""
         return {path: (sum(ops.convert_to_numpy(r.sums) for r in recorders),
                        ops.convert_to_numpy(recorders[0].counts))
                 for path, recorders in self._layers}
-
-    def set_mode(self, mode):
-        self._mode.assign(mode)
 
     def measure(self, report, mark, loss, mode, prefix=""):
         """Adds the mean penalty per step since `mark`, and its share.
@@ -299,6 +342,8 @@ class _Monitor(keras.callbacks.Callback):
         self.update_freq = _check_update_freq(update_freq)
         self._weights = weight_measure
         self._penalties = penalty_measure
+        self._recorders = _Recorders(
+            stable=weight_measure is not None and weight_measure.zeros)
         self._writers = {}
         if self.update_freq != "epoch":
             # Only then: a batch hook turns off Keras's async dispatch.
@@ -319,11 +364,12 @@ class _Monitor(keras.callbacks.Callback):
         self._loss_sum_mark = 0.0   # the same at the last batch-level log
 
     def _start(self):
+        if self._penalties is not None or self._recorders.stable:
+            self._recorders.start(self.model)
         if self._weights is not None:
-            self._weights.start(self.model)
+            self._weights.start(self.model, self._recorders)
         if self._penalties is not None:
-            self._penalties.start(self.model)
-            self._penalties.set_mode(0)
+            self._penalties.start(self.model, self._recorders)
             self._batch_mark = self._penalties.totals()
             self._epoch_mark = self._penalties.totals()
         self._started = True
@@ -373,12 +419,12 @@ class _Monitor(keras.callbacks.Callback):
 
     def on_test_begin(self, logs=None):
         if self._penalties is not None and self._started:
-            self._penalties.set_mode(1)
+            self._recorders.mode.assign(1)
             self._val_mark = self._penalties.totals()
 
     def on_test_end(self, logs=None):
         if self._penalties is not None and self._started:
-            self._penalties.set_mode(0)
+            self._recorders.mode.assign(0)
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs if logs is not None else {}
@@ -500,7 +546,10 @@ class ZeroCounts(_Monitor):
 
     For each layer and for `(all layers)`: `exact_zero_count` and
     `exact_zero_fraction` (w == 0), `zero_count` and `zero_fraction`
-    (|w| <= tol), and `nonfinite_count` when NaN or inf weights appear. The
+    (|w| <= tol), `stable_zero_count` and `stable_zero_fraction` (weights
+    exactly zero at every step since the last log, tracked on the device for
+    weights that have a regularizer; other weights count as not stable), and
+    `nonfinite_count` when NaN or inf weights appear. The
     default `tol=1e-3` suits weights of order 0.01 to 1; with
     `relative_tol=True` the threshold is `tol * max|w|` of each weight
     tensor, which compares layers of different scales. Adds `zero_frac` (the
@@ -581,7 +630,8 @@ class LkMonitor(_Monitor):
 
     One statistics pass per log feeds both the histograms and the zero
     counts; one writer per run; one frequency. The `logs` dict gets
-    `reg_loss`, `reg_share`, `zero_frac` (and `val_reg_loss`,
+    `reg_loss`, `reg_share`, `zero_frac`, `stable_zero_frac` (and
+    `val_reg_loss`,
     `val_reg_share` with validation data). A custom-scalars layout puts every
     layer's zero fraction in one chart and every layer's penalty share in
     another (TensorBoard's Custom Scalars dashboard).
@@ -607,7 +657,7 @@ class LkMonitor(_Monitor):
     >>> h = model.fit(np.ones((8, 4)), np.ones((8, 2)), verbose=0,
     ...               callbacks=[keras_lk.LkMonitor(tempfile.mkdtemp())])
     >>> sorted(k for k in h.history if k != "loss")
-    ['reg_loss', 'reg_share', 'zero_frac']
+    ['reg_loss', 'reg_share', 'stable_zero_frac', 'zero_frac']
     """
 
     def __init__(self, log_dir, update_freq="epoch", tol=DEFAULT_TOL,

@@ -48,10 +48,10 @@ class ProximalOptimizer(keras.optimizers.Optimizer):
     >>> import keras, keras_lk, numpy as np
     >>> model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(
     ...     1, kernel_regularizer=keras_lk.LkRegularizer(
-    ...         k=1, alpha=30.0, proximal=True))])
+    ...         k=1, alpha=60.0, proximal=True))])
     >>> model.compile(keras_lk.ProximalOptimizer(keras.optimizers.SGD(0.1)),
     ...               "mse")
-    >>> _ = model.fit(np.ones((8, 3)), np.zeros((8, 1)), verbose=0)
+    >>> _ = model.fit(np.ones((8, 3)), np.zeros((8, 1)), epochs=2, verbose=0)
     >>> int((model.layers[0].kernel.numpy() == 0).sum())  # exact zeros
     3
     """

@@ -45,7 +45,8 @@ def test_lk_monitor_writes_exact_tags_and_steps(tmp_path):
     layers = ("first", "second", "(all layers)")
     expected_train = (
         {f"{q}/{l}" for q in ("zero_fraction", "zero_count",
-                              "exact_zero_fraction", "exact_zero_count")
+                              "exact_zero_fraction", "exact_zero_count",
+                              "stable_zero_fraction", "stable_zero_count")
          for l in layers}
         | {f"{q}/{l}/kernel" for q in ("abs_weights", "log10_abs_weights")
            for l in ("first", "second")}
@@ -157,8 +158,8 @@ def test_logs_keys_reach_history_and_csv_logger(tmp_path):
         x, y, epochs=1, validation_split=0.25, verbose=0,
         callbacks=[keras_lk.LkMonitor(tmp_path / "tb"),
                    keras.callbacks.CSVLogger(str(csv_path))])
-    assert {"reg_loss", "reg_share", "zero_frac", "val_reg_loss",
-            "val_reg_share"} <= set(history.history)
+    assert {"reg_loss", "reg_share", "zero_frac", "stable_zero_frac",
+            "val_reg_loss", "val_reg_share"} <= set(history.history)
     header = csv_path.read_text().splitlines()[0].split(",")
     assert {"reg_loss", "reg_share", "zero_frac", "val_reg_share"} <= set(header)
 
@@ -419,3 +420,39 @@ def test_a_non_chief_worker_logs_but_writes_nothing(tmp_path, monkeypatch):
                         callbacks=[keras_lk.LkMonitor(tmp_path / "logs")])
     assert "reg_share" in history.history
     assert not any(files for _, _, files in os.walk(tmp_path / "logs"))
+
+
+class Flicker(keras.callbacks.Callback):
+    """Makes kernel[1] nonzero for steps 1 and 2 of each epoch, else 0."""
+
+    def on_train_batch_end(self, batch, logs=None):
+        kernel = self.model.get_layer("d").kernel
+        value = kernel.numpy()
+        value[1, 0] = 0.5 if batch == 0 else 0.0
+        kernel.assign(value)
+
+
+@pytest.mark.parametrize("cls", [keras_lk.ZeroCounts, keras_lk.LkMonitor])
+def test_stable_zeros_are_zero_at_every_step_since_the_last_log(cls, tmp_path):
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(
+        1, name="d", use_bias=False,
+        kernel_regularizer=LkRegularizer(k=2, alpha=0.0))])
+    model.get_layer("d").kernel.assign(np.array([[0.0], [0.0], [1.0]]))
+    model.compile(keras.optimizers.SGD(0.0), "mse")
+    history = model.fit(np.ones((16, 3)), np.zeros((16, 1)), batch_size=4,
+                        epochs=2, verbose=0,
+                        callbacks=[Flicker(), cls(tmp_path)])
+    events = read(tmp_path)
+    assert events[("train", "exact_zero_count/d")] == {0: 2.0, 1: 2.0}
+    assert events[("train", "stable_zero_count/d")] == {0: 1.0, 1: 1.0}
+    assert history.history["stable_zero_frac"] == [pytest.approx(1 / 3)] * 2
+
+
+def test_stable_zeros_track_only_regularized_weights(tmp_path):
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(
+        1, name="d", kernel_initializer="zeros")])
+    model.compile(keras.optimizers.SGD(0.0), "mse")
+    history = model.fit(np.ones((4, 3)), np.zeros((4, 1)), verbose=0,
+                        callbacks=[keras_lk.ZeroCounts(tmp_path)])
+    assert history.history["stable_zero_frac"] == [0.0]
+    assert "stable_zero_count/d" not in tags(read(tmp_path), "train")
