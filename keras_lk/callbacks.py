@@ -553,7 +553,8 @@ class ZeroCounts(_Monitor):
     default `tol=1e-3` suits weights of order 0.01 to 1; with
     `relative_tol=True` the threshold is `tol * max|w|` of each weight
     tensor, which compares layers of different scales. Adds `zero_frac` (the
-    fraction of |w| <= tol over all monitored weights) to the `logs` dict.
+    fraction of |w| <= tol over all monitored weights) and
+    `stable_zero_frac` to the `logs` dict.
 
     Args:
         log_dir: Directory of the TensorBoard logs.
@@ -631,8 +632,7 @@ class LkMonitor(_Monitor):
     One statistics pass per log feeds both the histograms and the zero
     counts; one writer per run; one frequency. The `logs` dict gets
     `reg_loss`, `reg_share`, `zero_frac`, `stable_zero_frac` (and
-    `val_reg_loss`,
-    `val_reg_share` with validation data). A custom-scalars layout puts every
+    `val_reg_loss`, `val_reg_share` with validation data). A custom-scalars layout puts every
     layer's zero fraction in one chart and every layer's penalty share in
     another (TensorBoard's Custom Scalars dashboard).
 
