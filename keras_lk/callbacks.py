@@ -15,10 +15,13 @@ their own names, nested models as paths such as `encoder/dense_1`):
 | `zero_fraction/<layer>`, `zero_count/<layer>` | \\|w\\| <= tol | ZeroCounts |
 | `exact_zero_fraction/<layer>`, `exact_zero_count/<layer>` | w == 0 | ZeroCounts |
 | `stable_zero_fraction/<layer>`, `stable_zero_count/<layer>` | w == 0 at every step since the last log | ZeroCounts |
+| `sign_flip_fraction/<layer>`, `sign_flip_count/<layer>` | sign changed since the last log | ZeroCounts |
+| `max_abs_weight/<layer>` | max\\|w\\| | ZeroCounts |
 | `nonfinite_count/<layer>` | NaN or inf weights, when any | ZeroCounts |
 | `reg_loss/<layer>`, `reg_loss/total` | penalty in the loss | RegularizationShare |
 | `reg_share/<layer>`, `reg_share/total` | penalty / loss | RegularizationShare |
 | `data_loss` | loss - penalty | RegularizationShare |
+| `penalty_pull/<layer>`, `penalty_pull_ratio/<layer>` | mean \\|dP/dw\\|, and over mean \\|dL/dw\\| | RegularizationShare |
 
 `<layer>` is `(all layers)` for model totals. Training values go to the run
 `<log_dir>/train`, validation values to `<log_dir>/validation`, the runs
@@ -35,6 +38,8 @@ from keras import ops
 
 from keras_lk import _validation
 from keras_lk.attach import iter_layers
+from keras_lk.penalties import lk_penalty
+from keras_lk.regularizers import LkRegularizer, unwrap
 from keras_lk.stats import (DEFAULT_BUCKETS, histogram_buckets,
                             log_histogram_buckets, weight_statistics)
 from keras_lk.summary import RunWriter, check_writable
@@ -82,48 +87,80 @@ class _Report:
         self.logs = {}
 
 
+def _step_states(variable, recorder):
+    """`(seen_positive, seen_negative)` masks of a tracked weight, or None."""
+    if recorder is None or recorder.seen_positive is None:
+        return None
+    return recorder.seen_positive, recorder.seen_negative
+
+
+def _window_counts(variable, seen_positive, seen_negative):
+    """Stable zeros and sign flips since the last log; starts a new window.
+
+    A weight is a stable zero when it was neither positive nor negative at
+    any step of the window nor now (zero at every step since the last log),
+    and flipped when it was seen both positive and negative: its sign
+    changed at least once. The next window starts from the signs now.
+    """
+    positive = ops.greater(variable, 0)
+    negative = ops.less(variable, 0)
+    ever_positive = ops.logical_or(seen_positive, positive)
+    ever_negative = ops.logical_or(seen_negative, negative)
+    stable = ops.logical_and(ops.equal(variable, 0), ops.logical_not(
+        ops.logical_or(ever_positive, ever_negative)))
+    flipped = ops.logical_and(ever_positive, ever_negative)
+    counts = (ops.sum(ops.cast(stable, "int32")),
+              ops.sum(ops.cast(flipped, "int32")))
+    seen_positive.assign(positive)
+    seen_negative.assign(negative)
+    return counts
+
+
 class _WeightMeasure:
-    """Histograms and zero counts from one statistics pass per log."""
+    """Histograms, zero counts, sign flips: one statistics pass per log."""
 
     def __init__(self, weights, tol, relative_tol, buckets, histograms,
-                 zeros):
+                 zeros, step_stats=False):
         self.weights = weights
         self.tol = tol
         self.relative_tol = relative_tol
         self.buckets = buckets
         self.histograms = histograms
         self.zeros = zeros
-        self.log_keys = ("zero_frac", "stable_zero_frac") if zeros else ()
+        self.step_stats = step_stats
+        self.log_keys = ("zero_frac",) if zeros else ()
+        if zeros and step_stats:
+            self.log_keys += ("stable_zero_frac", "sign_flip_frac")
 
     def start(self, model, recorders):
         self._layers = _layers_and_weights(model, self.weights)
         variables = [v for _, weights in self._layers for _, v in weights]
-        masks = [getattr(recorders.get(v), "stable", None) for v in variables]
+        states = [_step_states(v, recorders.get(v)) for v in variables]
 
         # One graph for every weight: the reductions run on the device and
         # only the small results cross to the host.
         @tf.function(autograph=False, reduce_retracing=True)
         def statistics():
             results = []
-            for variable, mask in zip(variables, masks):
+            for variable, state in zip(variables, states):
                 stats = weight_statistics(variable, self.tol,
                                           self.relative_tol, self.buckets)
-                if mask is not None:
-                    stable = ops.logical_and(mask, ops.equal(variable, 0))
-                    stats["stable_zeros"] = ops.sum(ops.cast(stable, "int32"))
-                    mask.assign(ops.ones_like(mask))  # a new window
+                if state is not None:
+                    stats["stable_zeros"], stats["sign_flips"] = (
+                        _window_counts(variable, *state))
                 results.append(stats)
             return results
 
         self._statistics = statistics
 
-    def measure(self, report, validation=None):
+    def measure(self, report):
         if not self._layers:
             return
         results = iter(keras.tree.map_structure(
             ops.convert_to_numpy, self._statistics()))
         total = {"size": 0, "exact_zeros": 0, "near_zeros": 0, "nonfinite": 0,
-                 "stable_zeros": 0, "tracked": 0}
+                 "stable_zeros": 0, "sign_flips": 0, "tracked": 0,
+                 "max_abs": 0.0}
         for path, weights in self._layers:
             layer = dict.fromkeys(total, 0)
             for name, _ in weights:
@@ -132,8 +169,11 @@ class _WeightMeasure:
                     layer[key] += int(stats[key])
                 if "stable_zeros" in stats:
                     layer["stable_zeros"] += int(stats["stable_zeros"])
+                    layer["sign_flips"] += int(stats["sign_flips"])
                     layer["tracked"] += 1
                 layer["nonfinite"] += int(stats["nan"]) + int(stats["inf"])
+                layer["max_abs"] = max(layer["max_abs"],
+                                       float(stats["max_abs"]))
                 if self.histograms:
                     report.histograms[f"abs_weights/{path}/{name}"] = (
                         histogram_buckets(stats["abs_counts"], 0.0,
@@ -143,15 +183,19 @@ class _WeightMeasure:
                                               stats["log_lo"],
                                               stats["log_hi"]))
             for key in total:
-                total[key] += layer[key]
+                total[key] = (max(total[key], layer[key]) if key == "max_abs"
+                              else total[key] + layer[key])
             if self.zeros:
                 self._zero_scalars(report, path, layer)
         if self.zeros:
             self._zero_scalars(report, ALL_LAYERS, total)
             report.logs["zero_frac"] = _fraction(total["near_zeros"],
                                                  total["size"])
-            report.logs["stable_zero_frac"] = _fraction(total["stable_zeros"],
-                                                        total["size"])
+            if self.step_stats:
+                report.logs["stable_zero_frac"] = _fraction(
+                    total["stable_zeros"], total["size"])
+                report.logs["sign_flip_frac"] = _fraction(
+                    total["sign_flips"], total["size"])
 
     @staticmethod
     def _zero_scalars(report, name, counts):
@@ -161,10 +205,13 @@ class _WeightMeasure:
         report.scalars[f"exact_zero_count/{name}"] = counts["exact_zeros"]
         report.scalars[f"exact_zero_fraction/{name}"] = _fraction(
             counts["exact_zeros"], counts["size"])
+        report.scalars[f"max_abs_weight/{name}"] = counts["max_abs"]
         if counts["tracked"]:
-            report.scalars[f"stable_zero_count/{name}"] = counts["stable_zeros"]
-            report.scalars[f"stable_zero_fraction/{name}"] = _fraction(
-                counts["stable_zeros"], counts["size"])
+            for quantity in ("stable_zero", "sign_flip"):
+                count = counts[f"{quantity}s"]
+                report.scalars[f"{quantity}_count/{name}"] = count
+                report.scalars[f"{quantity}_fraction/{name}"] = _fraction(
+                    count, counts["size"])
         if counts["nonfinite"]:
             report.scalars[f"nonfinite_count/{name}"] = counts["nonfinite"]
 
@@ -180,8 +227,9 @@ class _Recorder:
     step with the weight as it enters that step, so this is where keras_lk
     observes each step on the device, at the cost of a scalar addition
     (`sums[mode] += value`, `counts[mode] += 1`; mode 0 for training, 1 for
-    evaluation) and, with `stable`, one elementwise AND
-    (`stable &= (w == 0)`).
+    evaluation) and, with `step_stats`, two elementwise ORs
+    (`seen_positive |= w > 0`, `seen_negative |= w < 0`), from which stable
+    zeros and sign flips are counted at each log.
     """
 
     def __init__(self, regularizer, recorders, variable):
@@ -189,26 +237,30 @@ class _Recorder:
         self.recorders = recorders
         self.sums = recorders.new_variable(np.zeros(2), "float64")
         self.counts = recorders.new_variable(np.zeros(2), "float64")
-        self.stable = None
-        if recorders.stable:
-            self.stable = recorders.new_variable(
-                np.ones(variable.shape, bool), "bool")
+        self.seen_positive = self.seen_negative = None
+        if recorders.step_stats:
+            value = keras.ops.convert_to_numpy(variable)
+            self.seen_positive = recorders.new_variable(value > 0, "bool")
+            self.seen_negative = recorders.new_variable(value < 0, "bool")
 
     def __call__(self, x):
         value = self.regularizer(x)
         one_hot = ops.one_hot(self.recorders.mode, 2, dtype="float64")
         self.sums.assign_add(one_hot * ops.cast(value, "float64"))
         self.counts.assign_add(one_hot)
-        if self.stable is not None:
-            self.stable.assign(ops.logical_and(self.stable, ops.equal(x, 0)))
+        if self.seen_positive is not None:
+            self.seen_positive.assign(ops.logical_or(self.seen_positive,
+                                                     ops.greater(x, 0)))
+            self.seen_negative.assign(ops.logical_or(self.seen_negative,
+                                                     ops.less(x, 0)))
         return value
 
 
 class _Recorders:
     """The `_Recorder`s one callback put on a model's regularized weights."""
 
-    def __init__(self, stable):
-        self.stable = stable
+    def __init__(self, step_stats):
+        self.step_stats = step_stats
         self.mode = None
         self.by_variable = {}
 
@@ -246,19 +298,99 @@ class _Recorders:
         return self.by_variable.get(id(variable))
 
 
+def _penalty_for_pull(regularizer, variable):
+    """The penalty's value as a function of `variable`, for its gradient.
+
+    A proximal LkRegularizer hides its gradient from training (the proximal
+    step applies it); its pull is that of the same penalty as a gradient.
+    """
+    regularizer = unwrap(regularizer)
+    if isinstance(regularizer, LkRegularizer):
+        return lk_penalty(variable, regularizer.k, regularizer.alpha,
+                          regularizer.reduction)
+    return regularizer(variable)
+
+
+def _check_pull_batch(pull_batch):
+    if pull_batch is None:
+        return None
+    if not isinstance(pull_batch, (tuple, list)) or len(pull_batch) != 2:
+        raise _validation.invalid(
+            "pull_batch", "None or a tuple (x, y) of one batch", pull_batch)
+    return tuple(pull_batch)
+
+
 class _PenaltyMeasure:
-    """The penalty that entered the loss, per layer, and its share."""
+    """The penalty that entered the loss, per layer, its share and pull."""
 
     log_keys = ("reg_loss", "reg_share")
+
+    def __init__(self, pull_batch=None):
+        self.pull_batch = _check_pull_batch(pull_batch)
 
     def start(self, model, recorders):
         self._recorders = recorders
         self._layers = []
+        pairs = []
         for path, weights in _layers_and_weights(model, "all"):
-            layer = [recorders.get(v) for _, v in weights]
-            layer = [r for r in layer if r is not None]
+            layer = [(v, recorders.get(v)) for _, v in weights]
+            layer = [(v, r) for v, r in layer if r is not None]
             if layer:
-                self._layers.append((path, layer))
+                self._layers.append((path, [r for _, r in layer]))
+                pairs.append(layer)
+        self._pull = self._pull_function(model, pairs)
+
+    def _pull_function(self, model, pairs):
+        """Mean |d penalty / dw| per layer, and the same of the data loss."""
+        loss_fn = None
+        if self.pull_batch is not None:
+            loss = getattr(model, "loss", None)
+            if not (isinstance(loss, str) or callable(loss)):
+                raise ValueError(
+                    "`pull_batch` needs a model compiled with a single loss "
+                    f"(a name or a callable). Received: loss={loss!r}")
+            loss_fn = keras.losses.get(loss) if isinstance(loss, str) else loss
+            x, y = (ops.convert_to_tensor(part) for part in self.pull_batch)
+
+        def mean_abs(grads):
+            total = sum(ops.sum(ops.abs(g)) for g in grads if g is not None)
+            size = sum(math.prod(g.shape) for g in grads if g is not None)
+            return total / max(size, 1)
+
+        @tf.function(autograph=False)
+        def pull():
+            penalty_pull, data_pull = [], []
+            for layer in pairs:
+                variables = [v for v, _ in layer]
+                with tf.GradientTape() as tape:
+                    penalty = sum(_penalty_for_pull(r.regularizer, v)
+                                  for v, r in layer)
+                penalty_pull.append(mean_abs(tape.gradient(penalty,
+                                                           variables)))
+            if loss_fn is not None:
+                variables = [v for layer in pairs for v, _ in layer]
+                with tf.GradientTape() as tape:
+                    data_loss = ops.mean(loss_fn(y, model(x, training=False)))
+                grads = tape.gradient(data_loss, variables)
+                start = 0
+                for layer in pairs:
+                    data_pull.append(mean_abs(grads[start:start + len(layer)]))
+                    start += len(layer)
+            return penalty_pull, data_pull
+
+        return pull
+
+    def measure_pull(self, report):
+        """Adds `penalty_pull/<layer>` (and its ratio to the data loss's)."""
+        if not self._layers:
+            return
+        penalty_pull, data_pull = keras.tree.map_structure(
+            ops.convert_to_numpy, self._pull())
+        for index, (path, _) in enumerate(self._layers):
+            report.scalars[f"penalty_pull/{path}"] = float(penalty_pull[index])
+            if data_pull:
+                report.scalars[f"penalty_pull_ratio/{path}"] = _fraction(
+                    float(penalty_pull[index]), float(data_pull[index]))
 
     def totals(self):
         """`{path: (sums[2], counts[2])}` so far, as host arrays: a mark."""
@@ -342,8 +474,8 @@ class _Monitor(keras.callbacks.Callback):
         self.update_freq = _check_update_freq(update_freq)
         self._weights = weight_measure
         self._penalties = penalty_measure
-        self._recorders = _Recorders(
-            stable=weight_measure is not None and weight_measure.zeros)
+        self._recorders = _Recorders(step_stats=(
+            weight_measure is not None and weight_measure.step_stats))
         self._writers = {}
         if self.update_freq != "epoch":
             # Only then: a batch hook turns off Keras's async dispatch.
@@ -364,7 +496,7 @@ class _Monitor(keras.callbacks.Callback):
         self._loss_sum_mark = 0.0   # the same at the last batch-level log
 
     def _start(self):
-        if self._penalties is not None or self._recorders.stable:
+        if self._penalties is not None or self._recorders.step_stats:
             self._recorders.start(self.model)
         if self._weights is not None:
             self._weights.start(self.model, self._recorders)
@@ -406,6 +538,7 @@ class _Monitor(keras.callbacks.Callback):
                 self._loss_sum_mark = loss_sum
             self._batch_mark = self._penalties.measure(
                 report, self._batch_mark, window_loss, mode=0)
+            self._penalties.measure_pull(report)
         logs.update(report.logs)
         self._write("train", report, self._global_step(steps))
 
@@ -439,6 +572,8 @@ class _Monitor(keras.callbacks.Callback):
         if self._penalties is not None:
             self._penalties.measure(report, self._epoch_mark,
                                     logs.get("loss"), mode=0)
+            if epoch_mode:
+                self._penalties.measure_pull(report)
             if "val_loss" in logs and self._val_mark is not None:
                 self._penalties.measure(val_report, self._val_mark,
                                         logs["val_loss"], mode=1,
@@ -485,12 +620,14 @@ class _Monitor(keras.callbacks.Callback):
         self._writers = {}
 
 
-def _check_weight_options(tol, relative_tol, weights, buckets):
+def _check_weight_options(tol, relative_tol, weights, buckets,
+                          step_stats=False):
     tol = _validation.check_real("tol", tol, minimum=0.0,
                                  expected="a finite number >= 0")
-    if not isinstance(relative_tol, bool):
-        raise _validation.invalid("relative_tol", "True or False",
-                                  relative_tol)
+    for name, value in (("relative_tol", relative_tol),
+                        ("step_stats", step_stats)):
+        if not isinstance(value, bool):
+            raise _validation.invalid(name, "True or False", value)
     _validation.check_choice("weights", weights, WEIGHT_CHOICES)
     if (isinstance(buckets, bool) or not isinstance(buckets, int)
             or buckets < 1):
@@ -546,15 +683,20 @@ class ZeroCounts(_Monitor):
 
     For each layer and for `(all layers)`: `exact_zero_count` and
     `exact_zero_fraction` (w == 0), `zero_count` and `zero_fraction`
-    (|w| <= tol), `stable_zero_count` and `stable_zero_fraction` (weights
-    exactly zero at every step since the last log, tracked on the device for
-    weights that have a regularizer; other weights count as not stable), and
-    `nonfinite_count` when NaN or inf weights appear. The
+    (|w| <= tol), `max_abs_weight`, and `nonfinite_count` when NaN or inf
+    weights appear. With `step_stats` (the default), also
+    `stable_zero_count` and `stable_zero_fraction` (weights exactly zero at
+    every step since the last log) and `sign_flip_count` and
+    `sign_flip_fraction` (weights whose sign changed at least once since the
+    last log, between positive and negative: the article's flip-flop). These
+    are tracked on the device at every step, for weights that have a
+    regularizer (any kind); other weights count as neither. The
     default `tol=1e-3` suits weights of order 0.01 to 1; with
     `relative_tol=True` the threshold is `tol * max|w|` of each weight
     tensor, which compares layers of different scales. Adds `zero_frac` (the
-    fraction of |w| <= tol over all monitored weights) and
-    `stable_zero_frac` to the `logs` dict.
+    fraction of |w| <= tol over all monitored weights) and, with
+    `step_stats`, `stable_zero_frac` and `sign_flip_frac` to the `logs`
+    dict.
 
     Args:
         log_dir: Directory of the TensorBoard logs.
@@ -564,6 +706,10 @@ class ZeroCounts(_Monitor):
         relative_tol: Whether `tol` is relative to each tensor's max|w|.
             Defaults to False.
         weights: `"kernels"` or `"all"`. Defaults to `"kernels"`.
+        step_stats: Whether to track, at every training step on the device,
+            the signs of regularized weights, for stable zeros and sign
+            flips (two elementwise ORs per weight and step). Defaults to
+            True.
 
     Example:
 
@@ -578,11 +724,12 @@ class ZeroCounts(_Monitor):
     """
 
     def __init__(self, log_dir, update_freq="epoch", tol=DEFAULT_TOL,
-                 relative_tol=False, weights="kernels"):
-        tol = _check_weight_options(tol, relative_tol, weights, 1)
+                 relative_tol=False, weights="kernels", step_stats=True):
+        tol = _check_weight_options(tol, relative_tol, weights, 1, step_stats)
         self.tol = tol
         super().__init__(log_dir, update_freq, weight_measure=_WeightMeasure(
-            weights, tol, relative_tol, 1, histograms=False, zeros=True))
+            weights, tol, relative_tol, 1, histograms=False, zeros=True,
+            step_stats=step_stats))
 
 
 class RegularizationShare(_Monitor):
@@ -602,12 +749,19 @@ class RegularizationShare(_Monitor):
     count as data loss. Keras weights its running loss by batch size; the
     window mean assumes equal batches (a smaller last batch shifts it
     slightly). The step-time cost is one scalar addition per regularized
-    weight. Needs the TensorFlow backend.
+    weight. At each training log it also writes `penalty_pull/<layer>`, the
+    mean |d penalty / dw| over the layer's regularized weights (for a
+    proximal LkRegularizer, the pull the same penalty would have as a
+    gradient) and, with `pull_batch`, `penalty_pull_ratio/<layer>`: that
+    over the mean |d data loss / dw| on the given batch. Needs the
+    TensorFlow backend.
 
     Args:
         log_dir: Directory of the TensorBoard logs.
         update_freq: `"epoch"` or an integer N: log every N batches.
             Defaults to `"epoch"`.
+        pull_batch: None, or a batch `(x, y)` on which to measure the data
+            loss's gradient for `penalty_pull_ratio`. Defaults to None.
 
     Example:
 
@@ -621,9 +775,9 @@ class RegularizationShare(_Monitor):
     True
     """
 
-    def __init__(self, log_dir, update_freq="epoch"):
+    def __init__(self, log_dir, update_freq="epoch", pull_batch=None):
         super().__init__(log_dir, update_freq,
-                         penalty_measure=_PenaltyMeasure())
+                         penalty_measure=_PenaltyMeasure(pull_batch))
 
 
 class LkMonitor(_Monitor):
@@ -631,7 +785,8 @@ class LkMonitor(_Monitor):
 
     One statistics pass per log feeds both the histograms and the zero
     counts; one writer per run; one frequency. The `logs` dict gets
-    `reg_loss`, `reg_share`, `zero_frac`, `stable_zero_frac` (and
+    `reg_loss`, `reg_share`, `zero_frac`, `stable_zero_frac`,
+    `sign_flip_frac` (and
     `val_reg_loss`, `val_reg_share` with validation data). A custom-scalars layout puts every
     layer's zero fraction in one chart and every layer's penalty share in
     another (TensorBoard's Custom Scalars dashboard).
@@ -647,6 +802,10 @@ class LkMonitor(_Monitor):
             Defaults to False.
         weights: `"kernels"` or `"all"`. Defaults to `"kernels"`.
         buckets: Buckets per histogram. Defaults to 30.
+        step_stats: Whether to track stable zeros and sign flips at every
+            step (see `ZeroCounts`). Defaults to True.
+        pull_batch: None, or a batch `(x, y)` for `penalty_pull_ratio` (see
+            `RegularizationShare`). Defaults to None.
 
     Example:
 
@@ -657,16 +816,18 @@ class LkMonitor(_Monitor):
     >>> h = model.fit(np.ones((8, 4)), np.ones((8, 2)), verbose=0,
     ...               callbacks=[keras_lk.LkMonitor(tempfile.mkdtemp())])
     >>> sorted(k for k in h.history if k != "loss")
-    ['reg_loss', 'reg_share', 'stable_zero_frac', 'zero_frac']
+    ['reg_loss', 'reg_share', 'sign_flip_frac', 'stable_zero_frac', 'zero_frac']
     """
 
     def __init__(self, log_dir, update_freq="epoch", tol=DEFAULT_TOL,
                  relative_tol=False, weights="kernels",
-                 buckets=DEFAULT_BUCKETS):
-        tol = _check_weight_options(tol, relative_tol, weights, buckets)
+                 buckets=DEFAULT_BUCKETS, step_stats=True, pull_batch=None):
+        tol = _check_weight_options(tol, relative_tol, weights, buckets,
+                                    step_stats)
         self.tol = tol
         super().__init__(
             log_dir, update_freq,
             weight_measure=_WeightMeasure(weights, tol, relative_tol, buckets,
-                                          histograms=True, zeros=True),
-            penalty_measure=_PenaltyMeasure())
+                                          histograms=True, zeros=True,
+                                          step_stats=step_stats),
+            penalty_measure=_PenaltyMeasure(pull_batch))

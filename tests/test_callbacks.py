@@ -46,13 +46,15 @@ def test_lk_monitor_writes_exact_tags_and_steps(tmp_path):
     expected_train = (
         {f"{q}/{l}" for q in ("zero_fraction", "zero_count",
                               "exact_zero_fraction", "exact_zero_count",
-                              "stable_zero_fraction", "stable_zero_count")
+                              "stable_zero_fraction", "stable_zero_count",
+                              "sign_flip_fraction", "sign_flip_count",
+                              "max_abs_weight")
          for l in layers}
         | {f"{q}/{l}/kernel" for q in ("abs_weights", "log10_abs_weights")
            for l in ("first", "second")}
         | {"reg_loss/first", "reg_loss/second", "reg_loss/total",
            "reg_share/first", "reg_share/second", "reg_share/total",
-           "data_loss"})
+           "data_loss", "penalty_pull/first", "penalty_pull/second"})
     assert tags(events, "train") == expected_train
     assert tags(events, "validation") == {
         "reg_loss/first", "reg_loss/second", "reg_loss/total",
@@ -456,3 +458,92 @@ def test_stable_zeros_track_only_regularized_weights(tmp_path):
                         callbacks=[keras_lk.ZeroCounts(tmp_path)])
     assert history.history["stable_zero_frac"] == [0.0]
     assert "stable_zero_count/d" not in tags(read(tmp_path), "train")
+
+
+class SignFlipper(keras.callbacks.Callback):
+    """kernel[0] flips sign after step 0 and back after step 1; kernel[1]
+    goes from positive to zero; kernel[2] stays put."""
+
+    def on_train_batch_end(self, batch, logs=None):
+        kernel = self.model.get_layer("d").kernel
+        value = kernel.numpy()
+        if batch == 0:
+            value[0, 0], value[1, 0] = -0.3, 0.0
+        elif batch == 1:
+            value[0, 0] = 0.3
+        kernel.assign(value)
+
+
+def test_sign_flips_count_changes_within_the_window(tmp_path):
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(
+        1, name="d", use_bias=False,
+        kernel_regularizer=LkRegularizer(k=1, alpha=0.0))])
+    model.get_layer("d").kernel.assign(np.array([[0.3], [0.5], [-1.0]]))
+    model.compile(keras.optimizers.SGD(0.0), "mse")
+    history = model.fit(np.ones((16, 3)), np.zeros((16, 1)), batch_size=4,
+                        epochs=2, verbose=0,
+                        callbacks=[SignFlipper(), keras_lk.LkMonitor(tmp_path)])
+    events = read(tmp_path)
+    # Epoch 0: kernel[0] was +, -, + (a flip, though + again at the log);
+    # epoch 1 repeats it. A move to zero is not a flip.
+    assert events[("train", "sign_flip_count/d")] == {0: 1.0, 1: 1.0}
+    assert history.history["sign_flip_frac"] == [pytest.approx(1 / 3)] * 2
+    assert events[("train", "max_abs_weight/(all layers)")][1] == 1.0
+
+
+def test_step_stats_off_leaves_out_stable_zeros_and_flips(tmp_path):
+    x, y = data()
+    history = two_layer_model().fit(x, y, verbose=0, callbacks=[
+        keras_lk.LkMonitor(tmp_path, step_stats=False)])
+    assert "sign_flip_frac" not in history.history
+    assert "stable_zero_frac" not in history.history
+    assert not {t for t in tags(read(tmp_path), "train")
+                if t.startswith(("sign_flip", "stable_zero"))}
+
+
+def test_penalty_pull_and_its_ratio_to_the_data_loss(tmp_path):
+    x, y = data()
+    model = two_layer_model(lr=0.0)
+    batch = (x[:16], y[:16])
+    model.fit(x, y, verbose=0, callbacks=[
+        keras_lk.RegularizationShare(tmp_path, pull_batch=batch)])
+    events = read(tmp_path)
+    first = model.get_layer("first").kernel.numpy()
+    second = model.get_layer("second").kernel.numpy()
+    # d/dw alpha mean|w| = alpha sign(w) / n; d/dw alpha sum w^2 = 2 alpha w.
+    assert events[("train", "penalty_pull/first")][0] == pytest.approx(
+        ALPHA / first.size, rel=1e-5)
+    assert events[("train", "penalty_pull/second")][0] == pytest.approx(
+        np.mean(np.abs(2 * ALPHA * second)), rel=1e-5)
+    import tensorflow as tf
+    kernel = model.get_layer("first").kernel
+    with tf.GradientTape() as tape:
+        loss = keras.ops.mean(keras.losses.mean_squared_error(
+            batch[1], model(batch[0])))
+    data_pull = np.mean(np.abs(tape.gradient(loss, kernel.value).numpy()))
+    assert events[("train", "penalty_pull_ratio/first")][0] == pytest.approx(
+        (ALPHA / first.size) / data_pull, rel=1e-4)
+
+
+def test_proximal_penalty_pull_is_that_of_the_gradient_penalty(tmp_path):
+    x, y = data()
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(
+        2, name="d", kernel_regularizer=LkRegularizer(k=1, alpha=0.4,
+                                                      proximal=True))])
+    model.compile(keras_lk.ProximalOptimizer(keras.optimizers.SGD(0.0)), "mse")
+    model.fit(x, y[:, [0, 0]], verbose=0,
+              callbacks=[keras_lk.RegularizationShare(tmp_path)])
+    assert read(tmp_path)[("train", "penalty_pull/d")][0] == pytest.approx(
+        0.4 / 8, rel=1e-5)
+
+
+@pytest.mark.parametrize("pull_batch", ["batch", (1, 2, 3)])
+def test_bad_pull_batch(pull_batch, tmp_path):
+    with pytest.raises(ValueError, match="Invalid value for argument "
+                       "`pull_batch`. Expected None or a tuple"):
+        keras_lk.LkMonitor(tmp_path, pull_batch=pull_batch)
+
+
+def test_bad_step_stats(tmp_path):
+    with pytest.raises(ValueError, match="Received: step_stats='no'"):
+        keras_lk.ZeroCounts(tmp_path, step_stats="no")
