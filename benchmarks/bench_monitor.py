@@ -4,7 +4,8 @@ Run: `.venv/bin/python benchmarks/bench_monitor.py [--rounds R]`
 
 1. Fit wall time on the regularizer benchmark's MLP (LkRegularizer k=1 on
    every kernel), side by side, alternated: no monitor; LkMonitor at
-   update_freq="epoch" and at 10; keras.callbacks.TensorBoard(
+   update_freq="epoch" (with and without the per-step sign tracking,
+   `step_stats`) and at 10; keras.callbacks.TensorBoard(
    histogram_freq=1). Targets: <= 1.03x no-monitor at "epoch", <= 1.15x at
    10.
 2. One statistics pass (`weight_statistics`: both histograms and all
