@@ -15,19 +15,19 @@ from tensorboard.plugins.custom_scalar import summary as custom_scalar_summary
 from tensorboard.plugins.histogram import metadata as histogram_metadata
 
 
-def check_writable(log_dir):
-    """Creates `log_dir` and checks that files can be written in it.
+def check_writable(directory, what="TensorBoard logs", argument="log_dir"):
+    """Creates `directory` and checks that files can be written in it.
 
     Raises:
         OSError: naming the directory and the reason, if it cannot be used.
     """
     try:
-        os.makedirs(log_dir, exist_ok=True)
-        with tempfile.TemporaryFile(dir=log_dir):
+        os.makedirs(directory, exist_ok=True)
+        with tempfile.TemporaryFile(dir=directory):
             pass
     except OSError as error:
         raise OSError(
-            f"Cannot write TensorBoard logs to log_dir={str(log_dir)!r}: "
+            f"Cannot write {what} to {argument}={str(directory)!r}: "
             f"{error.strerror or error}") from error
 
 

@@ -1,0 +1,174 @@
+"""The `keras-lk` command (also `python -m keras_lk`).
+
+    keras-lk plot [--k 0.5 1 1.5 2 3 10] [--zoom W] [--out DIR]
+    keras-lk demo [--logdir runs/] [--epochs N] [--seed S]
+    keras-lk report LOGDIR [--out FILE]
+
+Bad input gives one line on stderr and exit status 2, no traceback.
+"""
+
+import argparse
+import math
+import os
+import sys
+
+PLOT_K = (0.5, 1.0, 1.5, 2.0, 3.0, 10.0)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise _UsageError(message)
+
+
+class _UsageError(Exception):
+    pass
+
+
+def _k_value(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"k must be a number > 0 or inf, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(
+            f"k must be a number > 0 or inf, got {text!r}")
+    return value
+
+
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(
+            f"expected an integer >= 1, got {text!r}")
+    return value
+
+
+def _positive_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(
+            f"expected a finite number > 0, got {text!r}")
+    return value
+
+
+def _non_negative_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (value >= 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(
+            f"expected a finite number >= 0, got {text!r}")
+    return value
+
+
+def build_parser():
+    from keras_lk import study
+
+    parser = _Parser(prog="keras-lk", description=(
+        "Redraw the figures of the Lk-regularization article and test its "
+        "claims on real data."))
+    commands = parser.add_subparsers(dest="command", required=True,
+                                     parser_class=_Parser)
+    plot = commands.add_parser(
+        "plot", help="PNG charts of |w|^k and its derivative")
+    plot.add_argument("--k", type=_k_value, nargs="+", default=list(PLOT_K),
+                      help="exponents (default: 0.5 1 1.5 2 3 10)")
+    plot.add_argument("--zoom", type=_positive_float, default=0.5,
+                      help="half-width of the zoomed view near 0 (default 0.5)")
+    plot.add_argument("--out", default="figures",
+                      help="output directory (default: figures)")
+
+    demo = commands.add_parser(
+        "demo", help="train on scikit-learn's digits once per penalty "
+                     "setting, monitored in TensorBoard")
+    demo.add_argument("--logdir", default="runs",
+                      help="TensorBoard log directory (default: runs)")
+    demo.add_argument("--epochs", type=_positive_int,
+                      default=study.DEFAULT_EPOCHS,
+                      help=f"epochs per run (default {study.DEFAULT_EPOCHS})")
+    demo.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    demo.add_argument("--alpha", type=_non_negative_float,
+                      default=study.DEFAULT_ALPHA,
+                      help="penalty strength, mean reduction "
+                           f"(default {study.DEFAULT_ALPHA:g})")
+    demo.add_argument("--hidden", type=_positive_int,
+                      default=study.HIDDEN_UNITS,
+                      help=f"hidden units (default {study.HIDDEN_UNITS})")
+
+    report = commands.add_parser(
+        "report", help="table and PNG from the event files of runs")
+    report.add_argument("logdir", metavar="LOGDIR")
+    report.add_argument("--out", help="PNG path (default: "
+                                      "LOGDIR/comparison.png)")
+    return parser
+
+
+def _writable_dir(path, what, argument):
+    from keras_lk.summary import check_writable
+
+    check_writable(path, what, argument)
+
+
+def _report(logdir, out, preferred=()):
+    from keras_lk import figures, report
+
+    runs = report.order_runs(report.find_runs(logdir), preferred)
+    out = out or os.path.join(logdir, "comparison.png")
+    _writable_dir(os.path.dirname(os.path.abspath(out)), "the comparison PNG",
+                  "--out")
+    print(report.format_table(runs))
+    figures.plot_runs(runs, out)
+    print(f"\ncomparison chart: {out}")
+    return runs
+
+
+def run(args):
+    if args.command == "plot":
+        from keras_lk import figures
+
+        _writable_dir(args.out, "figures", "--out")
+        for path in figures.plot_penalties(args.k, args.zoom, args.out):
+            print(path)
+        return 0
+    if args.command == "demo":
+        from keras_lk import study
+
+        _writable_dir(args.logdir, "TensorBoard logs", "--logdir")
+        print(f"keras-lk demo: {len(study.SETTINGS)} runs on scikit-learn's "
+              f"digits, {args.epochs} epochs each, alpha {args.alpha:g}, "
+              f"logs in {args.logdir}")
+        study.run_study(args.logdir, epochs=args.epochs, seed=args.seed,
+                        alpha=args.alpha, hidden=args.hidden)
+        print()
+        _report(args.logdir, None,
+                preferred=[setting.name for setting in study.SETTINGS])
+        print(f"\nOpen the runs in TensorBoard:\n  tensorboard --logdir "
+              f"{args.logdir} --host 127.0.0.1")
+        return 0
+    _report(args.logdir, args.out)
+    return 0
+
+
+def main(argv=None):
+    """Runs the command; returns its exit status."""
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        args = build_parser().parse_args(argv)
+        return run(args)
+    except _UsageError as error:
+        print(f"keras-lk: error: {error}", file=sys.stderr)
+        return 2
+    except (ValueError, OSError) as error:
+        print(f"keras-lk: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("keras-lk: interrupted", file=sys.stderr)
+        return 130
