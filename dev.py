@@ -1,7 +1,7 @@
 """Set up a local virtual environment and run the main job or the tests.
 
 Usage (needs only python3):
-    python3 dev.py demo [ARGS...]   # set up, then run the main job
+    python3 dev.py demo [ARGS...]   # set up, then run `keras-lk demo ARGS`
     python3 dev.py test [ARGS...]   # set up, then run the whole test suite
     python3 dev.py setup            # only set up .venv
 
@@ -45,9 +45,9 @@ def setup():
     STAMP.write_text(wanted)
 
 
-def run(args):
+def run(command):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    return subprocess.run([str(PYTHON)] + args, cwd=ROOT, env=env).returncode
+    return subprocess.run(command, cwd=ROOT, env=env).returncode
 
 
 def main(argv):
@@ -57,10 +57,10 @@ def main(argv):
     command, rest = argv[0], argv[1:]
     setup()
     if command == "demo":
-        return run([str(ROOT / "examples" / "quickstart.py")] + rest)
+        return run([str(BIN / "keras-lk"), "demo"] + rest)
     if command == "test":
-        return run(["-m", "pytest", "tests", "keras_lk", "--doctest-modules"]
-                   + rest)
+        return run([str(PYTHON), "-m", "pytest", "tests", "keras_lk",
+                    "--doctest-modules"] + rest)
     return 0
 
 

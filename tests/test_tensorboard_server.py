@@ -45,7 +45,8 @@ def tensorboard_url(tmp_path):
     board = program.TensorBoard(server_class=make_server)
     board.configure(argv=[None, "--logdir", str(tmp_path), "--host",
                           "127.0.0.1", "--port", str(free_port()),
-                          "--load_fast", "false", "--reload_interval", "1"])
+                          "--load_fast", "false", "--reload_interval", "0",
+                          "--reload_task", "blocking"])
     url = board.launch()
     try:
         yield url.rstrip("/")
@@ -62,7 +63,7 @@ def get(url, path, **params):
 
 
 def poll(url, path, **params):
-    """Data loads in the background: ask until it is there."""
+    """Ask until the data is there (loading may lag the server start)."""
     deadline = time.monotonic() + 60
     while True:
         try:
