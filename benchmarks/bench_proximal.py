@@ -40,14 +40,10 @@ def main():
                 keras_lk.LkRegularizer(k=k, alpha=ALPHA, proximal=True),
                 keras_lk.ProximalOptimizer(make()))
             targets[proximal] = gradient
-    for model in models.values():
-        model.fit(x, y, batch_size=common.BATCH, epochs=1, verbose=0)
+    common.warm_up(models.values(), x, y)
 
     def run_once(model):
-        timer = common.StepTimer()
-        model.fit(x, y, batch_size=common.BATCH, epochs=1, verbose=0,
-                  callbacks=[timer])
-        return timer.times[1:]
+        return common.step_times(model, x, y)
 
     samples = common.alternate(models, run_once, args.rounds)
     print(f"{args.rounds} rounds x {args.steps} steps, batch {common.BATCH}, "

@@ -30,14 +30,10 @@ def main():
         regularizers[f"Lk k={k:g}"] = keras_lk.LkRegularizer(
             k=k, alpha=ALPHA, reduction="sum")
     models = {name: common.make_mlp(reg) for name, reg in regularizers.items()}
-    for model in models.values():
-        model.fit(x, y, batch_size=common.BATCH, epochs=1, verbose=0)
+    common.warm_up(models.values(), x, y)
 
     def run_once(model):
-        timer = common.StepTimer()
-        model.fit(x, y, batch_size=common.BATCH, epochs=1, verbose=0,
-                  callbacks=[timer])
-        return timer.times[1:]
+        return common.step_times(model, x, y)
 
     samples = common.alternate(models, run_once, args.rounds)
     targets = {name: (1.05 if name in ("Lk k=1", "Lk k=2") else 1.15)

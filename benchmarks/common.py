@@ -53,6 +53,19 @@ class StepTimer(keras.callbacks.Callback):
         self.times.append(time.perf_counter() - self._start)
 
 
+def warm_up(models, x, y):
+    """Fits each model once, untimed: tracing is not what is measured."""
+    for model in models:
+        model.fit(x, y, batch_size=BATCH, epochs=1, verbose=0)
+
+
+def step_times(model, x, y):
+    """Wall times of one epoch's training steps, the first one left out."""
+    timer = StepTimer()
+    model.fit(x, y, batch_size=BATCH, epochs=1, verbose=0, callbacks=[timer])
+    return timer.times[1:]
+
+
 def alternate(variants, run_once, rounds):
     """Runs `run_once(variant)` for each variant, `rounds` times, alternating.
 

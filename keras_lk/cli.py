@@ -24,49 +24,27 @@ class _UsageError(Exception):
     pass
 
 
-def _k_value(text):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"k must be a number > 0 or inf, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(
-            f"k must be a number > 0 or inf, got {text!r}")
-    return value
+def _number(convert, accept, expected):
+    """An argparse type: `convert(text)`, refused unless `accept(value)`."""
+
+    def parse(text):
+        try:
+            value = convert(text)
+        except ValueError:
+            value = None
+        if value is None or not accept(value):
+            raise argparse.ArgumentTypeError(f"{expected}, got {text!r}")
+        return value
+
+    return parse
 
 
-def _positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(
-            f"expected an integer >= 1, got {text!r}")
-    return value
-
-
-def _positive_float(text):
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (value > 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(
-            f"expected a finite number > 0, got {text!r}")
-    return value
-
-
-def _non_negative_float(text):
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (value >= 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(
-            f"expected a finite number >= 0, got {text!r}")
-    return value
+_k_value = _number(float, lambda v: v > 0, "k must be a number > 0 or inf")
+_positive_int = _number(int, lambda v: v >= 1, "expected an integer >= 1")
+_positive_float = _number(float, lambda v: 0 < v < math.inf,
+                          "expected a finite number > 0")
+_non_negative_float = _number(float, lambda v: 0 <= v < math.inf,
+                              "expected a finite number >= 0")
 
 
 def build_parser():
