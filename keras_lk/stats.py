@@ -5,7 +5,8 @@ scalars and bucket counts, so monitoring never copies whole weights to the
 host. Counts are int32 tensors (exact integers); the bucketing uses one
 integer index array and `bincount`, never a one-hot matrix, so the memory
 beyond the weights is a small constant times their size (TensorBoard's own
-histogram op builds an N x buckets one-hot matrix in float64).
+histogram op builds an N x buckets one-hot matrix in float64). Both
+histograms come from one `bincount` over a joint (linear, log) bucket index.
 """
 
 import keras
@@ -50,51 +51,83 @@ def weight_statistics(w, tol, relative=False, buckets=DEFAULT_BUCKETS):
     (1, 2)
     """
     magnitude = ops.abs(ops.reshape(ops.convert_to_tensor(w), (-1,)))
-    dtype = keras.backend.standardize_dtype(magnitude.dtype)
-    if dtype != "float64":
-        dtype = "float32"
-        magnitude = ops.cast(magnitude, dtype)
+    if keras.backend.standardize_dtype(magnitude.dtype) != "float64":
+        magnitude = ops.cast(magnitude, "float32")
+    # Weights are almost always finite: check with one sum (NaN and inf
+    # propagate through it), and sanitize only when needed.
+    all_finite = ops.isfinite(ops.sum(magnitude))
+    return ops.cond(
+        all_finite,
+        lambda: _finite_statistics(magnitude, tol, relative, buckets),
+        lambda: _statistics_with_nonfinite(magnitude, tol, relative,
+                                           buckets))
+
+
+def _statistics_with_nonfinite(magnitude, tol, relative, buckets):
+    """`_finite_statistics` with NaN and inf counted apart.
+
+    Non-finite weights are set to 0 for the pass, then taken back out of
+    the zero counts (they land in the zero buckets of both histograms).
+    """
     finite = ops.isfinite(magnitude)
-    nonfinite = ops.logical_not(finite)
     nan = ops.sum(ops.cast(ops.isnan(magnitude), "int32"))
-    inf = ops.sum(ops.cast(nonfinite, "int32")) - nan
-    # Non-finite weights are moved out of the way of every reduction below.
-    magnitude = ops.where(finite, magnitude, ops.zeros_like(magnitude))
-    max_abs = ops.max(magnitude, initial=0.0)
-    zero = ops.equal(magnitude, 0)
-    exact_zeros = ops.sum(ops.cast(ops.logical_and(zero, finite), "int32"))
-    threshold = ops.multiply(tol, max_abs) if relative else ops.cast(tol, dtype)
-    near = ops.logical_and(ops.less_equal(magnitude, threshold), finite)
-    near_zeros = ops.sum(ops.cast(near, "int32"))
+    nonfinite = ops.sum(ops.cast(ops.logical_not(finite), "int32"))
+    stats = _finite_statistics(
+        ops.where(finite, magnitude, ops.zeros_like(magnitude)), tol,
+        relative, buckets)
+    first = ops.one_hot(0, buckets + 1, dtype="int32") * nonfinite
+    stats.update(
+        nan=nan, inf=nonfinite - nan,
+        exact_zeros=stats["exact_zeros"] - nonfinite,
+        near_zeros=stats["near_zeros"] - nonfinite,
+        abs_counts=stats["abs_counts"] - first[:buckets],
+        log_counts=stats["log_counts"] - first)
+    return stats
 
+
+def _finite_statistics(magnitude, tol, relative, buckets):
+    """The statistics of finite magnitudes, in as few passes as it takes.
+
+    Both histograms come from one `bincount` over a joint index
+    (linear bucket, log bucket); the exact zeros are the log histogram's
+    zero bucket.
+    """
+    dtype = keras.backend.standardize_dtype(magnitude.dtype)
     tiny = float(np.finfo(dtype).tiny)
-    # Divide first: buckets / max_abs overflows for tiny max_abs.
-    scaled = ops.divide(magnitude, ops.maximum(max_abs, tiny)) * buckets
-    index = ops.minimum(ops.cast(scaled, "int32"), buckets - 1)
-    index = ops.where(finite, index, buckets)  # the dropped bucket
-    abs_counts = ops.bincount(index, minlength=buckets + 1)[:buckets]
+    max_abs = ops.max(magnitude, initial=0.0)
+    threshold = ops.multiply(tol, max_abs) if relative else ops.cast(tol, dtype)
+    near_zeros = ops.sum(ops.cast(ops.less_equal(magnitude, threshold),
+                                  "int32"))
 
-    nonzero = ops.logical_and(ops.logical_not(zero), finite)
-    safe = ops.where(nonzero, magnitude, ops.ones_like(magnitude))
-    logs = ops.log10(safe)
-    log_hi = ops.ceil(ops.log10(ops.maximum(max_abs, tiny)))
-    smallest = ops.min(ops.where(nonzero, logs, log_hi), initial=0.0)
-    log_lo = ops.maximum(ops.floor(smallest), log_hi - MAX_DECADES)
+    # buckets / max_abs, kept finite for a tiny max_abs.
+    scale = buckets / ops.maximum(max_abs, buckets * tiny)
+    linear = ops.minimum(ops.cast(magnitude * scale, "int32"), buckets - 1)
+
+    nonzero = ops.greater(magnitude, 0)
+    top = ops.maximum(max_abs, tiny)
+    # Zeros take the log of max|w|: they cannot lower the smallest decade.
+    logs = ops.log10(ops.where(nonzero, magnitude, top))
+    log_hi = ops.ceil(ops.log10(top))
+    log_lo = ops.maximum(ops.floor(ops.min(logs)), log_hi - MAX_DECADES)
     log_hi = ops.maximum(log_hi, log_lo + 1)
-    width = (log_hi - log_lo) / buckets
-    log_index = ops.clip(ops.cast((logs - log_lo) / width, "int32"), 0,
-                         buckets - 1) + 1
-    log_index = ops.where(nonzero, log_index, 0)
-    log_index = ops.where(finite, log_index, buckets + 1)
-    log_counts = ops.bincount(log_index, minlength=buckets + 2)[:buckets + 1]
+    per_decade = buckets / (log_hi - log_lo)
+    logarithmic = ops.clip(ops.cast((logs - log_lo) * per_decade, "int32"),
+                           0, buckets - 1) + 1
+    logarithmic = ops.where(nonzero, logarithmic, 0)
+
+    joint = ops.bincount(linear * (buckets + 1) + logarithmic,
+                         minlength=buckets * (buckets + 1))
+    joint = ops.reshape(joint[:buckets * (buckets + 1)],
+                        (buckets, buckets + 1))
+    log_counts = ops.sum(joint, axis=0)
     return {
         "size": ops.size(magnitude),
-        "exact_zeros": exact_zeros,
+        "exact_zeros": log_counts[0],
         "near_zeros": near_zeros,
-        "nan": nan,
-        "inf": inf,
+        "nan": ops.zeros((), "int32"),
+        "inf": ops.zeros((), "int32"),
         "max_abs": max_abs,
-        "abs_counts": abs_counts,
+        "abs_counts": ops.sum(joint, axis=1),
         "log_lo": log_lo,
         "log_hi": log_hi,
         "log_counts": log_counts,

@@ -1,0 +1,76 @@
+import numpy as np
+import pytest
+
+from keras_lk.stats import (histogram_buckets, log_histogram_buckets,
+                            weight_statistics)
+
+
+def host(stats):
+    return {key: np.asarray(value) for key, value in stats.items()}
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "float16"])
+def test_counts_and_histograms_match_numpy(dtype):
+    rng = np.random.default_rng(0)
+    w = (rng.standard_normal(5000) * rng.choice([1, 1e-4], 5000)).astype(dtype)
+    w[:300] = 0
+    stats = host(weight_statistics(w, tol=1e-3, buckets=25))
+    magnitude = np.abs(w.astype("float64"))
+    assert stats["size"] == 5000
+    assert stats["exact_zeros"] == 300
+    assert stats["near_zeros"] == np.sum(magnitude <= np.float32(1e-3))
+    assert stats["max_abs"] == pytest.approx(magnitude.max(), rel=1e-6)
+    assert stats["abs_counts"].sum() == 5000
+    assert stats["log_counts"].sum() == 5000
+    assert stats["log_counts"][0] == 300
+    expected, _ = np.histogram(np.log10(magnitude[magnitude > 0]),
+                               bins=np.linspace(stats["log_lo"],
+                                                stats["log_hi"], 26))
+    np.testing.assert_array_equal(stats["log_counts"][1:], expected)
+
+
+def test_nan_and_inf_are_counted_apart_from_zeros():
+    w = np.array([np.nan, np.inf, -np.inf, 0.0, 0.5, -2.0, 1e-5], "float32")
+    stats = host(weight_statistics(w, tol=1e-3, buckets=10))
+    assert (stats["nan"], stats["inf"]) == (1, 2)
+    assert stats["exact_zeros"] == 1
+    assert stats["near_zeros"] == 2
+    assert stats["max_abs"] == 2.0
+    assert stats["abs_counts"].sum() == 4
+    assert stats["log_counts"].sum() == 4 and stats["log_counts"][0] == 1
+
+
+def test_all_zero_and_tiny_weights_stay_finite():
+    stats = host(weight_statistics(np.zeros(10, "float32"), tol=0.0))
+    assert stats["exact_zeros"] == 10 and stats["near_zeros"] == 10
+    assert stats["abs_counts"][0] == 10 and stats["log_counts"][0] == 10
+    tiny = np.array([0.0, 2e-38, 1e-38], "float32")
+    stats = host(weight_statistics(tiny, tol=0.0, buckets=4))
+    assert stats["abs_counts"].sum() == 3 and stats["log_counts"].sum() == 3
+    assert np.isfinite(stats["log_lo"]) and np.isfinite(stats["log_hi"])
+
+
+def test_relative_tolerance_scales_with_max():
+    w = np.array([0.0, 0.01, 0.5, 10.0], "float32")
+    assert int(weight_statistics(w, 0.1, relative=True)["near_zeros"]) == 3
+    assert int(weight_statistics(w, 0.1)["near_zeros"]) == 2
+
+
+def test_log_range_spans_at_most_twelve_decades():
+    w = np.array([1e-30, 1e-3, 1.0], "float32")
+    stats = host(weight_statistics(w, tol=0.0, buckets=12))
+    assert stats["log_hi"] - stats["log_lo"] == 12
+    assert stats["log_counts"][1] == 1  # 1e-30 falls into the lowest bucket
+
+
+def test_single_bucket():
+    stats = host(weight_statistics(np.array([0.0, 1.0, 2.0]), 0.0, buckets=1))
+    assert stats["abs_counts"].tolist() == [3]
+    assert stats["log_counts"].tolist() == [1, 2]
+
+
+def test_bucket_tables():
+    table = histogram_buckets([1, 2, 3], 0.0, 3.0)
+    assert table.tolist() == [[0, 1, 1], [1, 2, 2], [2, 3, 3]]
+    logs = log_histogram_buckets([4, 1, 1], -2.0, 0.0)
+    assert logs.tolist() == [[-3, -2, 4], [-2, -1, 1], [-1, 0, 1]]
