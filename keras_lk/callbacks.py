@@ -136,6 +136,10 @@ class _WeightMeasure:
         self._layers = _layers_and_weights(model, self.weights)
         variables = [v for _, weights in self._layers for _, v in weights]
         states = [_step_states(v, recorders.get(v)) for v in variables]
+        key = [id(v) for v in variables] + [id(s) for s in states]
+        if key == getattr(self, "_key", None):
+            return  # the same weights as the last fit: keep the traced graph
+        self._key = key
 
         # One graph for every weight: the reductions run on the device and
         # only the small results cross to the host.
@@ -338,7 +342,11 @@ class _PenaltyMeasure:
             if layer:
                 self._layers.append((path, [r for _, r in layer]))
                 pairs.append(layer)
-        self._pull = self._pull_function(model, pairs)
+        key = [id(model)] + [id(r) for layer in pairs for _, r in layer]
+        if key != getattr(self, "_key", None):
+            # Traced once per set of weights, not at every fit.
+            self._key = key
+            self._pull = self._pull_function(model, pairs)
 
     def _pull_function(self, model, pairs):
         """Mean |d penalty / dw| per layer, and the same of the data loss."""
