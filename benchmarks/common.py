@@ -69,24 +69,31 @@ def step_times(model, x, y):
 def alternate(variants, run_once, rounds):
     """Runs `run_once(variant)` for each variant, `rounds` times, alternating.
 
-    Returns `{name: [seconds, ...]}` over all rounds.
+    Returns `{name: [[seconds of round 1], [seconds of round 2], ...]}`.
     """
     samples = {name: [] for name in variants}
     for _ in range(rounds):
         for name, variant in variants.items():
-            samples[name].extend(run_once(variant))
+            samples[name].append(list(run_once(variant)))
     return samples
 
 
 def report(samples, baseline, targets=None):
-    """Prints each variant's median and its ratio to `baseline`."""
+    """Prints each variant's median time and its ratio to `baseline`.
+
+    The machine is shared and its speed drifts from minute to minute, so
+    ratios are paired: within each round (variants run back to back), the
+    variant's median over the baseline's; the ratio printed is the median
+    of those per-round ratios.
+    """
     targets = targets or {}
-    base = statistics.median(samples[baseline])
     print(f"{'variant':<28}{'median ms':>12}{'ratio':>9}  target")
     ratios = {}
-    for name, times in samples.items():
-        median = statistics.median(times)
-        ratios[name] = median / base
+    for name, rounds in samples.items():
+        per_round = [statistics.median(r) / statistics.median(b)
+                     for r, b in zip(rounds, samples[baseline])]
+        ratios[name] = statistics.median(per_round)
+        median = statistics.median(t for r in rounds for t in r)
         target = targets.get(name)
         verdict = ""
         if target is not None:

@@ -136,7 +136,8 @@ class _WeightMeasure:
         self._layers = _layers_and_weights(model, self.weights)
         variables = [v for _, weights in self._layers for _, v in weights]
         states = [_step_states(v, recorders.get(v)) for v in variables]
-        key = [id(v) for v in variables] + [id(s) for s in states]
+        key = [id(v) for v in variables] + [
+            id(mask) for state in states for mask in (state or ())]
         if key == getattr(self, "_key", None):
             return  # the same weights as the last fit: keep the traced graph
         self._key = key

@@ -547,3 +547,13 @@ def test_bad_pull_batch(pull_batch, tmp_path):
 def test_bad_step_stats(tmp_path):
     with pytest.raises(ValueError, match="Received: step_stats='no'"):
         keras_lk.ZeroCounts(tmp_path, step_stats="no")
+
+
+def test_the_statistics_graph_is_traced_once_across_fits(tmp_path):
+    x, y = data()
+    model = two_layer_model(lr=0.01)
+    monitor = keras_lk.LkMonitor(tmp_path)
+    for _ in range(3):
+        model.fit(x, y, epochs=1, verbose=0, callbacks=[monitor])
+    assert monitor._weights._statistics.experimental_get_tracing_count() == 1
+    assert monitor._penalties._pull.experimental_get_tracing_count() == 1
