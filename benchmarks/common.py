@@ -2,8 +2,8 @@
 
 An MLP of about 2.1M parameters (512 -> 1024 -> 1024 -> 512 -> 10) trained
 with Adam on synthetic data, batch 128, on the CPU. Variants are timed side
-by side in one process, alternating, and compared as ratios of medians:
-absolute times on a shared machine mean little.
+by side in one process, alternating, and compared as paired ratios (see
+`report`): absolute times on a shared machine mean little.
 """
 
 import os
