@@ -28,6 +28,7 @@ their own names, nested models as paths such as `encoder/dense_1`):
 `keras.callbacks.TensorBoard` uses, so both line up in TensorBoard.
 """
 
+import contextlib
 import math
 import os
 
@@ -276,7 +277,8 @@ class _Recorders:
     def start(self, model):
         """Wraps every regularized weight not yet wrapped by this callback."""
         strategy = getattr(model, "distribute_strategy", None)
-        scope = strategy.scope() if strategy is not None else _null_scope()
+        scope = (strategy.scope() if strategy is not None
+                 else contextlib.nullcontext())
         retrace = False
         with scope:
             if self.mode is None:
@@ -439,14 +441,6 @@ class _PenaltyMeasure:
             report.scalars["reg_share/total"] = _fraction(total, loss)
             report.logs[f"{prefix}reg_share"] = _fraction(total, loss)
         return now
-
-
-class _null_scope:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *args):
-        return False
 
 
 def _check_update_freq(update_freq):
