@@ -44,7 +44,7 @@ def run(name, k, proximal, args, x, y):
                   else optimizer, "mse")
     history = model.fit(x, y, batch_size=40, epochs=args.epochs, verbose=0,
                         callbacks=[keras_lk.LkMonitor(
-                            os.path.join(args.logdir, name))])
+                            os.path.join(args.logdir, name), step_stats=True)])
     kernel = model.get_layer("linear").kernel.numpy().ravel()
     noise = kernel[INFORMATIVE:]
     return (name, np.mean(noise == 0), history.history["stable_zero_frac"][-1],

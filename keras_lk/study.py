@@ -124,7 +124,7 @@ def run_study(logdir, epochs=DEFAULT_EPOCHS, seed=0, alpha=DEFAULT_ALPHA,
         history = model.fit(
             x_train, y_train, batch_size=BATCH_SIZE, epochs=epochs,
             validation_data=(x_test, y_test), verbose=0, callbacks=[
-                LkMonitor(run_dir),
+                LkMonitor(run_dir, step_stats=True),
                 keras.callbacks.TensorBoard(run_dir, write_graph=False),
                 Progress(index, len(settings), setting, epochs, stream)])
         results[setting.name] = {key: values[-1] for key, values

@@ -40,7 +40,7 @@ def test_lk_monitor_writes_exact_tags_and_steps(tmp_path):
     x, y = data()
     model = two_layer_model()
     model.fit(x, y, epochs=2, batch_size=16, validation_split=0.25, verbose=0,
-              callbacks=[keras_lk.LkMonitor(tmp_path)])
+              callbacks=[keras_lk.LkMonitor(tmp_path, step_stats=True)])
     events = read(tmp_path)
     layers = ("first", "second", "(all layers)")
     expected_train = (
@@ -158,7 +158,7 @@ def test_logs_keys_reach_history_and_csv_logger(tmp_path):
     csv_path = tmp_path / "log.csv"
     history = model.fit(
         x, y, epochs=1, validation_split=0.25, verbose=0,
-        callbacks=[keras_lk.LkMonitor(tmp_path / "tb"),
+        callbacks=[keras_lk.LkMonitor(tmp_path / "tb", step_stats=True),
                    keras.callbacks.CSVLogger(str(csv_path))])
     assert {"reg_loss", "reg_share", "zero_frac", "stable_zero_frac",
             "val_reg_loss", "val_reg_share"} <= set(history.history)
@@ -443,7 +443,7 @@ def test_stable_zeros_are_zero_at_every_step_since_the_last_log(cls, tmp_path):
     model.compile(keras.optimizers.SGD(0.0), "mse")
     history = model.fit(np.ones((16, 3)), np.zeros((16, 1)), batch_size=4,
                         epochs=2, verbose=0,
-                        callbacks=[Flicker(), cls(tmp_path)])
+                        callbacks=[Flicker(), cls(tmp_path, step_stats=True)])
     events = read(tmp_path)
     assert events[("train", "exact_zero_count/d")] == {0: 2.0, 1: 2.0}
     assert events[("train", "stable_zero_count/d")] == {0: 1.0, 1: 1.0}
@@ -455,7 +455,8 @@ def test_stable_zeros_track_only_regularized_weights(tmp_path):
         1, name="d", kernel_initializer="zeros")])
     model.compile(keras.optimizers.SGD(0.0), "mse")
     history = model.fit(np.ones((4, 3)), np.zeros((4, 1)), verbose=0,
-                        callbacks=[keras_lk.ZeroCounts(tmp_path)])
+                        callbacks=[keras_lk.ZeroCounts(tmp_path,
+                                                       step_stats=True)])
     assert history.history["stable_zero_frac"] == [0.0]
     assert "stable_zero_count/d" not in tags(read(tmp_path), "train")
 
@@ -482,7 +483,8 @@ def test_sign_flips_count_changes_within_the_window(tmp_path):
     model.compile(keras.optimizers.SGD(0.0), "mse")
     history = model.fit(np.ones((16, 3)), np.zeros((16, 1)), batch_size=4,
                         epochs=2, verbose=0,
-                        callbacks=[SignFlipper(), keras_lk.LkMonitor(tmp_path)])
+                        callbacks=[SignFlipper(),
+                                   keras_lk.LkMonitor(tmp_path, step_stats=True)])
     events = read(tmp_path)
     # Epoch 0: kernel[0] was +, -, + (a flip, though + again at the log);
     # epoch 1 repeats it. A move to zero is not a flip.
@@ -491,10 +493,10 @@ def test_sign_flips_count_changes_within_the_window(tmp_path):
     assert events[("train", "max_abs_weight/(all layers)")][1] == 1.0
 
 
-def test_step_stats_off_leaves_out_stable_zeros_and_flips(tmp_path):
+def test_step_stats_are_off_by_default(tmp_path):
     x, y = data()
     history = two_layer_model().fit(x, y, verbose=0, callbacks=[
-        keras_lk.LkMonitor(tmp_path, step_stats=False)])
+        keras_lk.LkMonitor(tmp_path)])
     assert "sign_flip_frac" not in history.history
     assert "stable_zero_frac" not in history.history
     assert not {t for t in tags(read(tmp_path), "train")
@@ -552,7 +554,7 @@ def test_bad_step_stats(tmp_path):
 def test_the_statistics_graph_is_traced_once_across_fits(tmp_path):
     x, y = data()
     model = two_layer_model(lr=0.01)
-    monitor = keras_lk.LkMonitor(tmp_path)
+    monitor = keras_lk.LkMonitor(tmp_path, step_stats=True)
     for _ in range(3):
         model.fit(x, y, epochs=1, verbose=0, callbacks=[monitor])
     assert monitor._weights._statistics.experimental_get_tracing_count() == 1

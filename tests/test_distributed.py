@@ -38,13 +38,15 @@ SCRIPT = textwrap.dedent("""
         model.compile(keras.optimizers.SGD(0.0), "mse")
     history = model.fit(x, y, epochs=2, batch_size=16, validation_split=0.25,
                         verbose=0,
-                        callbacks=[keras_lk.LkMonitor(sys.argv[1])])
+                        callbacks=[keras_lk.LkMonitor(sys.argv[1],
+                                                      step_stats=True)])
     events = read(sys.argv[1])
     print(json.dumps({
         "history": history.history,
         "penalty": sum(float(l) for l in model.losses),
         "share_steps": sorted(events[("train", "reg_share/total")]),
         "zero_count": events[("train", "zero_count/(all layers)")][1],
+        "flips": history.history["sign_flip_frac"],
     }))
 """)
 
@@ -62,6 +64,7 @@ def test_mirrored_strategy_on_two_logical_cpus(tmp_path):
     assert all(0 < share < 1 for share in history["reg_share"])
     assert out["share_steps"] == [0, 1]
     assert out["zero_count"] >= 0
+    assert out["flips"] == [0.0, 0.0]  # learning rate 0: no sign changes
 
 
 def test_only_the_chief_writes():
