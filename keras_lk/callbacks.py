@@ -129,9 +129,6 @@ class _WeightMeasure:
         self.histograms = histograms
         self.zeros = zeros
         self.step_stats = step_stats
-        self.log_keys = ("zero_frac",) if zeros else ()
-        if zeros and step_stats:
-            self.log_keys += ("stable_zero_frac", "sign_flip_frac")
 
     def start(self, model, recorders):
         self._layers = _layers_and_weights(model, self.weights)
@@ -329,8 +326,6 @@ def _check_pull_batch(pull_batch):
 
 class _PenaltyMeasure:
     """The penalty that entered the loss, per layer, its share and pull."""
-
-    log_keys = ("reg_loss", "reg_share")
 
     def __init__(self, pull_batch=None):
         self.pull_batch = _check_pull_batch(pull_batch)

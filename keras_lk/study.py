@@ -13,7 +13,6 @@ import sys
 from dataclasses import dataclass
 
 import keras
-import numpy as np
 
 from keras_lk.callbacks import LkMonitor
 from keras_lk.optimizers import ProximalOptimizer

@@ -4,7 +4,6 @@ import keras
 import numpy as np
 import pytest
 
-import keras_lk
 from keras_lk import LkRegularizer, ProximalOptimizer, prox
 
 
