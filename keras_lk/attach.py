@@ -73,11 +73,32 @@ def _select(model, layer_types, names, predicate, weight):
     return chosen
 
 
+def _config_attribute(layer, weight):
+    """The layer attribute its config saves `weight`'s regularizer from.
+
+    `kernel_regularizer` for Dense and Conv, `embeddings_regularizer` for
+    Embedding, `depthwise_regularizer` for DepthwiseConv's `kernel`, and for
+    SeparableConv's `depthwise_kernel` / `pointwise_kernel`; None if the
+    layer has none.
+    """
+    candidates = [f"{weight}_regularizer"]
+    if weight.endswith("_kernel"):
+        candidates.append(weight[:-len("_kernel")] + "_regularizer")
+    if weight == "kernel":
+        candidates.append("depthwise_regularizer")
+    for name in candidates:
+        if hasattr(layer, name):
+            return name
+    return None
+
+
 def _set_regularizer(model, layers, regularizer, weight):
     for layer in layers:
         getattr(layer, weight).regularizer = regularizer
         # The layer's config is what `.keras` saving records.
-        setattr(layer, f"{weight}_regularizer", regularizer)
+        attribute = _config_attribute(layer, weight)
+        if attribute is not None:
+            setattr(layer, attribute, regularizer)
     # A compiled step traced before the change would not see it.
     for name in ("train_function", "test_function"):
         if getattr(model, name, None) is not None:
@@ -90,7 +111,8 @@ def attach(model, regularizer, *, layer_types=None, names=None,
 
     For models from `keras.applications` or loaded from disk: no rebuild, no
     new layers. Afterwards `model.losses` and `fit` include the penalty and
-    the layers' configs record it, so the model saves with it. Layers are
+    the layers' configs record it (for layers whose config has a regularizer
+    for that weight), so the model saves with it. Layers are
     chosen by every filter given (all must match); with none, every layer
     that has the weight is chosen. Nested models are searched too, and a
     layer may be named by its own name or its path (`"encoder/dense"`).

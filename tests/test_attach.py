@@ -99,3 +99,51 @@ def test_attach_checks_its_arguments():
         keras_lk.attach(model, LkRegularizer(), predicate=3)
     with pytest.raises(ValueError, match="Invalid value for argument `layer_types`"):
         keras_lk.attach(model, LkRegularizer(), layer_types="Dense")
+
+
+def test_attach_to_a_model_loaded_from_disk(tmp_path):
+    model = nested_model()
+    model.compile("sgd", "mse")
+    path = tmp_path / "plain.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    x = np.ones((8, 6), "float32")
+    y = np.zeros((8, 1), "float32")
+    before = loaded.evaluate(x, y, verbose=0)
+    keras_lk.attach(loaded, LkRegularizer(k=0.5, alpha=1.0))
+    assert loaded.evaluate(x, y, verbose=0) == pytest.approx(
+        before + sum(float(l) for l in loaded.losses), rel=1e-5)
+
+
+def test_attach_to_a_keras_applications_model():
+    model = keras.applications.MobileNetV3Small(
+        weights=None, input_shape=(32, 32, 3), classes=4,
+        include_preprocessing=False)
+    convolutions = [layer for layer in model.layers
+                    if isinstance(layer, keras.layers.Conv2D)]
+    chosen = keras_lk.attach(model, LkRegularizer(k=1, alpha=1e-4),
+                             layer_types=keras.layers.Conv2D)
+    assert chosen == convolutions
+    assert len(model.losses) == len(convolutions)
+    depthwise = keras_lk.attach(model, LkRegularizer(k=2, alpha=1e-4),
+                                layer_types=keras.layers.DepthwiseConv2D)
+    assert depthwise and len(model.losses) == len(convolutions) + len(depthwise)
+    # DepthwiseConv2D saves its kernel's regularizer as depthwise_regularizer.
+    config = depthwise[0].get_config()["depthwise_regularizer"]
+    assert config["class_name"] == "LkRegularizer"
+
+
+def test_attach_records_separable_and_embedding_regularizers(tmp_path):
+    inputs = keras.Input((8,), dtype="int32")
+    hidden = keras.layers.Embedding(20, 4, name="embed")(inputs)
+    hidden = keras.layers.Reshape((8, 4, 1))(hidden)
+    outputs = keras.layers.SeparableConv2D(2, 3, name="sep")(hidden)
+    model = keras.Model(inputs, outputs)
+    keras_lk.attach(model, LkRegularizer(k=1), weight="embeddings")
+    keras_lk.attach(model, LkRegularizer(k=3), weight="pointwise_kernel")
+    path = tmp_path / "m.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert loaded.get_layer("embed").embeddings_regularizer.k == 1.0
+    assert loaded.get_layer("sep").pointwise_regularizer.k == 3.0
+    assert len(loaded.losses) == 2
