@@ -14,8 +14,8 @@ their own names, nested models as paths such as `encoder/dense_1`):
 | `log10_abs_weights/<layer>/<weight>` | histogram of log10\\|w\\| | AbsWeightHistograms |
 | `zero_fraction/<layer>`, `zero_count/<layer>` | \\|w\\| <= tol | ZeroCounts |
 | `exact_zero_fraction/<layer>`, `exact_zero_count/<layer>` | w == 0 | ZeroCounts |
-| `stable_zero_fraction/<layer>`, `stable_zero_count/<layer>` | w == 0 at every step since the last log | ZeroCounts |
-| `sign_flip_fraction/<layer>`, `sign_flip_count/<layer>` | sign changed since the last log | ZeroCounts |
+| `stable_zero_fraction/<layer>`, `stable_zero_count/<layer>` | w == 0 at every step since the last log (`step_stats=True`) | ZeroCounts |
+| `sign_flip_fraction/<layer>`, `sign_flip_count/<layer>` | sign changed since the last log (`step_stats=True`) | ZeroCounts |
 | `max_abs_weight/<layer>` | max\\|w\\| | ZeroCounts |
 | `nonfinite_count/<layer>` | NaN or inf weights, when any | ZeroCounts |
 | `reg_loss/<layer>`, `reg_loss/total` | penalty in the loss | RegularizationShare |
