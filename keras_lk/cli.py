@@ -12,6 +12,9 @@ import math
 import os
 import sys
 
+from keras_lk import figures, report, study
+from keras_lk.summary import check_writable
+
 PLOT_K = (0.5, 1.0, 1.5, 2.0, 3.0, 10.0)
 
 
@@ -48,60 +51,46 @@ _non_negative_float = _number(float, lambda v: 0 <= v < math.inf,
 
 
 def build_parser():
-    from keras_lk import study
-
     parser = _Parser(prog="keras-lk", description=(
         "Redraw the figures of the Lk-regularization article and test its "
         "claims on real data."))
     commands = parser.add_subparsers(dest="command", required=True,
                                      parser_class=_Parser)
-    plot = commands.add_parser(
-        "plot", help="PNG charts of |w|^k and its derivative")
-    plot.add_argument("--k", type=_k_value, nargs="+", default=list(PLOT_K),
-                      help="exponents (default: 0.5 1 1.5 2 3 10)")
-    plot.add_argument("--zoom", type=_positive_float, default=0.5,
-                      help="half-width of the zoomed view near 0 (default 0.5)")
-    plot.add_argument("--out", default="figures",
-                      help="output directory (default: figures)")
+    add = commands.add_parser("plot", help=(
+        "PNG charts of |w|^k and its derivative")).add_argument
+    add("--k", type=_k_value, nargs="+", default=list(PLOT_K),
+        help="exponents (default: 0.5 1 1.5 2 3 10)")
+    add("--zoom", type=_positive_float, default=0.5,
+        help="half-width of the zoomed view near 0 (default 0.5)")
+    add("--out", default="figures",
+        help="output directory (default: figures)")
 
-    demo = commands.add_parser(
-        "demo", help="train on scikit-learn's digits once per penalty "
-                     "setting, monitored in TensorBoard")
-    demo.add_argument("--logdir", default="runs",
-                      help="TensorBoard log directory (default: runs)")
-    demo.add_argument("--epochs", type=_positive_int,
-                      default=study.DEFAULT_EPOCHS,
-                      help=f"epochs per run (default {study.DEFAULT_EPOCHS})")
-    demo.add_argument("--seed", type=int, default=0, help="seed (default 0)")
-    demo.add_argument("--alpha", type=_non_negative_float,
-                      default=study.DEFAULT_ALPHA,
-                      help="penalty strength, mean reduction "
-                           f"(default {study.DEFAULT_ALPHA:g})")
-    demo.add_argument("--hidden", type=_positive_int,
-                      default=study.HIDDEN_UNITS,
-                      help=f"hidden units (default {study.HIDDEN_UNITS})")
+    add = commands.add_parser("demo", help=(
+        "train on scikit-learn's digits once per penalty setting, "
+        "monitored in TensorBoard")).add_argument
+    add("--logdir", default="runs",
+        help="TensorBoard log directory (default: runs)")
+    add("--epochs", type=_positive_int, default=study.DEFAULT_EPOCHS,
+        help=f"epochs per run (default {study.DEFAULT_EPOCHS})")
+    add("--seed", type=int, default=0, help="seed (default 0)")
+    add("--alpha", type=_non_negative_float, default=study.DEFAULT_ALPHA,
+        help="penalty strength, mean reduction "
+             f"(default {study.DEFAULT_ALPHA:g})")
+    add("--hidden", type=_positive_int, default=study.HIDDEN_UNITS,
+        help=f"hidden units (default {study.HIDDEN_UNITS})")
 
-    report = commands.add_parser(
-        "report", help="table and PNG from the event files of runs")
-    report.add_argument("logdir", metavar="LOGDIR")
-    report.add_argument("--out", help="PNG path (default: "
-                                      "LOGDIR/comparison.png)")
+    add = commands.add_parser("report", help=(
+        "table and PNG from the event files of runs")).add_argument
+    add("logdir", metavar="LOGDIR")
+    add("--out", help="PNG path (default: LOGDIR/comparison.png)")
     return parser
 
 
-def _writable_dir(path, what, argument):
-    from keras_lk.summary import check_writable
-
-    check_writable(path, what, argument)
-
-
 def _report(logdir, out, preferred=()):
-    from keras_lk import figures, report
-
     runs = report.order_runs(report.find_runs(logdir), preferred)
     out = out or os.path.join(logdir, "comparison.png")
-    _writable_dir(os.path.dirname(os.path.abspath(out)), "the comparison PNG",
-                  "--out")
+    check_writable(os.path.dirname(os.path.abspath(out)), "the comparison PNG",
+                   "--out")
     print(report.format_table(runs))
     figures.plot_runs(runs, out)
     print(f"\ncomparison chart: {out}")
@@ -110,16 +99,12 @@ def _report(logdir, out, preferred=()):
 
 def run(args):
     if args.command == "plot":
-        from keras_lk import figures
-
-        _writable_dir(args.out, "figures", "--out")
+        check_writable(args.out, "figures", "--out")
         for path in figures.plot_penalties(args.k, args.zoom, args.out):
             print(path)
         return 0
     if args.command == "demo":
-        from keras_lk import study
-
-        _writable_dir(args.logdir, "TensorBoard logs", "--logdir")
+        check_writable(args.logdir, "TensorBoard logs", "--logdir")
         print(f"keras-lk demo: {len(study.SETTINGS)} runs on scikit-learn's "
               f"digits, {args.epochs} epochs each, alpha {args.alpha:g}, "
               f"logs in {args.logdir}")
