@@ -128,23 +128,7 @@ def safe_abs_pow(x, k):
     >>> np.asarray(safe_abs_pow(np.array([-4.0, 0.0, 9.0]), 0.5)).tolist()
     [2.0, 0.0, 3.0]
     """
-    k = float(k)
-    x = ops.convert_to_tensor(x)
-    if k == 1.0:
-        return ops.abs(x)
-    if k == 2.0:
-        return ops.square(x)
-    # A variable read inside a custom gradient would need a backend-specific
-    # `variables` argument; `copy` reads it outside (an identity in TF).
-    x = ops.copy(x)
-
-    @ops.custom_gradient
-    def abs_pow(x):
-        value, derivative = _abs_pow_parts(x, k)
-        return value, _grad_fn(lambda upstream: ops.multiply(
-            upstream, derivative(1.0)))
-
-    return abs_pow(x)
+    return _abs_pow(x, k, reduce_sum=False)
 
 
 def sum_abs_pow(x, k):
@@ -166,20 +150,31 @@ def sum_abs_pow(x, k):
     >>> float(sum_abs_pow([3.0, -4.0], 2))
     25.0
     """
+    return _abs_pow(x, k, reduce_sum=True)
+
+
+def _abs_pow(x, k, reduce_sum):
+    """`|x|^k`, or its sum, with the hand-written gradient of the table."""
     k = float(k)
     x = ops.convert_to_tensor(x)
-    if k == 1.0:
-        return ops.sum(ops.abs(x))
-    if k == 2.0:
-        return ops.sum(ops.square(x))
-    x = ops.copy(x)  # see safe_abs_pow
+    if k in (1.0, 2.0):  # Keras's own L1/L2 ops: autodiff is exact and cheap
+        value = ops.abs(x) if k == 1.0 else ops.square(x)
+        return ops.sum(value) if reduce_sum else value
+    # A variable read inside a custom gradient would need a backend-specific
+    # `variables` argument; `copy` reads it outside (an identity in TF).
+    x = ops.copy(x)
 
     @ops.custom_gradient
-    def total(x):
+    def abs_pow(x):
         value, derivative = _abs_pow_parts(x, k)
-        return ops.sum(value), _grad_fn(derivative)
+        if reduce_sum:
+            # The scalar upstream is folded into the derivative's last
+            # multiplication instead of being broadcast first.
+            return ops.sum(value), _grad_fn(derivative)
+        return value, _grad_fn(
+            lambda upstream: ops.multiply(upstream, derivative(1.0)))
 
-    return total(x)
+    return abs_pow(x)
 
 
 def lk_penalty(x, k, alpha, reduction="mean"):
