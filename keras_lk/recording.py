@@ -1,0 +1,232 @@
+"""Recording what each compiled step does: the only code that touches a
+model's regularizers.
+
+Keras calls every trainable weight's regularizer (`variable.regularizer`) in
+each compiled train and test step, with the weight as it enters the step.
+That is the one place where keras_lk can see every step on the device, so
+while a monitored `fit` runs, each regularized weight's regularizer is
+replaced by a `Recorder` that returns the very same value and, on the side,
+adds it to an accumulator (and, when asked, stamps the step at which the
+weight was last seen positive and negative, for sign flips and stable
+zeros).
+
+The lifecycle keeps no trace on the model:
+- there is one `Recording` per model and one `Recorder` per weight, shared
+  by every keras_lk callback, so fresh callbacks never stack wrappers, and
+  the step traced with the recorders stays valid from one `fit` to the next
+  (no retracing);
+- `Recording.install` puts the recorders on at train begin; `restore` puts
+  the user's own regularizer objects back at train end and switches the
+  recording off;
+- if `fit` raises, `on_train_end` never runs: the recorders stay on but are
+  inert (same penalty value, one scalar add), and the next monitored `fit`
+  restores the user's objects at its end;
+- a step traced with the recorders but run after `restore` records nothing:
+  the recorders read a control variable that is off, and skip the sign
+  stamps with a `cond`.
+
+Each callback keeps its own marks on the shared accumulators (they only grow),
+so several callbacks with different windows read what they would read alone.
+"""
+
+import contextlib
+import weakref
+
+import keras
+import numpy as np
+from keras import ops
+
+OFF, TRAIN, EVAL = -1, 0, 1
+
+# model id -> (weakref to the model, its Recording)
+_RECORDINGS = {}
+
+
+def _strategy_scope(model):
+    strategy = getattr(model, "distribute_strategy", None)
+    return strategy.scope() if strategy is not None else contextlib.nullcontext()
+
+
+def _new_variable(value, dtype):
+    # Updated from every replica's step; one replica's value is the value.
+    return keras.Variable(value, dtype=dtype, trainable=False,
+                          aggregation="only_first_replica")
+
+
+class Recorder:
+    """Stands in for one weight's regularizer (same value) while recording.
+
+    Attributes:
+        regularizer: The user's regularizer, whose value it returns.
+        sums: `[train, eval]` sums of the penalty over recorded steps.
+        counts: `[train, eval]` numbers of recorded steps.
+        last_positive, last_negative: With sign tracking, per element the
+            train step (`counts[0]` after it) at which the weight last
+            entered a step positive (negative); 0 if never. None otherwise.
+    """
+
+    def __init__(self, regularizer, control):
+        self.regularizer = regularizer
+        self.control = control
+        self.sums = _new_variable(np.zeros(2), "float64")
+        self.counts = _new_variable(np.zeros(2), "float64")
+        self.last_positive = self.last_negative = None
+
+    def track_signs(self, variable):
+        """Adds the sign stamps; returns whether they are new."""
+        if self.last_positive is not None:
+            return False
+        shape = tuple(variable.shape)
+        self.last_positive = _new_variable(np.zeros(shape, "int32"), "int32")
+        self.last_negative = _new_variable(np.zeros(shape, "int32"), "int32")
+        return True
+
+    def __call__(self, x):
+        value = self.regularizer(x)
+        mode, signs = self.control[0], self.control[1]
+        # OFF gives a zero one-hot: the adds cost nothing and change nothing.
+        one_hot = ops.one_hot(mode, 2, dtype="float64")
+        self.sums.assign_add(one_hot * ops.cast(value, "float64"))
+        self.counts.assign_add(one_hot)
+        if self.last_positive is not None:
+            ops.cond(ops.logical_and(ops.equal(mode, TRAIN),
+                                     ops.equal(signs, 1)),
+                     lambda: self._stamp(x), lambda: None)
+        return value
+
+    def _stamp(self, x):
+        step = ops.cast(self.counts[0], "int32")
+        self.last_positive.assign(
+            ops.where(ops.greater(x, 0), step, self.last_positive))
+        self.last_negative.assign(
+            ops.where(ops.less(x, 0), step, self.last_negative))
+
+    def train_steps(self):
+        """The number of train steps recorded so far (host int)."""
+        return int(ops.convert_to_numpy(self.counts)[0])
+
+
+def user_regularizer(regularizer):
+    """The user's regularizer behind a `Recorder`, or `regularizer` itself."""
+    return regularizer.regularizer if isinstance(regularizer, Recorder) else (
+        regularizer)
+
+
+class Recording:
+    """The recorders of one model's regularized weights, and their control.
+
+    Get it with `Recording.of(model)`: there is one per model.
+    """
+
+    def __init__(self, model):
+        self._model = weakref.ref(model)
+        self._recorders = {}   # variable id -> (weakref, Recorder)
+        self._control = None   # int32 [mode, sign tracking on]
+        self._state = [OFF, 0]  # its value, kept on the host
+        self._traced = (None, None)  # weakrefs: functions traced with us
+        # Functions the measures traced for this model, shared by every
+        # callback so that fresh callbacks do not retrace.
+        self.functions = {}
+
+    @classmethod
+    def of(cls, model):
+        entry = _RECORDINGS.get(id(model))
+        if entry is not None and entry[0]() is model:
+            return entry[1]
+        recording = cls(model)
+        _RECORDINGS[id(model)] = (weakref.ref(model), recording)
+        weakref.finalize(model, _RECORDINGS.pop, id(model), None)
+        return recording
+
+    def install(self, track_signs=False):
+        """Puts the recorders on every regularized weight; recording on.
+
+        Args:
+            track_signs: Whether the steps must also stamp signs.
+        """
+        model = self._model()
+        changed = False
+        with _strategy_scope(model):
+            if self._control is None:
+                self._control = _new_variable(np.array([OFF, 0]), "int32")
+            for variable in _regularized_weights(model):
+                current = variable.regularizer
+                recorder = self.recorder(variable)
+                if recorder is None:
+                    recorder = Recorder(user_regularizer(current),
+                                        self._control)
+                    self._recorders[id(variable)] = (weakref.ref(variable),
+                                                     recorder)
+                    changed = True
+                elif user_regularizer(current) is not recorder.regularizer:
+                    # The user set another regularizer since: the traced
+                    # steps call the old one.
+                    recorder.regularizer = user_regularizer(current)
+                    changed = True
+                if track_signs:
+                    changed = recorder.track_signs(variable) or changed
+                variable.regularizer = recorder
+        self._retrace_unless_valid(model, changed)
+        # Within one fit every callback installs: sign tracking only turns on.
+        signs = int(track_signs or (self._state[0] != OFF and self._state[1]))
+        self._set([TRAIN, signs])
+
+    def _set(self, state):
+        self._state = list(state)
+        self._control.assign(self._state)
+
+    def _retrace_unless_valid(self, model, changed):
+        """Makes sure the compiled steps call the recorders.
+
+        A train or test function traced with these very recorders (in an
+        earlier monitored fit) stays valid; any other may have been traced
+        without them, or with the user's objects, and is made anew (it is
+        traced at its first call).
+        """
+        seen = [ref() if ref is not None else None for ref in self._traced]
+        functions = (model.train_function, model.test_function)
+        if changed or functions[0] is not seen[0] and functions[0] is not None:
+            model.make_train_function(force=True)
+        if changed or functions[1] is not seen[1] and functions[1] is not None:
+            model.make_test_function(force=True)
+        self._remember_functions(model)
+
+    def _remember_functions(self, model):
+        self._traced = tuple(
+            weakref.ref(f) if f is not None else None
+            for f in (model.train_function, model.test_function))
+
+    def restore(self):
+        """Puts the user's regularizers back; recording off."""
+        model = self._model()
+        if self._control is None or model is None:
+            return
+        for reference, recorder in self._recorders.values():
+            variable = reference()
+            if variable is not None and variable.regularizer is recorder:
+                variable.regularizer = recorder.regularizer
+        self._set([OFF, 0])
+        self._remember_functions(model)
+
+    def set_mode(self, mode):
+        """Records the next steps as training (TRAIN) or evaluation (EVAL)."""
+        if self._state[0] not in (OFF, mode):
+            self._set([mode, self._state[1]])
+
+    def recorder(self, variable):
+        """The `Recorder` of `variable`, or None."""
+        entry = self._recorders.get(id(variable))
+        if entry is not None and entry[0]() is variable:
+            return entry[1]
+        return None
+
+
+def _regularized_weights(model):
+    """Every weight of `model` with a regularizer, each once."""
+    seen = set()
+    for variable in model.weights:
+        if id(variable) in seen or getattr(variable, "regularizer",
+                                           None) is None:
+            continue
+        seen.add(id(variable))
+        yield variable
