@@ -47,10 +47,11 @@ def _strategy_scope(model):
     return strategy.scope() if strategy is not None else contextlib.nullcontext()
 
 
-def _new_variable(value, dtype):
+def _new_variable(value, dtype, synchronization="auto"):
     # Updated from every replica's step; one replica's value is the value.
     return keras.Variable(value, dtype=dtype, trainable=False,
-                          aggregation="only_first_replica")
+                          aggregation="only_first_replica",
+                          synchronization=synchronization)
 
 
 class Recorder:
@@ -76,9 +77,12 @@ class Recorder:
         """Adds the sign stamps; returns whether they are new."""
         if self.last_positive is not None:
             return False
-        shape = tuple(variable.shape)
-        self.last_positive = _new_variable(np.zeros(shape, "int32"), "int32")
-        self.last_negative = _new_variable(np.zeros(shape, "int32"), "int32")
+        # Each replica stamps its own copy (the same weights, the same
+        # stamps): inside the step's `cond`, a mirrored update would need a
+        # cross-replica merge, which a `cond` in a replica cannot hold.
+        zeros = np.zeros(tuple(variable.shape), "int32")
+        self.last_positive = _new_variable(zeros, "int32", "on_read")
+        self.last_negative = _new_variable(zeros, "int32", "on_read")
         return True
 
     def __call__(self, x):

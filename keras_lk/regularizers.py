@@ -1,7 +1,6 @@
 """`LkRegularizer`: the Keras glue around `penalties.lk_penalty`."""
 
 import math
-import threading
 import weakref
 
 import keras
@@ -14,10 +13,13 @@ REDUCTIONS = ("mean", "sum")
 
 # Weights whose proximal step a built ProximalOptimizer takes: id -> weakref.
 _PROXIMAL_HANDLED = {}
-# A ProximalOptimizer announces itself in each train step before the
-# gradients are taken (in `scale_loss`), so that on the very first step,
-# before it is built, its weights' gradients know that it will follow.
-_STEP = threading.local()
+# ProximalOptimizers about to be built by the step being traced. Keras takes
+# the first step's gradients before it builds the optimizer (in its first
+# `apply`): a ProximalOptimizer announces itself in `scale_loss`, or, under a
+# LossScaleOptimizer (which never calls it before then), when that wrapper
+# takes over its loss scaling. While one is pending, an unmarked proximal
+# weight is taken to be its.
+_PENDING = weakref.WeakSet()
 
 
 def mark_proximal_handled(variable):
@@ -25,16 +27,19 @@ def mark_proximal_handled(variable):
     _PROXIMAL_HANDLED[id(variable)] = weakref.ref(variable)
 
 
-def set_proximal_step(optimizer):
-    """Marks (or, with None, unmarks) a proximal optimizer's step."""
-    _STEP.optimizer = optimizer
+def set_pending(optimizer, pending):
+    """Announces (or, with False, withdraws) an unbuilt ProximalOptimizer."""
+    if pending:
+        _PENDING.add(optimizer)
+    else:
+        _PENDING.discard(optimizer)
 
 
 def is_proximal_handled(variable):
     ref = _PROXIMAL_HANDLED.get(id(variable))
     if ref is not None and ref() is variable:
         return True
-    return getattr(_STEP, "optimizer", None) is not None
+    return len(_PENDING) > 0
 
 
 def unwrap(regularizer):
