@@ -84,11 +84,13 @@ def fraction(part, whole):
     return part / whole if whole else 0.0
 
 
-@tf.function(autograph=False, reduce_retracing=True)
+@tf.function(autograph=False)
 def _statistics(variables, stamps, marks, tol, relative, buckets):
     # Variables are arguments, not captures: one trace serves every model
     # of the same shapes and every callback, and fresh callbacks never
-    # retrace. The reductions run on the device; small results come back.
+    # retrace. (Not `reduce_retracing`: with shapes relaxed, a variable
+    # argument keeps the static shape of the first one traced.) The
+    # reductions run on the device; small results come back.
     results = []
     for variable, stamp, mark in zip(variables, stamps, marks):
         stats = weight_statistics(variable, tol, relative, buckets)
@@ -347,23 +349,16 @@ class PullMeasure:
 
     def __init__(self, pull_batch=None):
         self.pull_batch = check_pull_batch(pull_batch)
+        self._model = None
         self._layers = []
-        self._pull = None
+        self._loss = None
 
     def start(self, model, recording):
-        layers = _regularized_layers(model, recording)
-        self._layers = [path for path, _ in layers]
-        pairs = [[(v, user_regularizer(r.regularizer)) for v, r in pairs]
-                 for _, pairs in layers]
-        loss_fn = self._loss_function(model)
-        # Traced once per model and set of regularizers, whichever callback
-        # asks: fresh callbacks reuse it.
-        key = ("pull", loss_fn is not None) + tuple(
-            (id(v), id(reg)) for layer in pairs for v, reg in layer)
-        self._pull = recording.functions.get(key)
-        if self._pull is None:
-            self._pull = recording.functions[key] = _pull_function(
-                model, pairs, loss_fn)
+        self._model = model
+        self._layers = [
+            (path, [(v, user_regularizer(r.regularizer)) for v, r in pairs])
+            for path, pairs in _regularized_layers(model, recording)]
+        self._loss = self._loss_function(model)
 
     def _loss_function(self, model):
         if self.pull_batch is None:
@@ -381,42 +376,35 @@ class PullMeasure:
     def measure(self, report):
         if not (report.run == tags.TRAIN and report.written and self._layers):
             return
-        batch = () if self.pull_batch is None else tuple(
-            ops.convert_to_tensor(part) for part in self.pull_batch)
-        penalty_pull, data_pull = keras.tree.map_structure(
-            ops.convert_to_numpy, self._pull(*batch))
-        for index, path in enumerate(self._layers):
-            pull = float(penalty_pull[index])
-            report.scalars[tags.tag(tags.PENALTY_PULL, path)] = pull
-            if data_pull:
-                report.scalars[tags.tag(tags.PENALTY_PULL_RATIO, path)] = (
-                    fraction(pull, float(data_pull[index])))
-
-    def layout(self):
-        return {}
-
-
-def _pull_function(model, pairs, loss_fn):
-    """Mean |d penalty / dw| per layer, and the same of the data loss."""
-
-    @tf.function(autograph=False, reduce_retracing=True)
-    def pull(*batch):
-        penalty_pull, data_pull = [], []
-        for layer in pairs:
+        # Eager on purpose: a traced function would be traced anew for
+        # every model (a sweep builds one per fit) and called once per log,
+        # which TensorFlow reports as excessive retracing. The cost is a few
+        # eager ops per regularized weight and log.
+        data_pull = self._data_pull()
+        for index, (path, layer) in enumerate(self._layers):
             variables = [v for v, _ in layer]
             with tf.GradientTape() as tape:
                 penalty = sum(_penalty_for_pull(reg, v) for v, reg in layer)
-            penalty_pull.append(_mean_abs(tape.gradient(penalty, variables)))
-        if loss_fn is not None:
-            x, y = batch
-            variables = [v for layer in pairs for v, _ in layer]
-            with tf.GradientTape() as tape:
-                data_loss = ops.mean(loss_fn(y, model(x, training=False)))
-            grads = tape.gradient(data_loss, variables)
-            start = 0
-            for layer in pairs:
-                data_pull.append(_mean_abs(grads[start:start + len(layer)]))
-                start += len(layer)
-        return penalty_pull, data_pull
+            pull = float(_mean_abs(tape.gradient(penalty, variables)))
+            report.scalars[tags.tag(tags.PENALTY_PULL, path)] = pull
+            if data_pull:
+                report.scalars[tags.tag(tags.PENALTY_PULL_RATIO, path)] = (
+                    fraction(pull, data_pull[index]))
 
-    return pull
+    def _data_pull(self):
+        """Mean |d data loss / dw| per layer on `pull_batch`, or []."""
+        if self._loss is None:
+            return []
+        x, y = (ops.convert_to_tensor(part) for part in self.pull_batch)
+        variables = [v for _, layer in self._layers for v, _ in layer]
+        with tf.GradientTape() as tape:
+            data_loss = ops.mean(self._loss(y, self._model(x, training=False)))
+        grads = tape.gradient(data_loss, variables)
+        pulls, start = [], 0
+        for _, layer in self._layers:
+            pulls.append(float(_mean_abs(grads[start:start + len(layer)])))
+            start += len(layer)
+        return pulls
+
+    def layout(self):
+        return {}

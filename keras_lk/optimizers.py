@@ -120,16 +120,20 @@ class ProximalOptimizer(keras.optimizers.Optimizer):
         if not self.built:
             self.build(trainable_variables)
             self.built = True
+        inner = self.inner_optimizer
         # The rate of this step: read it before the step advances schedules.
-        learning_rate = ops.convert_to_tensor(self.inner_optimizer.learning_rate)
-        self.inner_optimizer.apply(grads, trainable_variables)
+        learning_rate = ops.convert_to_tensor(inner.learning_rate)
+        # Under gradient accumulation `iterations` counts real updates only.
+        before = ops.convert_to_tensor(inner.iterations)
+        inner.apply(grads, trainable_variables)
+        updated = ops.greater(ops.convert_to_tensor(inner.iterations), before)
         variables = [v for v in trainable_variables or self._trainable_variables
                      if id(v) in self._proximal]
         if variables:
             _in_cross_replica_context(self._proximal_step, variables,
-                                      learning_rate)
+                                      learning_rate, updated)
 
-    def _proximal_step(self, strategy, variables, learning_rate):
+    def _proximal_step(self, strategy, variables, learning_rate, updated):
         """`w <- prox(w, t, k)` on every replica's copy, after real updates."""
 
         def step_all():
@@ -145,15 +149,12 @@ class ProximalOptimizer(keras.optimizers.Optimizer):
                 strategy.extended.update(variable.value, step,
                                          args=(learning_rate,), group=False)
 
-        accumulation = self.inner_optimizer.gradient_accumulation_steps
-        if not accumulation:
+        if not self.inner_optimizer.gradient_accumulation_steps:
             step_all()
             return
-        # The inner step has counted this iteration: it updated the weights
-        # only if the count is now a multiple of N.
-        is_update = ops.equal(ops.mod(self.inner_optimizer.iterations,
-                                      accumulation), 0)
-        ops.cond(is_update, step_all, lambda: None)
+        # Every replica took the same decision: take the first one's.
+        updated = strategy.experimental_local_results(updated)[0]
+        ops.cond(updated, step_all, lambda: None)
 
     def stateless_apply(self, optimizer_variables, grads, trainable_variables):
         raise NotImplementedError(

@@ -128,9 +128,6 @@ class Recording:
         self._control = None   # int32 [mode, sign tracking on]
         self._state = [OFF, 0]  # its value, kept on the host
         self._traced = (None, None)  # weakrefs: functions traced with us
-        # Functions the measures traced for this model, shared by every
-        # callback so that fresh callbacks do not retrace.
-        self.functions = {}
 
     @classmethod
     def of(cls, model):

@@ -1,0 +1,172 @@
+"""Penalties, monitors and proximal training in every Keras training setup:
+jit_compile, mixed_float16, use_ema, gradient accumulation,
+steps_per_execution (MirroredStrategy: test_distributed.py)."""
+
+import math
+
+import keras
+import numpy as np
+import pytest
+
+import keras_lk
+from events import read
+from helpers import (proximal_model, regression_data, sparse_regression_data,
+                     two_layer_model)
+
+KS = [0.3, 0.5, 2 / 3, 1.0, 1.5, 2.0, 3.0, 10.0, math.inf]
+
+
+def zeros_after_fit(optimizer, policy="float32", epochs=5, **compile_kwargs):
+    keras.config.set_dtype_policy(policy)
+    keras.utils.set_random_seed(0)
+    x, y = sparse_regression_data()
+    model = proximal_model()
+    model.compile(optimizer, "mse", **compile_kwargs)
+    model.fit(x, y, epochs=epochs, batch_size=32, shuffle=False, verbose=0)
+    kernel = model.get_layer("d").kernel.numpy()
+    return model, int((kernel == 0).sum())
+
+
+def sgd(**kwargs):
+    return keras.optimizers.SGD(0.1, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def float32_zeros():
+    return zeros_after_fit(keras_lk.ProximalOptimizer(sgd()))[1]
+
+
+@pytest.mark.parametrize("k", KS)
+def test_every_k_trains_the_same_under_jit_compile(k):
+    x, y = regression_data()
+    losses = []
+    for jit in (False, True):
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(
+            3, kernel_regularizer=keras_lk.LkRegularizer(k=k, alpha=0.1)),
+            keras.layers.Dense(1)])
+        model.compile(keras.optimizers.SGD(0.05), "mse", jit_compile=jit)
+        history = model.fit(x, y, epochs=2, batch_size=16, shuffle=False,
+                            verbose=0)
+        losses.append(history.history["loss"])
+    np.testing.assert_allclose(losses[1], losses[0], rtol=1e-5)
+
+
+def test_monitors_report_the_same_under_jit_compile(tmp_path):
+    x, y = regression_data()
+    for jit in (False, True):
+        keras.utils.set_random_seed(0)
+        model = two_layer_model(lr=0.05, jit_compile=jit)
+        model.fit(x, y, epochs=2, batch_size=8, shuffle=False, verbose=0,
+                  callbacks=[keras_lk.LkMonitor(tmp_path / str(jit),
+                                                update_freq=3,
+                                                step_stats=True)])
+    plain, jitted = read(tmp_path / "False"), read(tmp_path / "True")
+    assert plain.keys() == jitted.keys()
+    for key in ("sign_flip_count/(all layers)", "reg_loss/total",
+                "exact_zero_count/(all layers)"):
+        assert jitted[("train", key)] == pytest.approx(plain[("train", key)],
+                                                       rel=1e-5)
+
+
+def test_proximal_zeros_under_jit_compile(float32_zeros):
+    _, zeros = zeros_after_fit(keras_lk.ProximalOptimizer(sgd()),
+                               jit_compile=True)
+    assert float32_zeros > 10
+    assert zeros == float32_zeros
+
+
+def test_proximal_zeros_under_mixed_float16_auto_wrapped(float32_zeros):
+    model, zeros = zeros_after_fit(keras_lk.ProximalOptimizer(sgd()),
+                                   "mixed_float16")
+    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+    assert abs(zeros - float32_zeros) <= 1
+
+
+def test_proximal_zeros_under_an_explicit_loss_scale_optimizer(float32_zeros):
+    _, zeros = zeros_after_fit(keras.optimizers.LossScaleOptimizer(
+        keras_lk.ProximalOptimizer(sgd())), "mixed_float16")
+    assert abs(zeros - float32_zeros) <= 1
+
+
+def test_a_step_the_loss_scaler_skips_skips_the_proximal_step():
+    keras.config.set_dtype_policy("mixed_float16")
+    model = proximal_model(k=2.0, alpha=10.0, features=3)
+    kernel = model.get_layer("d").kernel
+    kernel.assign(np.ones((3, 1)))
+    model.compile(keras_lk.ProximalOptimizer(keras.optimizers.SGD(0.1)), "mse")
+    # Small inputs: the first step's scaled gradients are finite.
+    x = np.full((4, 3), 0.01, "float32")
+    model.fit(x, np.zeros((4, 1)), epochs=1, batch_size=4, verbose=0)
+    after_one = kernel.numpy().copy()
+    assert np.all(after_one < 1)  # a real step, with its proximal step
+    x[0, 0] = np.inf  # non-finite gradients: the scaler skips the step
+    model.fit(x, np.zeros((4, 1)), epochs=1, batch_size=4, verbose=0)
+    np.testing.assert_array_equal(kernel.numpy(), after_one)
+
+
+def test_proximal_around_a_loss_scale_optimizer_is_a_clear_error():
+    with pytest.raises(ValueError, match=(
+            r"ProximalOptimizer must be inside the LossScaleOptimizer, not "
+            r"around it.*Use keras.optimizers.LossScaleOptimizer\(keras_lk."
+            r"ProximalOptimizer\(optimizer\)\)")):
+        keras_lk.ProximalOptimizer(keras.optimizers.LossScaleOptimizer(sgd()))
+
+
+class LastStepWeights(keras.callbacks.Callback):
+    def on_train_batch_end(self, batch, logs=None):
+        self.kernel = self.model.get_layer("d").kernel.numpy().copy()
+
+
+def test_use_ema_keeps_the_zeros_training_made():
+    keras.utils.set_random_seed(0)
+    x, y = sparse_regression_data()
+    model = proximal_model()
+    model.compile(keras_lk.ProximalOptimizer(sgd(use_ema=True)), "mse")
+    last = LastStepWeights()
+    model.fit(x, y, epochs=5, batch_size=32, verbose=0, callbacks=[last])
+    final = model.get_layer("d").kernel.numpy()
+    trained_zeros = last.kernel == 0
+    assert trained_zeros.sum() > 10
+    np.testing.assert_array_equal(final[trained_zeros], 0.0)
+    # The averages did replace the other weights.
+    assert not np.array_equal(final[~trained_zeros], last.kernel[~trained_zeros])
+
+
+@pytest.mark.parametrize("accumulation", [None, 2, 4])
+def test_gradient_accumulation_takes_one_proximal_step_per_update(
+        accumulation):
+    # Feature 0 is always 0: its weight has no data gradient, so only the
+    # proximal step of k = 2, w <- w / (1 + 2t), moves it.
+    lr, alpha, steps = 0.1, 1.5, 8
+    model = proximal_model(k=2.0, alpha=alpha, features=3)
+    kernel = model.get_layer("d").kernel
+    kernel.assign(np.ones((3, 1)))
+    model.compile(keras_lk.ProximalOptimizer(keras.optimizers.SGD(
+        lr, gradient_accumulation_steps=accumulation)), "mse")
+    x = np.random.default_rng(0).standard_normal((steps, 3)).astype("float32")
+    x[:, 0] = 0.0
+    model.fit(x, np.zeros((steps, 1)), batch_size=1, shuffle=False, verbose=0)
+    updates = steps // (accumulation or 1)
+    t = lr * alpha / 3
+    assert kernel.numpy()[0, 0] == pytest.approx((1 + 2 * t) ** -updates,
+                                                 rel=1e-5)
+
+
+def test_proximal_zeros_with_steps_per_execution(float32_zeros):
+    _, zeros = zeros_after_fit(keras_lk.ProximalOptimizer(sgd()),
+                               steps_per_execution=3)
+    assert zeros == float32_zeros
+
+
+def test_monitors_under_mixed_float16(tmp_path):
+    keras.config.set_dtype_policy("mixed_float16")
+    x, y = regression_data()
+    model = two_layer_model(lr=0.0)
+    history = model.fit(x, y, epochs=1, verbose=0, callbacks=[
+        keras_lk.LkMonitor(tmp_path, step_stats=True)])
+    first = 0.1 * np.mean(np.abs(model.get_layer("first").kernel.numpy()))
+    second = 0.1 * np.sum(model.get_layer("second").kernel.numpy() ** 2)
+    assert history.history["reg_loss"][0] == pytest.approx(first + second,
+                                                           rel=1e-5)
+    assert history.history["sign_flip_frac"] == [0.0]

@@ -1,0 +1,219 @@
+"""Monitors leave the model as they found it, as users really train:
+a fresh callback per fit, a fit that raises, several callbacks at once."""
+
+import json
+import logging
+import zipfile
+
+import keras
+import numpy as np
+import pytest
+
+import keras_lk
+from events import read, tags
+from helpers import (by_hand_penalties, regression_data, regularizers_of,
+                     two_layer_model)
+
+CALLBACKS = [
+    lambda d: keras_lk.LkMonitor(d, step_stats=True),
+    lambda d: keras_lk.LkMonitor(d, update_freq=2, pull_batch=regression_data(
+        16)),
+    lambda d: keras_lk.ZeroCounts(d, step_stats=True),
+    lambda d: keras_lk.RegularizationShare(d),
+    lambda d: keras_lk.AbsWeightHistograms(d),
+]
+
+
+class FailAt(keras.callbacks.Callback):
+    def __init__(self, epoch):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == self.epoch:
+            raise RuntimeError("boom")
+
+
+class RegularizerProbe(keras.callbacks.Callback):
+    """Records, during fit, how deep each weight's regularizer is wrapped."""
+
+    def __init__(self, users):
+        super().__init__()
+        self.users = users
+        self.depths = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        depths = {}
+        for variable in self.model.weights:
+            if variable.regularizer is None:
+                continue
+            regularizer, depth = variable.regularizer, 0
+            while regularizer is not self.users[variable.path]:
+                regularizer, depth = regularizer.regularizer, depth + 1
+            depths[variable.path] = depth
+        self.depths.append(depths)
+
+
+def saved_config(model, path):
+    model.save(path)
+    with zipfile.ZipFile(path) as archive:
+        return json.loads(archive.read("config.json"))
+
+
+@pytest.mark.parametrize("make", CALLBACKS)
+def test_after_fit_every_regularizer_is_the_users_own_object(make, tmp_path):
+    x, y = regression_data()
+    model = two_layer_model(lr=0.0)
+    users = regularizers_of(model)
+    config = saved_config(model, tmp_path / "before.keras")
+    model.fit(x, y, epochs=2, batch_size=16, validation_split=0.25,
+              verbose=0, callbacks=[make(tmp_path / "logs")])
+    after = regularizers_of(model)
+    assert all(after[path] is users[path] for path in users)
+    assert model.get_layer("first").kernel_regularizer is users[
+        model.get_layer("first").kernel.path]
+    assert saved_config(model, tmp_path / "after.keras") == config
+
+
+def test_a_raising_fit_leaves_an_inert_model_and_the_next_fit_restores(
+        tmp_path):
+    x, y = regression_data()
+    model = two_layer_model(lr=0.0)
+    users = regularizers_of(model)
+    config = saved_config(model, tmp_path / "before.keras")
+    with pytest.raises(RuntimeError, match="boom"):
+        model.fit(x, y, epochs=3, verbose=0, callbacks=[
+            keras_lk.LkMonitor(tmp_path / "a", step_stats=True), FailAt(0)])
+    # Inert: the same penalty, and the model saves exactly as before.
+    assert sum(float(loss) for loss in model.losses) == pytest.approx(
+        sum(by_hand_penalties(model)), rel=1e-6)
+    assert saved_config(model, tmp_path / "raised.keras") == config
+    loaded = keras.saving.load_model(tmp_path / "raised.keras")
+    assert loaded.get_layer("first").kernel_regularizer.get_config() == (
+        users[model.get_layer("first").kernel.path].get_config())
+    probe = RegularizerProbe(users)
+    history = model.fit(x, y, epochs=1, verbose=0, callbacks=[
+        keras_lk.RegularizationShare(tmp_path / "b"), probe])
+    assert history.history["reg_loss"][0] == pytest.approx(
+        sum(by_hand_penalties(model)), rel=1e-5)
+    assert {depth for step in probe.depths for depth in step.values()} == {1}
+    after = regularizers_of(model)
+    assert all(after[path] is users[path] for path in users)
+
+
+def test_ten_fresh_monitors_grow_nothing_and_never_retrace(tmp_path, caplog):
+    # Private on purpose: only tracing counts prove there is no retrace.
+    from keras_lk import measures
+    x, y = regression_data()
+    model = two_layer_model(lr=0.01)
+    users = regularizers_of(model)
+    probe = RegularizerProbe(users)
+    functions, traced = set(), None
+    with caplog.at_level(logging.WARNING, logger="tensorflow"):
+        for fit in range(10):
+            callbacks = [keras_lk.LkMonitor(tmp_path / str(fit),
+                                            update_freq=3, step_stats=True,
+                                            pull_batch=(x[:16], y[:16])),
+                         probe]
+            if fit % 2:
+                callbacks.insert(0, keras_lk.ZeroCounts(tmp_path / f"z{fit}"))
+            model.fit(x, y, epochs=2, batch_size=16, validation_split=0.25,
+                      verbose=0, callbacks=callbacks)
+            functions.add((id(model.train_function), id(model.test_function)))
+            count = measures._statistics.experimental_get_tracing_count()
+            if fit == 1:  # both settings of the statistics pass seen
+                traced = count
+            assert fit < 2 or count == traced
+            after = regularizers_of(model)
+            assert all(after[path] is users[path] for path in users)
+    # No chain: one recorder between the step and the user's object.
+    assert {depth for step in probe.depths for depth in step.values()} == {1}
+    assert len(functions) == 1  # the compiled steps were never remade
+    assert not [r for r in caplog.records if "retracing" in r.getMessage()]
+
+
+def fit_logs(callbacks, epochs=2, seed=0):
+    keras.utils.set_random_seed(seed)
+    x, y = regression_data(64)
+    model = two_layer_model(lr=0.05)
+    model.fit(x, y, epochs=epochs, batch_size=8, validation_split=0.25,
+              shuffle=False, verbose=0, callbacks=callbacks)
+
+
+def assert_same_events(alone, together):
+    assert alone.keys() == together.keys()
+    for key, steps in alone.items():
+        assert steps.keys() == together[key].keys(), key
+        for step, value in steps.items():
+            np.testing.assert_allclose(together[key][step], value, rtol=1e-6,
+                                       err_msg=str(key))
+
+
+def test_two_callbacks_in_one_fit_each_report_what_they_would_alone(tmp_path):
+    fit_logs([keras_lk.RegularizationShare(tmp_path / "share_alone")])
+    fit_logs([keras_lk.LkMonitor(tmp_path / "monitor_alone", update_freq=3,
+                                 step_stats=True)])
+    fit_logs([keras_lk.RegularizationShare(tmp_path / "share"),
+              keras_lk.LkMonitor(tmp_path / "monitor", update_freq=3,
+                                 step_stats=True)])
+    assert_same_events(read(tmp_path / "share_alone"), read(tmp_path / "share"))
+    monitor = read(tmp_path / "monitor")
+    assert_same_events(read(tmp_path / "monitor_alone"), monitor)
+    assert set(monitor[("train", "sign_flip_count/first")]) == {3, 6, 9, 12}
+
+
+def test_two_zero_counts_with_different_step_stats(tmp_path):
+    fit_logs([keras_lk.ZeroCounts(tmp_path / "plain_alone")])
+    fit_logs([keras_lk.ZeroCounts(tmp_path / "stats_alone", update_freq=2,
+                                  step_stats=True)])
+    fit_logs([keras_lk.ZeroCounts(tmp_path / "plain"),
+              keras_lk.ZeroCounts(tmp_path / "stats", update_freq=2,
+                                  step_stats=True)])
+    assert_same_events(read(tmp_path / "plain_alone"), read(tmp_path / "plain"))
+    assert_same_events(read(tmp_path / "stats_alone"), read(tmp_path / "stats"))
+
+
+def test_update_freq_batch_logs_every_batch(tmp_path):
+    x, y = regression_data()
+    model = two_layer_model(lr=0.01)
+    model.fit(x, y, epochs=1, batch_size=16, verbose=0, callbacks=[
+        keras_lk.ZeroCounts(tmp_path, update_freq="batch")])
+    assert set(read(tmp_path)[("train", "zero_fraction/first")]) == {
+        1, 2, 3, 4}
+
+
+def test_steps_per_execution_windows_and_step_axis(tmp_path):
+    x, y = regression_data()
+    model = two_layer_model(lr=0.0, steps_per_execution=2)
+    history = model.fit(x, y, epochs=2, batch_size=8, shuffle=False,
+                        verbose=0, callbacks=[keras_lk.RegularizationShare(
+                            tmp_path, update_freq=3)])
+    events = read(tmp_path)
+    # Hooks fire every 2 steps; a window closes at the first hook at least
+    # 3 steps after the last: steps 4 and 8 of each 8-step epoch.
+    assert set(events[("train", "reg_loss/total")]) == {4, 8, 12, 16}
+    penalty = sum(by_hand_penalties(model))
+    for value in events[("train", "reg_loss/total")].values():
+        assert value == pytest.approx(penalty, rel=1e-5)
+    # The window's mean data loss: the first or the second half of x.
+    errors = (model.predict(x, verbose=0) - y) ** 2
+    halves = {4: errors[:32].mean(), 8: errors[32:].mean(),
+              12: errors[:32].mean(), 16: errors[32:].mean()}
+    for step, value in events[("train", "data_loss")].items():
+        assert value == pytest.approx(halves[step], rel=1e-4)
+    assert history.history["reg_loss"] == pytest.approx([penalty] * 2, rel=1e-5)
+
+
+def test_zero_counts_are_right_for_one_model_after_another(tmp_path):
+    # One statistics graph serves every model: each must get its own counts.
+    for units, features in ((1, 3), (2, 4), (2, 5), (2, 4)):
+        model = keras.Sequential([keras.Input((features,)), keras.layers.Dense(
+            units, kernel_initializer="zeros", use_bias=False)])
+        model.compile(keras.optimizers.SGD(0.0), "mse")
+        history = model.fit(np.ones((4, features)), np.ones((4, units)),
+                            verbose=0, callbacks=[keras_lk.LkMonitor(
+                                tmp_path / f"{units}x{features}")])
+        assert history.history["zero_frac"] == [1.0]
+        events = read(tmp_path / f"{units}x{features}")
+        assert events[("train", "zero_count/(all layers)")] == {
+            0: units * features}
