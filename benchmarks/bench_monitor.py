@@ -8,7 +8,12 @@ Run: `.venv/bin/python benchmarks/bench_monitor.py [--rounds R]`
    `step_stats=True`) and at 10; keras.callbacks.TensorBoard(
    histogram_freq=1). Targets: <= 1.03x no-monitor at "epoch", <= 1.15x at
    10.
-2. One statistics pass (`weight_statistics`: both histograms and all
+2. The sweep pattern: a fresh LkMonitor for every fit (2 epochs of 100
+   steps each), as in a hyperparameter sweep or a notebook cell run again,
+   against no monitor; and plain fits of a model that has had 17 monitored
+   fits against those of a model that never had one. Targets: <= 1.03x at
+   "epoch", <= 1.15x every 10 batches, <= 1.05x after monitored fits.
+3. One statistics pass (`weight_statistics`: both histograms and all
    counts, compiled as the callbacks run it) over 1e6, 1e7 and 5e7 weights,
    against one plain NumPy reduction over the same array
    (`np.abs(w).max()`), and TensorBoard's own histogram op
@@ -30,6 +35,7 @@ import time
 import common
 
 SIZES = (10**6, 10**7, 5 * 10**7)
+TABLES = ("fit", "sweep", "stats")
 TB_HISTOGRAM_MAX_SIZE = 10**7  # its N x 30 float64 one-hot: 2.4 GB at 1e7
 
 
@@ -143,20 +149,70 @@ def fit_table(rounds, epochs, steps):
                                           "LkMonitor every 10": 1.15})
 
 
+def sweep_table(rounds, epochs, steps, monitored_fits=17):
+    import keras_lk
+
+    x, y = common.make_data(steps)
+    log_root = tempfile.mkdtemp()
+    reg = keras_lk.LkRegularizer(k=1.0, alpha=1e-4)
+    fresh = {
+        "no monitor": lambda: [],
+        "fresh LkMonitor epoch": lambda: [keras_lk.LkMonitor(
+            tempfile.mkdtemp(dir=log_root))],
+        "fresh LkMonitor every 10": lambda: [keras_lk.LkMonitor(
+            tempfile.mkdtemp(dir=log_root), update_freq=10)],
+        "no monitor, after 17": lambda: [],
+    }
+    runs = {name: (common.make_mlp(reg), make) for name, make in fresh.items()}
+    for model, make in runs.values():  # trace; not timed
+        model.fit(x, y, batch_size=common.BATCH, epochs=1, verbose=0,
+                  callbacks=make())
+    after, _ = runs["no monitor, after 17"]
+    for fit in range(monitored_fits):
+        callbacks = [keras_lk.LkMonitor(tempfile.mkdtemp(dir=log_root),
+                                        update_freq=10, step_stats=True)]
+        if fit % 2:
+            callbacks.append(keras_lk.RegularizationShare(
+                tempfile.mkdtemp(dir=log_root)))
+        after.fit(x[:10 * common.BATCH], y[:10 * common.BATCH],
+                  batch_size=common.BATCH, verbose=0, callbacks=callbacks)
+
+    def run_once(run):
+        model, make = run
+        callbacks = make()
+        start = time.perf_counter()
+        model.fit(x, y, batch_size=common.BATCH, epochs=epochs, verbose=0,
+                  callbacks=callbacks)
+        return [time.perf_counter() - start]
+
+    samples = common.alternate(runs, run_once, rounds)
+    print(f"\nsweep: a new callback per fit of {epochs} epochs x {steps} "
+          f"steps, {rounds} rounds alternated")
+    common.report(samples, "no monitor", {"fresh LkMonitor epoch": 1.03,
+                                          "fresh LkMonitor every 10": 1.15,
+                                          "no monitor, after 17": 1.05})
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--tables", nargs="+", default=list(TABLES),
+                        choices=list(TABLES))
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         kind, size, repeats = args.child
         child(kind, int(size), int(repeats))
         return
-    fit_table(args.rounds, args.epochs, args.steps)
-    statistics_pass_table(args.repeats)
+    if "fit" in args.tables:
+        fit_table(args.rounds, args.epochs, args.steps)
+    if "sweep" in args.tables:
+        sweep_table(args.rounds, 2, 100)
+    if "stats" in args.tables:
+        statistics_pass_table(args.repeats)
 
 
 if __name__ == "__main__":

@@ -319,16 +319,21 @@ def check_pull_batch(pull_batch):
     return tuple(pull_batch)
 
 
-def _penalty_for_pull(regularizer, variable):
-    """The penalty's value as a function of `variable`, for its gradient.
+@tf.function(autograph=False)
+def _lk_gradient_sums(variables, alphas, exponents):
+    """sum |d/dw lk_penalty(w)| per weight; `exponents`: (k, reduction)s.
 
-    A proximal LkRegularizer hides its gradient from training (the proximal
-    step applies it); its pull is that of the same penalty as a gradient.
+    The penalty is `lk_penalty` itself, not the regularizer: a proximal
+    LkRegularizer hides its gradient from training (the proximal step
+    applies it), and its pull is that of the same penalty as a gradient.
     """
-    if isinstance(regularizer, LkRegularizer):
-        return lk_penalty(variable, regularizer.k, regularizer.alpha,
-                          regularizer.reduction)
-    return regularizer(variable)
+    sums = []
+    for variable, alpha, (k, reduction) in zip(variables, alphas, exponents):
+        with tf.GradientTape() as tape:
+            tape.watch(variable)
+            penalty = lk_penalty(variable, k, alpha, reduction)
+        sums.append(ops.sum(ops.abs(tape.gradient(penalty, variable))))
+    return sums
 
 
 def _mean_abs(grads):
@@ -376,20 +381,38 @@ class PullMeasure:
     def measure(self, report):
         if not (report.run == tags.TRAIN and report.written and self._layers):
             return
-        # Eager on purpose: a traced function would be traced anew for
-        # every model (a sweep builds one per fit) and called once per log,
-        # which TensorFlow reports as excessive retracing. The cost is a few
-        # eager ops per regularized weight and log.
         data_pull = self._data_pull()
+        sums = iter(self._gradient_sums())
         for index, (path, layer) in enumerate(self._layers):
-            variables = [v for v, _ in layer]
-            with tf.GradientTape() as tape:
-                penalty = sum(_penalty_for_pull(reg, v) for v, reg in layer)
-            pull = float(_mean_abs(tape.gradient(penalty, variables)))
+            total = sum(next(sums) for _ in layer)
+            pull = total / max(sum(math.prod(v.shape) for v, _ in layer), 1)
             report.scalars[tags.tag(tags.PENALTY_PULL, path)] = pull
             if data_pull:
                 report.scalars[tags.tag(tags.PENALTY_PULL_RATIO, path)] = (
                     fraction(pull, data_pull[index]))
+
+    def _gradient_sums(self):
+        """sum |d penalty / dw| of every regularized weight, in order."""
+        weights = [(v, reg) for _, layer in self._layers for v, reg in layer]
+        lk = [(i, v, reg) for i, (v, reg) in enumerate(weights)
+              if isinstance(reg, LkRegularizer)]
+        sums = [None] * len(weights)
+        if lk:
+            # Traced once per set of shapes and exponents, whatever the
+            # model or alpha: a sweep's fresh models and callbacks reuse it.
+            results = _lk_gradient_sums(
+                [v.value for _, v, _ in lk],
+                [np.float32(reg.alpha) for _, _, reg in lk],
+                tuple((reg.k, reg.reduction) for _, _, reg in lk))
+            for (i, _, _), value in zip(lk, results):
+                sums[i] = float(value)
+        for i, (variable, regularizer) in enumerate(weights):
+            if sums[i] is None:  # any other regularizer: eager
+                with tf.GradientTape() as tape:
+                    penalty = regularizer(variable)
+                sums[i] = float(ops.sum(ops.abs(tape.gradient(
+                    penalty, variable))))
+        return sums
 
     def _data_pull(self):
         """Mean |d data loss / dw| per layer on `pull_batch`, or []."""
