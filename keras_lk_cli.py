@@ -18,7 +18,7 @@ def _import_quietly():
     with tempfile.TemporaryFile(mode="w+b") as captured:
         os.dup2(captured.fileno(), 2)
         try:
-            import keras_lk.cli
+            import keras_lk.study.cli
         except BaseException:
             os.dup2(saved, 2)
             captured.seek(0)
@@ -27,7 +27,7 @@ def _import_quietly():
         finally:
             os.dup2(saved, 2)
             os.close(saved)
-    return keras_lk.cli
+    return keras_lk.study.cli
 
 
 def main():

@@ -12,6 +12,7 @@ zeros (zero at every step since the last log) are reported too.
 
 import argparse
 import os
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -71,7 +72,9 @@ def main():
               f"{kept:>13}/{INFORMATIVE}{loss:>9.3f}")
     print("(stable 0: share of all 200 weights zero at every step of the last "
           "epoch)")
-    print(f"\ntensorboard --logdir {args.logdir} --host 127.0.0.1")
+    print("\nOpen the runs in TensorBoard (then http://127.0.0.1:6006):\n  "
+          f"{sys.executable} -m tensorboard.main --logdir {args.logdir} "
+          "--host 127.0.0.1")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Train a small model with LkRegularizer on data made offline.
 
-Run: `make demo` (or `.venv/bin/python examples/quickstart.py`).
+Run from the repository root, after `python3 dev.py setup`:
+`.venv/bin/python examples/quickstart.py`
 
 A regression of 20 features of which 5 matter, fitted with an L0.5 penalty
 on the first layer and L1 on the second; prints the loss, the penalty and

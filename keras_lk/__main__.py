@@ -2,7 +2,7 @@
 
 import sys
 
-from keras_lk.cli import main
+from keras_lk.study.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

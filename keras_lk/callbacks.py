@@ -408,7 +408,7 @@ class LkMonitor(_Monitor):
     layer's zero fraction in one chart and every layer's penalty share in
     another (TensorBoard's Custom Scalars dashboard).
 
-    Open the logs with `tensorboard --logdir LOG_DIR`.
+    Open the logs with `python -m tensorboard.main --logdir LOG_DIR`.
 
     Args:
         log_dir: Directory of the TensorBoard logs.

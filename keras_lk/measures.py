@@ -10,7 +10,7 @@ A measure:
 - `layout()`: its custom-scalars charts, `{title: [tag regex]}`.
 
 `records` says whether it needs the compiled steps recorded (see
-`recording`), `tracks_signs` whether with sign stamps. Data flows one way:
+`recording`), `tracks_signs` whether with sign masks. Data flows one way:
 weights and recorders -> statistics -> `Report` -> the callback's writer.
 """
 
@@ -24,7 +24,7 @@ from keras import ops
 from keras_lk import _validation, tags
 from keras_lk.attach import iter_layers
 from keras_lk.penalties import lk_penalty
-from keras_lk.recording import EVAL, TRAIN, user_regularizer
+from keras_lk.recording import EVAL, TRAIN, SignWindow, user_regularizer
 from keras_lk.regularizers import LkRegularizer
 from keras_lk.stats import (histogram_buckets, log_histogram_buckets,
                             sign_window_counts, weight_statistics)
@@ -85,18 +85,22 @@ def fraction(part, whole):
 
 
 @tf.function(autograph=False)
-def _statistics(variables, stamps, marks, tol, relative, buckets):
+def _statistics(variables, signs, tol, relative, buckets):
     # Variables are arguments, not captures: one trace serves every model
     # of the same shapes and every callback, and fresh callbacks never
     # retrace. (Not `reduce_retracing`: with shapes relaxed, a variable
     # argument keeps the static shape of the first one traced.) The
     # reductions run on the device; small results come back.
     results = []
-    for variable, stamp, mark in zip(variables, stamps, marks):
+    for variable, sign in zip(variables, signs):
         stats = weight_statistics(variable, tol, relative, buckets)
-        if stamp is not None:
+        if sign is not None:
+            (positive, negative), fold = sign[:2], sign[2]
+            if fold is not None:
+                positive = ops.logical_or(positive, fold[0])
+                negative = ops.logical_or(negative, fold[1])
             stats["stable_zeros"], stats["sign_flips"] = sign_window_counts(
-                variable, stamp[0], stamp[1], mark)
+                variable, positive, negative)
         results.append(stats)
     return results
 
@@ -126,33 +130,48 @@ class WeightMeasure:
         self.tracks_signs = zeros is not None and zeros.step_stats
         self.records = self.tracks_signs
         self._layers = []
-        self._recorders = []
-        self._marks = {}
+        self._recording = None
+        self._recorders = []   # per weight: its recorder if tracked, or None
+        self._windows = {}     # window name -> SignWindow
 
     def start(self, model, recording):
         self._layers = layers_and_weights(model, self.weights)
+        self._recording = recording
         self._recorders = [
             recording.recorder(v) if self.tracks_signs else None
             for _, weights in self._layers for _, v in weights]
-        self._marks = {}
+        self._windows = {}
+
+    def _tracked(self):
+        variables = [v for _, weights in self._layers for _, v in weights]
+        return [(v, r) for v, r in zip(variables, self._recorders)
+                if r is not None]
 
     def open(self, window):
-        self._marks[window] = [r.train_steps() if r is not None else None
-                               for r in self._recorders]
+        if self.tracks_signs:
+            sign_window = self._windows.setdefault(window, SignWindow())
+            self._recording.boundary(sign_window, self._tracked())
 
     def measure(self, report):
         if report.run != tags.TRAIN or not self._layers:
             return
         variables = [v.value for _, weights in self._layers for _, v in weights]
-        stamps = [(r.last_positive.value, r.last_negative.value)
-                  if r is not None else None for r in self._recorders]
-        marks = [None if m is None else np.int32(m)
-                 for m in self._marks.get(report.window, [None] * len(stamps))]
+        window = self._windows.get(report.window)
+        signs, tracked = [], 0
+        for recorder in self._recorders:
+            if recorder is None or window is None:
+                signs.append(None)
+                continue
+            fold = None if window.positive is None else (
+                window.positive[tracked], window.negative[tracked])
+            signs.append((recorder.seen_positive.value,
+                          recorder.seen_negative.value, fold))
+            tracked += 1
         tol = self.zeros.tol if self.zeros else 0.0
         relative = bool(self.zeros and self.zeros.relative_tol)
         results = iter(keras.tree.map_structure(
             ops.convert_to_numpy, _statistics(
-                variables, stamps, marks, np.float32(tol), relative,
+                variables, signs, np.float32(tol), relative,
                 self.buckets or 1)))
         self.open(report.window)
         total = _Counts()

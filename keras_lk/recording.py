@@ -6,9 +6,8 @@ each compiled train and test step, with the weight as it enters the step.
 That is the one place where keras_lk can see every step on the device, so
 while a monitored `fit` runs, each regularized weight's regularizer is
 replaced by a `Recorder` that returns the very same value and, on the side,
-adds it to an accumulator (and, when asked, stamps the step at which the
-weight was last seen positive and negative, for sign flips and stable
-zeros).
+adds it to an accumulator (and, when asked, ORs the weight's signs into
+two masks, for sign flips and stable zeros).
 
 The lifecycle keeps no trace on the model:
 - there is one `Recording` per model and one `Recorder` per weight, shared
@@ -23,10 +22,14 @@ The lifecycle keeps no trace on the model:
   restores the user's objects at its end;
 - a step traced with the recorders but run after `restore` records nothing:
   the recorders read a control variable that is off, and skip the sign
-  stamps with a `cond`.
+  masks with a `cond`.
 
 Each callback keeps its own marks on the shared accumulators (they only grow),
 so several callbacks with different windows read what they would read alone.
+The sign masks are shared too: when one window of steps ends or starts
+(`boundary`), every other open window first ORs them into masks of its own,
+then they restart; so each step costs two ORs per weight however many
+callbacks watch.
 """
 
 import contextlib
@@ -34,6 +37,7 @@ import weakref
 
 import keras
 import numpy as np
+import tensorflow as tf
 from keras import ops
 
 OFF, TRAIN, EVAL = -1, 0, 1
@@ -61,9 +65,10 @@ class Recorder:
         regularizer: The user's regularizer, whose value it returns.
         sums: `[train, eval]` sums of the penalty over recorded steps.
         counts: `[train, eval]` numbers of recorded steps.
-        last_positive, last_negative: With sign tracking, per element the
-            train step (`counts[0]` after it) at which the weight last
-            entered a step positive (negative); 0 if never. None otherwise.
+        seen_positive, seen_negative: With sign tracking, per element
+            whether the weight entered a train step positive (negative)
+            since the masks were last reset (`Recording.boundary`); None
+            otherwise.
     """
 
     def __init__(self, regularizer, control):
@@ -71,18 +76,18 @@ class Recorder:
         self.control = control
         self.sums = _new_variable(np.zeros(2), "float64")
         self.counts = _new_variable(np.zeros(2), "float64")
-        self.last_positive = self.last_negative = None
+        self.seen_positive = self.seen_negative = None
 
     def track_signs(self, variable):
-        """Adds the sign stamps; returns whether they are new."""
-        if self.last_positive is not None:
+        """Adds the sign masks; returns whether they are new."""
+        if self.seen_positive is not None:
             return False
-        # Each replica stamps its own copy (the same weights, the same
-        # stamps): inside the step's `cond`, a mirrored update would need a
+        # Each replica updates its own copy (the same weights, the same
+        # masks): inside the step's `cond`, a mirrored update would need a
         # cross-replica merge, which a `cond` in a replica cannot hold.
-        zeros = np.zeros(tuple(variable.shape), "int32")
-        self.last_positive = _new_variable(zeros, "int32", "on_read")
-        self.last_negative = _new_variable(zeros, "int32", "on_read")
+        value = ops.convert_to_numpy(variable)
+        self.seen_positive = _new_variable(value > 0, "bool", "on_read")
+        self.seen_negative = _new_variable(value < 0, "bool", "on_read")
         return True
 
     def __call__(self, x):
@@ -92,22 +97,50 @@ class Recorder:
         one_hot = ops.one_hot(mode, 2, dtype="float64")
         self.sums.assign_add(one_hot * ops.cast(value, "float64"))
         self.counts.assign_add(one_hot)
-        if self.last_positive is not None:
+        if self.seen_positive is not None:
             ops.cond(ops.logical_and(ops.equal(mode, TRAIN),
                                      ops.equal(signs, 1)),
-                     lambda: self._stamp(x), lambda: None)
+                     lambda: self._see_signs(x), lambda: None)
         return value
 
-    def _stamp(self, x):
-        step = ops.cast(self.counts[0], "int32")
-        self.last_positive.assign(
-            ops.where(ops.greater(x, 0), step, self.last_positive))
-        self.last_negative.assign(
-            ops.where(ops.less(x, 0), step, self.last_negative))
+    def _see_signs(self, x):
+        self.seen_positive.assign(
+            ops.logical_or(self.seen_positive, ops.greater(x, 0)))
+        self.seen_negative.assign(
+            ops.logical_or(self.seen_negative, ops.less(x, 0)))
 
-    def train_steps(self):
-        """The number of train steps recorded so far (host int)."""
-        return int(ops.convert_to_numpy(self.counts)[0])
+
+class SignWindow:
+    """One window's signs, for stable zeros and sign flips.
+
+    The recorders OR each step's signs into one shared pair of masks per
+    weight. A window's view is what it folded in at other windows'
+    boundaries (`positive`, `negative`: per weight, or None) plus the
+    shared masks now.
+    """
+
+    def __init__(self):
+        self.positive = None
+        self.negative = None
+
+
+# Two graphs of a fixed structure per model (one per weight list), so that
+# windows coming and going never retrace.
+@tf.function(autograph=False)
+def _or_masks(shared, fold):
+    """`fold | shared`, per weight and sign."""
+    return [(ops.logical_or(positive, fold_positive),
+             ops.logical_or(negative, fold_negative))
+            for (positive, negative), (fold_positive, fold_negative)
+            in zip(shared, fold)]
+
+
+@tf.function(autograph=False)
+def _reset_signs(variables, shared):
+    """Restarts the shared masks from the signs of the weights now."""
+    for variable, (positive, negative) in zip(variables, shared):
+        positive.assign(ops.greater(variable, 0))
+        negative.assign(ops.less(variable, 0))
 
 
 def user_regularizer(regularizer):
@@ -128,6 +161,7 @@ class Recording:
         self._control = None   # int32 [mode, sign tracking on]
         self._state = [OFF, 0]  # its value, kept on the host
         self._traced = (None, None)  # weakrefs: functions traced with us
+        self._windows = []  # weakrefs to the open SignWindows
 
     @classmethod
     def of(cls, model):
@@ -143,7 +177,7 @@ class Recording:
         """Puts the recorders on every regularized weight; recording on.
 
         Args:
-            track_signs: Whether the steps must also stamp signs.
+            track_signs: Whether the steps must also track signs.
         """
         model = self._model()
         changed = False
@@ -213,6 +247,34 @@ class Recording:
         """Records the next steps as training (TRAIN) or evaluation (EVAL)."""
         if self._state[0] not in (OFF, mode):
             self._set([mode, self._state[1]])
+
+    def boundary(self, window, tracked):
+        """`window` starts anew: the other windows keep what the shared
+        sign masks saw so far, and the masks restart from the signs now.
+
+        Args:
+            window: The `SignWindow` that starts.
+            tracked: `(variable, recorder)` of the weights whose signs are
+                tracked, in the order of the windows' per-weight masks.
+        """
+        live = [w for w in (ref() for ref in self._windows) if w is not None]
+        others = [w for w in live if w is not window]
+        self._windows = [weakref.ref(w) for w in others + [window]]
+        window.positive = window.negative = None
+        if not tracked:
+            return
+        shared = [(r.seen_positive.value, r.seen_negative.value)
+                  for _, r in tracked]
+        for other in others:
+            if other.positive is None:
+                masks = [(ops.convert_to_tensor(p), ops.convert_to_tensor(n))
+                         for p, n in shared]
+            else:
+                masks = _or_masks(shared, list(zip(other.positive,
+                                                   other.negative)))
+            other.positive = [p for p, _ in masks]
+            other.negative = [n for _, n in masks]
+        _reset_signs([v.value for v, _ in tracked], shared)
 
     def recorder(self, variable):
         """The `Recorder` of `variable`, or None."""

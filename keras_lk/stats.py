@@ -170,14 +170,13 @@ def log_histogram_buckets(log_counts, log_lo, log_hi):
     return np.concatenate([zero, rest])
 
 
-def sign_window_counts(w, last_positive, last_negative, mark):
+def sign_window_counts(w, seen_positive, seen_negative):
     """Stable zeros and sign flips of `w` in a window of steps.
 
     Args:
         w: The weight now.
-        last_positive, last_negative: Per element, the step at which the
-            weight was last seen positive (negative), 0 if never.
-        mark: The last step before the window.
+        seen_positive, seen_negative: Per element, whether the weight was
+            positive (negative) at any step of the window.
 
     A weight is a stable zero when it is zero now and was neither positive
     nor negative at any step of the window; it flipped when it was seen
@@ -189,16 +188,14 @@ def sign_window_counts(w, last_positive, last_negative, mark):
     Example:
 
     >>> w = np.array([0.0, 0.5, 0.0])
-    >>> counts = sign_window_counts(w, np.array([0, 3, 4]),
-    ...                             np.array([0, 4, 1]), 2)
+    >>> counts = sign_window_counts(w, np.array([False, True, True]),
+    ...                             np.array([False, True, False]))
     >>> [int(c) for c in counts]
     [1, 1]
     """
     w = ops.convert_to_tensor(w)
-    positive = ops.logical_or(ops.greater(last_positive, mark),
-                              ops.greater(w, 0))
-    negative = ops.logical_or(ops.greater(last_negative, mark),
-                              ops.less(w, 0))
+    positive = ops.logical_or(seen_positive, ops.greater(w, 0))
+    negative = ops.logical_or(seen_negative, ops.less(w, 0))
     stable = ops.logical_and(ops.equal(w, 0), ops.logical_not(
         ops.logical_or(positive, negative)))
     flipped = ops.logical_and(positive, negative)

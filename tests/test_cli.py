@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from keras_lk import cli, report, study
+from keras_lk.study import cli, report, runs as study
 
 TINY = ["--epochs", "4", "--hidden", "16", "--seed", "0"]
 

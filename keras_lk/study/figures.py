@@ -8,7 +8,7 @@ import os
 
 import numpy as np
 
-from keras_lk.report import COLUMNS
+from keras_lk.study.report import COLUMNS
 
 VALUE_COLOR = "tab:blue"       # the article: |w|^k in blue ...
 DERIVATIVE_COLOR = "tab:red"   # ... its derivative in red

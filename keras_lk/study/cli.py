@@ -4,15 +4,19 @@
     keras-lk demo [--logdir runs/] [--epochs N] [--seed S]
     keras-lk report LOGDIR [--out FILE]
 
-Bad input gives one line on stderr and exit status 2, no traceback.
+Bad input gives one line on stderr and exit status 2, no traceback. The
+commands draw with matplotlib and `demo` trains on scikit-learn's digits:
+both come with the `study` extra (`pip install 'keras-lk[study]'`).
 """
 
 import argparse
+import importlib
 import math
 import os
+import shlex
 import sys
 
-from keras_lk import figures, report, study
+from keras_lk.study import figures, report, runs
 from keras_lk.summary import check_writable
 
 PLOT_K = (0.5, 1.0, 1.5, 2.0, 3.0, 10.0)
@@ -70,14 +74,14 @@ def build_parser():
         "monitored in TensorBoard")).add_argument
     add("--logdir", default="runs",
         help="TensorBoard log directory (default: runs)")
-    add("--epochs", type=_positive_int, default=study.DEFAULT_EPOCHS,
-        help=f"epochs per run (default {study.DEFAULT_EPOCHS})")
+    add("--epochs", type=_positive_int, default=runs.DEFAULT_EPOCHS,
+        help=f"epochs per run (default {runs.DEFAULT_EPOCHS})")
     add("--seed", type=int, default=0, help="seed (default 0)")
-    add("--alpha", type=_non_negative_float, default=study.DEFAULT_ALPHA,
+    add("--alpha", type=_non_negative_float, default=runs.DEFAULT_ALPHA,
         help="penalty strength, mean reduction "
-             f"(default {study.DEFAULT_ALPHA:g})")
-    add("--hidden", type=_positive_int, default=study.HIDDEN_UNITS,
-        help=f"hidden units (default {study.HIDDEN_UNITS})")
+             f"(default {runs.DEFAULT_ALPHA:g})")
+    add("--hidden", type=_positive_int, default=runs.HIDDEN_UNITS,
+        help=f"hidden units (default {runs.HIDDEN_UNITS})")
 
     add = commands.add_parser("report", help=(
         "table and PNG from the event files of runs")).add_argument
@@ -97,7 +101,39 @@ def _report(logdir, out, preferred=()):
     return runs
 
 
+# What each command imports beyond the library: (module, package) pairs.
+_NEEDS = {"plot": [("matplotlib", "matplotlib")],
+          "report": [("matplotlib", "matplotlib")],
+          "demo": [("matplotlib", "matplotlib"), ("sklearn", "scikit-learn")]}
+
+
+def _check_study_extra(command):
+    """Raises `_UsageError` naming the install command if a package is gone."""
+    missing = []
+    for module, package in _NEEDS[command]:
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            missing.append(package)
+    if missing:
+        raise _UsageError(
+            f"`keras-lk {command}` needs {' and '.join(missing)}, which come "
+            "with the study extra: pip install 'keras-lk[study]'")
+
+
+def tensorboard_command(logdir):
+    """The command that opens `logdir` in TensorBoard, as it can be typed.
+
+    It runs TensorBoard with this very Python, so it works wherever
+    `keras-lk` does, whether or not `tensorboard` is on the PATH.
+    """
+    return " ".join(shlex.quote(part) for part in (
+        sys.executable, "-m", "tensorboard.main", "--logdir", logdir,
+        "--host", "127.0.0.1"))
+
+
 def run(args):
+    _check_study_extra(args.command)
     if args.command == "plot":
         check_writable(args.out, "figures", "--out")
         for path in figures.plot_penalties(args.k, args.zoom, args.out):
@@ -105,16 +141,16 @@ def run(args):
         return 0
     if args.command == "demo":
         check_writable(args.logdir, "TensorBoard logs", "--logdir")
-        print(f"keras-lk demo: {len(study.SETTINGS)} runs on scikit-learn's "
+        print(f"keras-lk demo: {len(runs.SETTINGS)} runs on scikit-learn's "
               f"digits, {args.epochs} epochs each, alpha {args.alpha:g}, "
               f"logs in {args.logdir}")
-        study.run_study(args.logdir, epochs=args.epochs, seed=args.seed,
+        runs.run_study(args.logdir, epochs=args.epochs, seed=args.seed,
                         alpha=args.alpha, hidden=args.hidden)
         print()
         _report(args.logdir, None,
-                preferred=[setting.name for setting in study.SETTINGS])
-        print(f"\nOpen the runs in TensorBoard:\n  tensorboard --logdir "
-              f"{args.logdir} --host 127.0.0.1")
+                preferred=[setting.name for setting in runs.SETTINGS])
+        print("\nOpen the runs in TensorBoard (then http://127.0.0.1:6006):"
+              f"\n  {tensorboard_command(args.logdir)}")
         return 0
     _report(args.logdir, args.out)
     return 0
