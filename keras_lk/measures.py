@@ -148,7 +148,8 @@ class WeightMeasure:
                 if r is not None]
 
     def open(self, window):
-        if self.tracks_signs:
+        # Evaluation steps change no weight: validation needs no window.
+        if self.tracks_signs and window != "validation":
             sign_window = self._windows.setdefault(window, SignWindow())
             self._recording.boundary(sign_window, self._tracked())
 
@@ -291,8 +292,9 @@ class PenaltyMeasure:
 
     def _totals(self):
         """`{path: (sums[2], counts[2])}` so far, as host arrays."""
-        return {path: (sum(ops.convert_to_numpy(r.sums) for r in recorders),
-                       ops.convert_to_numpy(recorders[0].counts))
+        # Copies: a mark must not follow the variable.
+        return {path: (sum(np.array(r.sums.numpy()) for r in recorders),
+                       np.array(recorders[0].counts.numpy()))
                 for path, recorders in self._layers}
 
     def measure(self, report):

@@ -128,7 +128,12 @@ class SignWindow:
 # windows coming and going never retrace.
 @tf.function(autograph=False)
 def _or_masks(shared, fold):
-    """`fold | shared`, per weight and sign."""
+    """`fold | shared` per weight and sign (`shared` alone if `fold` is None).
+
+    Always new tensors: an eager read of a variable shares its buffer, which
+    `_reset_signs` then overwrites.
+    """
+    fold = fold or [(False, False)] * len(shared)
     return [(ops.logical_or(positive, fold_positive),
              ops.logical_or(negative, fold_negative))
             for (positive, negative), (fold_positive, fold_negative)
@@ -266,12 +271,8 @@ class Recording:
         shared = [(r.seen_positive.value, r.seen_negative.value)
                   for _, r in tracked]
         for other in others:
-            if other.positive is None:
-                masks = [(ops.convert_to_tensor(p), ops.convert_to_tensor(n))
-                         for p, n in shared]
-            else:
-                masks = _or_masks(shared, list(zip(other.positive,
-                                                   other.negative)))
+            masks = _or_masks(shared, None if other.positive is None else
+                              list(zip(other.positive, other.negative)))
             other.positive = [p for p, _ in masks]
             other.negative = [n for _, n in masks]
         _reset_signs([v.value for v, _ in tracked], shared)

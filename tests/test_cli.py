@@ -6,7 +6,8 @@ import sys
 
 import pytest
 
-from keras_lk.study import cli, report, runs as study
+from keras_lk.study import cli, report
+from keras_lk.study import runs as study_runs
 
 TINY = ["--epochs", "4", "--hidden", "16", "--seed", "0"]
 
@@ -34,7 +35,7 @@ def demo_logdir(tmp_path_factory):
 @pytest.mark.slow
 def test_demo_logs_every_setting_and_prints_the_table(demo_logdir):
     runs = report.find_runs(str(demo_logdir))
-    assert set(runs) == {setting.name for setting in study.SETTINGS}
+    assert set(runs) == {setting.name for setting in study_runs.SETTINGS}
     for name, row in runs.items():
         assert 0.0 <= row["test acc"] <= 1.0, name
         assert row["max|w|"] > 0

@@ -217,3 +217,36 @@ def test_zero_counts_are_right_for_one_model_after_another(tmp_path):
         events = read(tmp_path / f"{units}x{features}")
         assert events[("train", "zero_count/(all layers)")] == {
             0: units * features}
+
+
+class SignFlipper(keras.callbacks.Callback):
+    """kernel[0] turns negative after step 0 of each epoch and positive
+    after step 1: one sign flip per epoch, seen by any window that spans
+    those steps."""
+
+    def on_train_batch_end(self, batch, logs=None):
+        kernel = self.model.get_layer("d").kernel
+        value = kernel.numpy()
+        if batch in (0, 1):
+            value[0, 0] = -0.3 if batch == 0 else 0.3
+            kernel.assign(value)
+
+
+@pytest.mark.parametrize("update_freq", ["epoch", 1, 3])
+def test_epoch_sign_flips_whatever_other_windows_and_validation(update_freq,
+                                                                tmp_path):
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(
+        1, name="d", use_bias=False,
+        kernel_regularizer=keras_lk.LkRegularizer(k=1, alpha=0.0))])
+    model.get_layer("d").kernel.assign(np.array([[0.3], [0.5], [-1.0]]))
+    model.compile(keras.optimizers.SGD(0.0), "mse")
+    x, y = np.ones((16, 3)), np.zeros((16, 1))
+    history = model.fit(x, y, batch_size=4, epochs=2, verbose=0,
+                        validation_data=(x, y), callbacks=[
+                            SignFlipper(), keras_lk.ZeroCounts(
+                                tmp_path, update_freq=update_freq,
+                                step_stats=True),
+                            keras_lk.LkMonitor(tmp_path / "other",
+                                               update_freq=2,
+                                               step_stats=True)])
+    assert history.history["sign_flip_frac"] == [pytest.approx(1 / 3)] * 2
