@@ -16,12 +16,27 @@ def regression_data(n=64, features=4, seed=0):
     return x, y
 
 
-def sparse_regression_data(n=256, features=30, informative=3, seed=0):
-    """`(x, y)` where only the first `informative` features matter."""
+def linear_data(n=64, features=5, seed=0):
+    """`(x, y)` with `y = 2 * x[:, 0]`, float32."""
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((n, features)).astype("float32")
-    y = x[:, :informative].sum(axis=1, keepdims=True)
-    return x, y.astype("float32")
+    return x, (x[:, :1] * 2.0).astype("float32")
+
+
+def sparse_regression_data(n=256, features=30, informative=3, noise=0.0,
+                           seed=0):
+    """`(x, y)` where only the first `informative` features matter.
+
+    Their coefficients are 1 to 2 in size, of either sign; `noise` is the
+    standard deviation of the Gaussian noise added to y.
+    """
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, features)).astype("float32")
+    coef = np.zeros(features, "float32")
+    coef[:informative] = (rng.uniform(1.0, 2.0, informative)
+                          * rng.choice([-1, 1], informative))
+    y = x @ coef + noise * rng.standard_normal(n)
+    return x, y.astype("float32")[:, None]
 
 
 def two_layer_model(lr=0.0, optimizer=None, **compile_kwargs):
@@ -57,3 +72,33 @@ def regularizers_of(model):
     """`{variable path: regularizer object}` of every regularized weight."""
     return {v.path: v.regularizer for v in model.weights
             if v.regularizer is not None}
+
+
+def nested_model():
+    """An encoder model (Dense, BatchNormalization) inside a Functional one."""
+    encoder = keras.Sequential([
+        keras.Input((6,)), keras.layers.Dense(5, name="enc_dense"),
+        keras.layers.BatchNormalization(name="enc_bn")], name="encoder")
+    inputs = keras.Input((6,))
+    hidden = keras.layers.Dropout(0.1)(encoder(inputs))
+    outputs = keras.layers.Dense(1, name="head")(hidden)
+    return keras.Model(inputs, outputs, name="outer")
+
+
+def shared_and_frozen_model():
+    """A nested encoder (L0.5 on its kernel), a layer applied twice and a
+    frozen one, compiled with SGD."""
+    shared = keras.layers.Dense(4, name="shared")
+    encoder = keras.Sequential([keras.Input((4,)), keras.layers.Dense(
+        4, name="enc", kernel_regularizer=LkRegularizer(k=0.5, alpha=0.1))],
+        name="encoder")
+    inputs = keras.Input((4,))
+    hidden = shared(encoder(inputs))
+    hidden = shared(hidden)  # a shared layer, counted once
+    frozen = keras.layers.Dense(2, name="frozen")
+    frozen.trainable = False
+    outputs = keras.layers.Dense(1, name="head")(
+        keras.layers.Dropout(0.1)(frozen(hidden)))
+    model = keras.Model(inputs, outputs)
+    model.compile(keras.optimizers.SGD(0.01), "mse")
+    return model

@@ -4,17 +4,7 @@ import pytest
 
 import keras_lk
 from keras_lk import LkRegularizer
-
-
-def nested_model():
-    encoder = keras.Sequential([keras.Input((6,)), keras.layers.Dense(5, name="enc_dense"),
-                                keras.layers.BatchNormalization(name="enc_bn")],
-                               name="encoder")
-    inputs = keras.Input((6,))
-    hidden = encoder(inputs)
-    hidden = keras.layers.Dropout(0.1)(hidden)
-    outputs = keras.layers.Dense(1, name="head")(hidden)
-    return keras.Model(inputs, outputs, name="outer")
+from helpers import nested_model
 
 
 def test_attach_to_every_kernel_and_fit_includes_penalty():

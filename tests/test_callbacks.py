@@ -7,34 +7,8 @@ import pytest
 import keras_lk
 from keras_lk import LkRegularizer
 from events import read, tags
-
-ALPHA = 0.1
-
-
-def data(n=64, features=4, seed=0):
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal((n, features)).astype("float32")
-    y = rng.standard_normal((n, 1)).astype("float32")
-    return x, y
-
-
-def two_layer_model(lr=0.0):
-    model = keras.Sequential([
-        keras.Input((4,)),
-        keras.layers.Dense(3, name="first",
-                           kernel_regularizer=LkRegularizer(k=1, alpha=ALPHA)),
-        keras.layers.Dense(1, name="second",
-                           kernel_regularizer=keras.regularizers.L2(ALPHA)),
-    ])
-    model.compile(keras.optimizers.SGD(lr), "mse")
-    return model
-
-
-def by_hand_penalties(model):
-    first = ALPHA * np.mean(np.abs(model.get_layer("first").kernel.numpy()))
-    second = ALPHA * np.sum(np.square(model.get_layer("second").kernel.numpy()))
-    return first, second
-
+from helpers import (ALPHA, by_hand_penalties, regression_data as data,
+                     shared_and_frozen_model, two_layer_model)
 
 def test_lk_monitor_writes_exact_tags_and_steps(tmp_path):
     x, y = data()
@@ -235,26 +209,9 @@ def test_nan_and_inf_weights_are_counted_not_fatal(tmp_path):
     assert events[("train", "log10_abs_weights/d/kernel")][0][:, 2].sum() == 2
 
 
-def nested_model():
-    shared = keras.layers.Dense(4, name="shared")
-    encoder = keras.Sequential([keras.Input((4,)), keras.layers.Dense(
-        4, name="enc", kernel_regularizer=LkRegularizer(k=0.5, alpha=0.1))],
-        name="encoder")
-    inputs = keras.Input((4,))
-    hidden = shared(encoder(inputs))
-    hidden = shared(hidden)  # a shared layer, counted once
-    frozen = keras.layers.Dense(2, name="frozen")
-    frozen.trainable = False
-    outputs = keras.layers.Dense(1, name="head")(
-        keras.layers.Dropout(0.1)(frozen(hidden)))
-    model = keras.Model(inputs, outputs)
-    model.compile(keras.optimizers.SGD(0.01), "mse")
-    return model
-
-
 def test_nested_shared_and_frozen_layers(tmp_path):
     x, y = data()
-    model = nested_model()
+    model = shared_and_frozen_model()
     model.fit(x, y, epochs=1, verbose=0, callbacks=[keras_lk.LkMonitor(tmp_path)])
     train = tags(read(tmp_path), "train")
     assert {t for t in train if t.startswith("zero_count/")} == {
@@ -416,15 +373,52 @@ def test_importable_from_callbacks_module():
     assert callbacks.LkMonitor is keras_lk.LkMonitor
 
 
-def test_a_non_chief_worker_logs_but_writes_nothing(tmp_path, monkeypatch):
-    from keras_lk import callbacks
-    monkeypatch.setattr(callbacks, "_is_chief", lambda model: False)
+class _NonChiefExtended:
+    should_checkpoint = False  # what multi-worker strategies say off chief
+
+    def __init__(self, extended):
+        self._extended = extended
+
+    def __getattr__(self, name):
+        return getattr(self._extended, name)
+
+
+class _NonChiefStrategy:
+    """The default strategy, as a non-chief worker's strategy answers."""
+
+    def __init__(self, strategy):
+        self._strategy = strategy
+        self.extended = _NonChiefExtended(strategy.extended)
+
+    def __getattr__(self, name):
+        return getattr(self._strategy, name)
+
+
+class NonChiefModel(keras.Sequential):
+    @property
+    def distribute_strategy(self):
+        import tensorflow as tf
+        return _NonChiefStrategy(tf.distribute.get_strategy())
+
+
+def test_a_non_chief_worker_logs_but_writes_nothing(tmp_path):
     x, y = data()
-    model = two_layer_model()
+    model = NonChiefModel([keras.Input((4,)), keras.layers.Dense(
+        1, kernel_regularizer=LkRegularizer(k=1, alpha=ALPHA))])
+    model.compile(keras.optimizers.SGD(0.01), "mse")
     history = model.fit(x, y, epochs=1, verbose=0,
                         callbacks=[keras_lk.LkMonitor(tmp_path / "logs")])
-    assert "reg_share" in history.history
+    assert history.history["reg_share"][0] > 0
+    assert history.history["zero_frac"] == [0.0]
     assert not any(files for _, _, files in os.walk(tmp_path / "logs"))
+
+
+def test_the_chief_writes(tmp_path):
+    x, y = data()
+    two_layer_model().fit(x, y, epochs=1, verbose=0, callbacks=[
+        keras_lk.LkMonitor(tmp_path / "logs")])
+    assert {"reg_share/total", "zero_fraction/first"} <= tags(
+        read(tmp_path / "logs"), "train")
 
 
 class Flicker(keras.callbacks.Callback):

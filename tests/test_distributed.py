@@ -5,11 +5,8 @@ import json
 import subprocess
 import sys
 import textwrap
-from types import SimpleNamespace
 
 import pytest
-
-from keras_lk.callbacks import _is_chief
 
 SCRIPT = textwrap.dedent("""
     import json, sys
@@ -73,14 +70,3 @@ def test_mirrored_strategy_on_two_logical_cpus(tmp_path):
     assert mirrored["flips"] == single["flips"]
     assert single["zeros"] > 10
     assert abs(mirrored["zeros"] - single["zeros"]) <= 1
-
-
-def test_only_the_chief_writes():
-    def model_with(should_checkpoint):
-        extended = SimpleNamespace(should_checkpoint=should_checkpoint)
-        return SimpleNamespace(
-            distribute_strategy=SimpleNamespace(extended=extended))
-
-    assert _is_chief(model_with(True))
-    assert not _is_chief(model_with(False))
-    assert _is_chief(SimpleNamespace())

@@ -5,19 +5,13 @@ import numpy as np
 import pytest
 
 from keras_lk import LkRegularizer, ProximalOptimizer, prox
+from helpers import linear_data as data, sparse_regression_data
 
 
 def linear_model(regularizer, features=5):
     model = keras.Sequential([keras.Input((features,)), keras.layers.Dense(
         1, name="linear", kernel_regularizer=regularizer)])
     return model
-
-
-def data(n=64, features=5, seed=0):
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal((n, features)).astype("float32")
-    y = (x[:, :1] * 2.0).astype("float32")
-    return x, y
 
 
 @pytest.mark.parametrize("k", [0.5, 1.0, 1.5, 2.0, math.inf])
@@ -126,19 +120,10 @@ def test_bad_arguments():
         LkRegularizer(proximal="yes")
 
 
-def sparse_regression(seed=0):
-    """200 features, the first 20 informative, with noise."""
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal((400, 200)).astype("float32")
-    coef = np.zeros(200, "float32")
-    coef[:20] = rng.uniform(1.0, 2.0, 20) * rng.choice([-1, 1], 20)
-    y = (x @ coef + 0.5 * rng.standard_normal(400)).astype("float32")[:, None]
-    return x, y
-
-
 def fit_sparse(reg, optimizer, epochs=60):
     keras.utils.set_random_seed(0)
-    x, y = sparse_regression()
+    x, y = sparse_regression_data(n=400, features=200, informative=20,
+                                  noise=0.5)
     model = linear_model(reg, features=200)
     model.compile(optimizer, "mse")
     model.fit(x, y, batch_size=40, epochs=epochs, verbose=0)

@@ -9,13 +9,7 @@ import numpy as np
 import pytest
 
 from keras_lk import LkRegularizer
-
-
-def small_data(n=64, features=6, seed=0):
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal((n, features)).astype("float32")
-    y = (x @ rng.standard_normal((features, 1))).astype("float32")
-    return x, y
+from helpers import linear_data
 
 
 @pytest.mark.parametrize("k, keras_cls", [(1, keras.regularizers.L1),
@@ -36,7 +30,7 @@ def test_mean_alpha_converts_to_sum_alpha_by_dividing_by_n():
 
 @pytest.mark.parametrize("k", [0.5, 0.3, 1.0, 1.5])
 def test_zero_initialised_fit_stays_finite(k):
-    x, y = small_data()
+    x, y = linear_data(features=6)
     model = keras.Sequential([
         keras.Input((6,)),
         keras.layers.Dense(8, kernel_initializer="zeros",
@@ -54,7 +48,7 @@ def test_zero_initialised_fit_stays_finite(k):
 @pytest.mark.parametrize("policy", ["mixed_float16", "float16", "bfloat16"])
 def test_fit_under_half_precision_policies(policy):
     keras.config.set_dtype_policy(policy)
-    x, y = small_data()
+    x, y = linear_data(features=6)
     model = keras.Sequential([
         keras.Input((6,)),
         keras.layers.Dense(8, kernel_regularizer=LkRegularizer(k=10,
@@ -107,7 +101,7 @@ def test_repr_names_every_argument():
 
 
 def test_keras_file_round_trip_in_a_new_process(tmp_path):
-    x, y = small_data()
+    x, y = linear_data(features=6)
     model = keras.Sequential([
         keras.Input((6,)),
         keras.layers.Dense(8, kernel_regularizer=LkRegularizer(k=0.5, alpha=0.1)),
