@@ -37,8 +37,9 @@ import keras
 from keras import ops
 
 from keras_lk import _validation, tags
-from keras_lk.measures import (WEIGHT_CHOICES, PenaltyMeasure, PullMeasure,
-                               Report, WeightMeasure, ZeroOptions)
+from keras_lk.measures import WEIGHT_CHOICES, Report
+from keras_lk.measures.penalty import PenaltyMeasure, PullMeasure
+from keras_lk.measures.weights import WeightMeasure, ZeroOptions
 from keras_lk.recording import EVAL, TRAIN, Recording
 from keras_lk.stats import DEFAULT_BUCKETS
 from keras_lk.summary import RunWriter, check_writable

@@ -121,3 +121,65 @@ def test_console_script_and_module_print_one_clean_line():
     result = subprocess.run([script, "plot", "--k", "0"], capture_output=True,
                             text=True, check=False)
     assert result.stderr.count("\n") == 1  # TensorBoard's notices kept out
+
+
+def run_python(code):
+    return subprocess.run([sys.executable, "-c", code], capture_output=True,
+                          text=True, check=False)
+
+
+def test_the_library_needs_neither_matplotlib_nor_scikit_learn():
+    # Keras imports them itself when they are installed: keras_lk must add
+    # no import of its own, and work where they are absent.
+    result = run_python(
+        "import sys\n"
+        "import keras\n"
+        "before = set(sys.modules)\n"
+        "import keras_lk\n"
+        "print(sorted(m for m in set(sys.modules) - before\n"
+        "             if m.startswith(('matplotlib', 'sklearn',\n"
+        "                              'keras_lk.study'))))")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == "[]"
+    result = run_python(
+        "import sys, tempfile\n"
+        "sys.modules['matplotlib'] = sys.modules['sklearn'] = None\n"
+        "import numpy as np, keras, keras_lk\n"
+        "model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(\n"
+        "    1, kernel_regularizer=keras_lk.LkRegularizer(k=1))])\n"
+        "model.compile('sgd', 'mse')\n"
+        "history = model.fit(np.ones((4, 2)), np.ones((4, 1)), verbose=0,\n"
+        "    callbacks=[keras_lk.LkMonitor(tempfile.mkdtemp())])\n"
+        "print(sorted(history.history))")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == (
+        "['loss', 'reg_loss', 'reg_share', 'zero_frac']")
+
+
+@pytest.mark.parametrize("command, missing", [
+    ("plot", "matplotlib"), ("report", "matplotlib"),
+    ("demo", "matplotlib and scikit-learn")])
+def test_without_the_study_extra_one_line_names_the_install(command, missing,
+                                                            tmp_path):
+    argv = [command] + ([str(tmp_path)] if command == "report" else [])
+    # `sys.modules[name] = None` makes `import name` fail, as if absent.
+    result = run_python(
+        "import sys\n"
+        "sys.modules['matplotlib'] = sys.modules['sklearn'] = None\n"
+        "from keras_lk.study.cli import main\n"
+        f"sys.exit(main({argv!r}))")
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"keras-lk: error: `keras-lk {command}` needs {missing}, which come "
+        "with the study extra: pip install 'keras-lk[study]'")
+
+
+def test_the_demo_hint_opens_tensorboard_with_this_python():
+    assert cli.tensorboard_command("my runs") == (
+        f"{sys.executable} -m tensorboard.main --logdir 'my runs' "
+        "--host 127.0.0.1")
+    result = subprocess.run([sys.executable, "-m", "tensorboard.main",
+                             "--help"], capture_output=True, text=True,
+                            check=False)
+    assert result.returncode == 0
+    assert "--logdir" in result.stdout

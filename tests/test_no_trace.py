@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import keras_lk
-from events import read, tags
+from events import read
 from helpers import (by_hand_penalties, regression_data, regularizers_of,
                      two_layer_model)
 
@@ -103,7 +103,7 @@ def test_a_raising_fit_leaves_an_inert_model_and_the_next_fit_restores(
 
 def test_ten_fresh_monitors_grow_nothing_and_never_retrace(tmp_path, caplog):
     # Private on purpose: only tracing counts prove there is no retrace.
-    from keras_lk import measures
+    from keras_lk.measures import weights as measures
     x, y = regression_data()
     model = two_layer_model(lr=0.01)
     users = regularizers_of(model)
