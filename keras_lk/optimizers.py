@@ -40,8 +40,9 @@ class ProximalOptimizer(keras.optimizers.Optimizer):
 
     With Adam and other adaptive optimizers the proximal step is decoupled
     from the adaptive scaling, as Keras applies `weight_decay`: `t` uses the
-    raw learning rate, not Adam's per-weight step size (as in AdamW). At the
-    same learning rate that gives far fewer zeros than SGD.
+    raw learning rate, not Adam's per-weight step size (as in AdamW). At
+    Adam's usual small learning rates the thresholds are small: expect fewer
+    zeros than with SGD.
 
     It works in every Keras training setup:
     - `jit_compile=True` (the default on a GPU);

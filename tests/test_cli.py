@@ -109,6 +109,7 @@ def test_unwritable_output_directory(tmp_path, capsys):
     assert err.startswith("keras-lk: error: Cannot write figures to --out=")
 
 
+@pytest.mark.slow
 def test_console_script_and_module_print_one_clean_line():
     script = os.path.join(os.path.dirname(sys.executable), "keras-lk")
     for command in ([script], [sys.executable, "-m", "keras_lk"]):
@@ -128,6 +129,7 @@ def run_python(code):
                           text=True, check=False)
 
 
+@pytest.mark.slow
 def test_the_library_needs_neither_matplotlib_nor_scikit_learn():
     # Keras imports them itself when they are installed: keras_lk must add
     # no import of its own, and work where they are absent.
@@ -156,6 +158,7 @@ def test_the_library_needs_neither_matplotlib_nor_scikit_learn():
         "['loss', 'reg_loss', 'reg_share', 'zero_frac']")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command, missing", [
     ("plot", "matplotlib"), ("report", "matplotlib"),
     ("demo", "matplotlib and scikit-learn")])
@@ -174,6 +177,7 @@ def test_without_the_study_extra_one_line_names_the_install(command, missing,
         "with the study extra: pip install 'keras-lk[study]'")
 
 
+@pytest.mark.slow
 def test_the_demo_hint_opens_tensorboard_with_this_python():
     assert cli.tensorboard_command("my runs") == (
         f"{sys.executable} -m tensorboard.main --logdir 'my runs' "

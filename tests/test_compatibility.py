@@ -36,6 +36,7 @@ def float32_zeros():
     return zeros_after_fit(keras_lk.ProximalOptimizer(sgd()))[1]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("k", KS)
 def test_every_k_trains_the_same_under_jit_compile(k):
     x, y = regression_data()
@@ -52,6 +53,7 @@ def test_every_k_trains_the_same_under_jit_compile(k):
     np.testing.assert_allclose(losses[1], losses[0], rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_monitors_report_the_same_under_jit_compile(tmp_path):
     x, y = regression_data()
     for jit in (False, True):

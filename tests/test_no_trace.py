@@ -60,6 +60,7 @@ def saved_config(model, path):
         return json.loads(archive.read("config.json"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("make", CALLBACKS)
 def test_after_fit_every_regularizer_is_the_users_own_object(make, tmp_path):
     x, y = regression_data()
@@ -101,6 +102,7 @@ def test_a_raising_fit_leaves_an_inert_model_and_the_next_fit_restores(
     assert all(after[path] is users[path] for path in users)
 
 
+@pytest.mark.slow
 def test_ten_fresh_monitors_grow_nothing_and_never_retrace(tmp_path, caplog):
     # Private on purpose: only tracing counts prove there is no retrace.
     from keras_lk.measures import weights as measures
@@ -149,6 +151,7 @@ def assert_same_events(alone, together):
                                        err_msg=str(key))
 
 
+@pytest.mark.slow
 def test_two_callbacks_in_one_fit_each_report_what_they_would_alone(tmp_path):
     fit_logs([keras_lk.RegularizationShare(tmp_path / "share_alone")])
     fit_logs([keras_lk.LkMonitor(tmp_path / "monitor_alone", update_freq=3,
@@ -162,6 +165,7 @@ def test_two_callbacks_in_one_fit_each_report_what_they_would_alone(tmp_path):
     assert set(monitor[("train", "sign_flip_count/first")]) == {3, 6, 9, 12}
 
 
+@pytest.mark.slow
 def test_two_zero_counts_with_different_step_stats(tmp_path):
     fit_logs([keras_lk.ZeroCounts(tmp_path / "plain_alone")])
     fit_logs([keras_lk.ZeroCounts(tmp_path / "stats_alone", update_freq=2,
@@ -204,6 +208,7 @@ def test_steps_per_execution_windows_and_step_axis(tmp_path):
     assert history.history["reg_loss"] == pytest.approx([penalty] * 2, rel=1e-5)
 
 
+@pytest.mark.slow
 def test_zero_counts_are_right_for_one_model_after_another(tmp_path):
     # One statistics graph serves every model: each must get its own counts.
     for units, features in ((1, 3), (2, 4), (2, 5), (2, 4)):
@@ -232,6 +237,7 @@ class SignFlipper(keras.callbacks.Callback):
             kernel.assign(value)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("update_freq", ["epoch", 1, 3])
 def test_epoch_sign_flips_whatever_other_windows_and_validation(update_freq,
                                                                 tmp_path):

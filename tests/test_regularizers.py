@@ -100,6 +100,7 @@ def test_repr_names_every_argument():
         "LkRegularizer(k=float(\"inf\"), alpha=0.5, reduction='mean')")
 
 
+@pytest.mark.slow
 def test_keras_file_round_trip_in_a_new_process(tmp_path):
     x, y = linear_data(features=6)
     model = keras.Sequential([
