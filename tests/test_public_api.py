@@ -14,6 +14,8 @@ def test_public_names_are_pinned():
         "lk_penalty",
         "prox",
         "safe_abs_pow",
+        "sparsity",
+        "strip",
     ])
     for name in keras_lk.__all__:
         assert getattr(keras_lk, name).__doc__, name

@@ -1,0 +1,129 @@
+"""Counting a model's exact zeros, and stripping keras_lk off it to ship it."""
+
+import keras
+import numpy as np
+
+from keras_lk import _validation
+from keras_lk.measures import WEIGHT_CHOICES, layers_and_weights
+
+_KERAS_LK = "keras_lk>"
+
+
+def sparsity(model, weights="kernels"):
+    """Exact-zero counts and fractions of a model's weights, per layer.
+
+    Args:
+        model: A built `keras.Model`.
+        weights: `"kernels"` (kernels and embeddings) or `"all"`. Defaults
+            to `"kernels"`.
+
+    Returns:
+        A dict: `{"layers": {layer path: counts}, "total": counts}`, each
+        `counts` being `{"zeros": int, "size": int, "fraction": float}`.
+
+    Example:
+
+    >>> import keras, keras_lk, numpy as np
+    >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(
+    ...     2, name="d", kernel_initializer="zeros")])
+    >>> keras_lk.sparsity(model)["layers"]["d"]
+    {'zeros': 8, 'size': 8, 'fraction': 1.0}
+    """
+    _validation.check_choice("weights", weights, WEIGHT_CHOICES)
+    if not isinstance(model, keras.Model) or not model.built:
+        raise _validation.invalid("model", "a built keras.Model", model)
+    layers = {}
+    for path, layer_weights in layers_and_weights(model, weights):
+        zeros = sum(int(np.count_nonzero(v.numpy() == 0))
+                    for _, v in layer_weights)
+        size = sum(int(np.prod(v.shape)) for _, v in layer_weights)
+        layers[path] = _counts(zeros, size)
+    total = _counts(sum(c["zeros"] for c in layers.values()),
+                    sum(c["size"] for c in layers.values()))
+    return {"layers": layers, "total": total}
+
+
+def _counts(zeros, size):
+    return {"zeros": zeros, "size": size,
+            "fraction": zeros / size if size else 0.0}
+
+
+def _without_keras_lk(config):
+    """`config` with every keras_lk regularizer set to None (a copy)."""
+    if isinstance(config, dict):
+        result = {}
+        for key, value in config.items():
+            if (key.endswith("regularizer") and isinstance(value, dict)
+                    and str(value.get("registered_name", "")).startswith(
+                        _KERAS_LK)):
+                result[key] = None
+            else:
+                result[key] = _without_keras_lk(value)
+        return result
+    if isinstance(config, list):
+        return [_without_keras_lk(item) for item in config]
+    return config
+
+
+def strip(model):
+    """A plain Keras copy of `model` that loads without keras_lk.
+
+    The same architecture and weights (exact zeros included), with every
+    `LkRegularizer` removed and no optimizer: the copy is not compiled, so
+    neither `ProximalOptimizer` nor any recorder of the monitoring
+    callbacks comes along, and `keras.saving.load_model` reads its `.keras`
+    file where keras_lk is not installed. Keras's own regularizers stay.
+    Its predictions equal the original's. Works for Sequential and
+    Functional models (nested ones too); a subclassed model has no config
+    to copy it from, and raises a ValueError.
+
+    Args:
+        model: A built Sequential or Functional `keras.Model`.
+
+    Returns:
+        The new, uncompiled `keras.Model`.
+
+    Example:
+
+    >>> import keras, keras_lk
+    >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(
+    ...     2, kernel_regularizer=keras_lk.LkRegularizer(k=1, alpha=0.1))])
+    >>> plain = keras_lk.strip(model)
+    >>> plain.layers[0].kernel_regularizer is None
+    True
+    """
+    if not isinstance(model, keras.Model) or not model.built:
+        raise _validation.invalid("model", "a built keras.Model", model)
+    serialized = keras.saving.serialize_keras_object(model)
+    serialized.pop("compile_config", None)
+    serialized = _without_keras_lk(serialized)
+    left = sorted({name for name in _registered_names(serialized)
+                   if name.startswith(_KERAS_LK)})
+    if left:
+        raise ValueError(
+            "strip() can remove keras_lk regularizers only; the model's "
+            f"config also holds {left}.")
+    try:
+        plain = keras.saving.deserialize_keras_object(serialized)
+        plain.set_weights(model.get_weights())
+    except (TypeError, ValueError, NotImplementedError) as error:
+        raise ValueError(
+            "strip() copies a model from its config, which Sequential and "
+            "Functional models have; for a subclassed model, build the same "
+            "class without keras_lk regularizers and copy the weights with "
+            f"set_weights(). Received: model of type {type(model).__name__} "
+            f"({error})") from error
+    return plain
+
+
+def _registered_names(config):
+    """Every `registered_name` in a serialized config, nested ones too."""
+    if isinstance(config, dict):
+        name = config.get("registered_name")
+        names = [name] if isinstance(name, str) else []
+        for value in config.values():
+            names += _registered_names(value)
+        return names
+    if isinstance(config, list):
+        return [name for item in config for name in _registered_names(item)]
+    return []
