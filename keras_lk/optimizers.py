@@ -12,7 +12,7 @@ from keras_lk.regularizers import (LkRegularizer, mark_proximal_handled,
                                    set_pending, unwrap)
 
 
-def _optimizer_chain(optimizer):
+def optimizer_chain(optimizer):
     """`optimizer` and every optimizer it wraps (`inner_optimizer`)."""
     while optimizer is not None:
         yield optimizer
@@ -88,7 +88,7 @@ class ProximalOptimizer(keras.optimizers.Optimizer):
                 "optimizer", "a keras.optimizers.Optimizer instance (not "
                 "already a ProximalOptimizer)", optimizer)
         if any(isinstance(inner, keras.optimizers.LossScaleOptimizer)
-               for inner in _optimizer_chain(optimizer)):
+               for inner in optimizer_chain(optimizer)):
             raise ValueError(
                 "ProximalOptimizer must be inside the LossScaleOptimizer, "
                 "not around it: the loss scaler skips steps with non-finite "
@@ -105,6 +105,7 @@ class ProximalOptimizer(keras.optimizers.Optimizer):
                          name=name or f"proximal_{optimizer.name}")
         self.inner_optimizer = optimizer
         self._proximal = {}
+        self._controller = None  # set by keras_lk.SparsityTarget
 
     def build(self, var_list):
         set_pending(self, False)
@@ -137,18 +138,31 @@ class ProximalOptimizer(keras.optimizers.Optimizer):
     def _proximal_step(self, strategy, variables, learning_rate, updated):
         """`w <- prox(w, t, k)` on every replica's copy, after real updates."""
 
+        controller = self._controller
+
         def step_all():
             for variable in variables:
                 regularizer = self._proximal[id(variable)]
                 size = math.prod(variable.shape)
+                controlled = (controller is not None
+                              and controller.controls(variable))
+                scale = controller.scale(variable) if controlled else None
 
                 def step(value, learning_rate, regularizer=regularizer,
-                         size=size):
+                         size=size, scale=scale, variable=variable):
                     t = regularizer.proximal_strength(learning_rate, size)
-                    return value.assign(prox(value, t, regularizer.k))
+                    if scale is None:
+                        return value.assign(prox(value, t, regularizer.k))
+                    current = ops.convert_to_tensor(value)
+                    return value.assign(controller.step(
+                        variable, current, lambda: prox(
+                            current, t * scale, regularizer.k)))
 
                 strategy.extended.update(variable.value, step,
                                          args=(learning_rate,), group=False)
+            if controller is not None:
+                controller.after_step(strategy, ops.convert_to_tensor(
+                    self.inner_optimizer.iterations))
 
         if not self.inner_optimizer.gradient_accumulation_steps:
             step_all()
@@ -156,6 +170,10 @@ class ProximalOptimizer(keras.optimizers.Optimizer):
         # Every replica took the same decision: take the first one's.
         updated = strategy.experimental_local_results(updated)[0]
         ops.cond(updated, step_all, lambda: None)
+
+    def _set_controller(self, controller):
+        """Hands the proximal strengths to a `SparsityTarget` (or back)."""
+        self._controller = controller
 
     def stateless_apply(self, optimizer_variables, grads, trainable_variables):
         raise NotImplementedError(
