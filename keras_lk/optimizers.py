@@ -137,32 +137,29 @@ class ProximalOptimizer(keras.optimizers.Optimizer):
 
     def _proximal_step(self, strategy, variables, learning_rate, updated):
         """`w <- prox(w, t, k)` on every replica's copy, after real updates."""
-
         controller = self._controller
 
+        def proximal(variable, scale=None):
+            regularizer = self._proximal[id(variable)]
+            size = math.prod(variable.shape)
+
+            def step(value, learning_rate):
+                t = regularizer.proximal_strength(learning_rate, size)
+                if scale is not None:
+                    t = t * scale
+                return value.assign(prox(value, t, regularizer.k))
+
+            strategy.extended.update(variable.value, step,
+                                     args=(learning_rate,), group=False)
+
         def step_all():
-            for variable in variables:
-                regularizer = self._proximal[id(variable)]
-                size = math.prod(variable.shape)
-                controlled = (controller is not None
-                              and controller.controls(variable))
-                scale = controller.scale(variable) if controlled else None
-
-                def step(value, learning_rate, regularizer=regularizer,
-                         size=size, scale=scale, variable=variable):
-                    t = regularizer.proximal_strength(learning_rate, size)
-                    if scale is None:
-                        return value.assign(prox(value, t, regularizer.k))
-                    current = ops.convert_to_tensor(value)
-                    return value.assign(controller.step(
-                        variable, current, lambda: prox(
-                            current, t * scale, regularizer.k)))
-
-                strategy.extended.update(variable.value, step,
-                                         args=(learning_rate,), group=False)
-            if controller is not None:
-                controller.after_step(strategy, ops.convert_to_tensor(
-                    self.inner_optimizer.iterations))
+            if controller is None:
+                for variable in variables:
+                    proximal(variable)
+                return
+            controller.step(strategy, variables, proximal,
+                            ops.convert_to_tensor(
+                                self.inner_optimizer.iterations))
 
         if not self.inner_optimizer.gradient_accumulation_steps:
             step_all()
