@@ -3,6 +3,8 @@
     keras-lk plot [--k 0.5 1 1.5 2 3 10] [--zoom W] [--out DIR]
     keras-lk demo [--logdir runs/] [--epochs N] [--seed S]
     keras-lk report LOGDIR [--out FILE]
+    keras-lk sweep [--logdir sweep/] [--targets 0.5 0.75 0.9 0.95]
+                   [--seeds 0 1 2] [--epochs N] [--out FILE]
 
 Bad input gives one line on stderr and exit status 2, no traceback. The
 commands draw with matplotlib and `demo` trains on scikit-learn's digits:
@@ -16,7 +18,7 @@ import os
 import shlex
 import sys
 
-from keras_lk.study import figures, report, runs
+from keras_lk.study import figures, report, runs, sweep
 from keras_lk.summary import check_writable
 
 PLOT_K = (0.5, 1.0, 1.5, 2.0, 3.0, 10.0)
@@ -52,6 +54,8 @@ _positive_float = _number(float, lambda v: 0 < v < math.inf,
                           "expected a finite number > 0")
 _non_negative_float = _number(float, lambda v: 0 <= v < math.inf,
                               "expected a finite number >= 0")
+_fraction = _number(float, lambda v: 0 < v < 1,
+                    "expected a fraction strictly between 0 and 1")
 
 
 def build_parser():
@@ -83,6 +87,20 @@ def build_parser():
     add("--hidden", type=_positive_int, default=runs.HIDDEN_UNITS,
         help=f"hidden units (default {runs.HIDDEN_UNITS})")
 
+    add = commands.add_parser("sweep", help=(
+        "Lk-proximal sparsity against magnitude pruning on the digits MLP, "
+        "logged for TensorBoard's HParams dashboard")).add_argument
+    add("--logdir", default="sweep",
+        help="TensorBoard log directory (default: sweep)")
+    add("--targets", type=_fraction, nargs="+",
+        default=list(sweep.DEFAULT_TARGETS),
+        help="target sparsities (default: 0.5 0.75 0.9 0.95)")
+    add("--seeds", type=int, nargs="+", default=list(sweep.DEFAULT_SEEDS),
+        help="seeds (default: 0 1 2)")
+    add("--epochs", type=_positive_int, default=sweep.DEFAULT_EPOCHS,
+        help=f"epochs per run (default {sweep.DEFAULT_EPOCHS})")
+    add("--out", help="PNG path (default: LOGDIR/sweep.png)")
+
     add = commands.add_parser("report", help=(
         "table and PNG from the event files of runs")).add_argument
     add("logdir", metavar="LOGDIR")
@@ -104,7 +122,9 @@ def _report(logdir, out, preferred=()):
 # What each command imports beyond the library: (module, package) pairs.
 _NEEDS = {"plot": [("matplotlib", "matplotlib")],
           "report": [("matplotlib", "matplotlib")],
-          "demo": [("matplotlib", "matplotlib"), ("sklearn", "scikit-learn")]}
+          "demo": [("matplotlib", "matplotlib"), ("sklearn", "scikit-learn")],
+          "sweep": [("matplotlib", "matplotlib"),
+                    ("sklearn", "scikit-learn")]}
 
 
 def _check_study_extra(command):
@@ -152,7 +172,32 @@ def run(args):
         print("\nOpen the runs in TensorBoard (then http://127.0.0.1:6006):"
               f"\n  {tensorboard_command(args.logdir)}")
         return 0
+    if args.command == "sweep":
+        return _sweep(args)
     _report(args.logdir, args.out)
+    return 0
+
+
+def _sweep(args):
+    check_writable(args.logdir, "TensorBoard logs", "--logdir")
+    out = args.out or os.path.join(args.logdir, "sweep.png")
+    check_writable(os.path.dirname(os.path.abspath(out)), "the sweep PNG",
+                   "--out")
+    total = len(sweep.plan(args.targets, args.seeds))
+    print(f"keras-lk sweep: {total} runs on scikit-learn's digits "
+          f"({', '.join(sweep.METHODS)} at {len(args.targets)} targets, and "
+          f"dense; seeds {' '.join(map(str, args.seeds))}), {args.epochs} "
+          f"epochs each, logs in {args.logdir}")
+    results = sweep.run_sweep(args.logdir, args.targets, args.seeds,
+                              args.epochs)
+    summary = sweep.summarize(results)
+    print("\ntest accuracy, mean ± std over seeds (exact zeros reached)")
+    print(sweep.format_table(summary))
+    sweep.plot(summary, out)
+    print(f"\naccuracy against sparsity: {out}")
+    print("\nThe HParams dashboard of TensorBoard shows every run "
+          "(then http://127.0.0.1:6006):"
+          f"\n  {tensorboard_command(args.logdir)}")
     return 0
 
 

@@ -1,0 +1,273 @@
+"""`keras-lk sweep`: Lk-proximal sparsity against gradual magnitude pruning.
+
+On the demo's digits MLP (64-64-10, SGD lr 0.1, batch 32), for each target
+sparsity and seed, three methods reach the target on both kernels with the
+same model, data split, epochs, optimizer and schedule (the cubic schedule
+of gradual magnitude pruning, from the start of training to 3/4 of it, then
+fine-tuning with the zero pattern fixed):
+
+- `L1_proximal` and `L0.5_proximal`: `LkRegularizer(k, alpha,
+  proximal=True)` with `ProximalOptimizer` and `SparsityTarget`;
+- `magnitude`: gradual magnitude pruning (Zhu and Gupta, 2017): every
+  `PRUNE_EVERY` steps the smallest |w| of both kernels together are masked
+  to reach the scheduled sparsity, no penalty.
+
+A `dense` run per seed gives the accuracy without pruning. Every run is
+logged with TensorBoard's HParams plugin (method, target, seed; test
+accuracy and sparsity), so the HParams dashboard shows the trade-off.
+"""
+
+import math
+import os
+import statistics
+import sys
+from dataclasses import dataclass
+
+import keras
+import numpy as np
+import tensorflow as tf
+from tensorboard.plugins.hparams import api as hparams_api
+
+from keras_lk.optimizers import ProximalOptimizer
+from keras_lk.regularizers import LkRegularizer
+from keras_lk.shipping import sparsity
+from keras_lk.sparsity_target import SparsityTarget
+from keras_lk.study.runs import (BATCH_SIZE, DEFAULT_ALPHA, HIDDEN_UNITS,
+                                 LEARNING_RATE, load_digits)
+
+DEFAULT_TARGETS = (0.5, 0.75, 0.9, 0.95)
+DEFAULT_SEEDS = (0, 1, 2)
+DEFAULT_EPOCHS = 20
+METHODS = ("L1_proximal", "L0.5_proximal", "magnitude")
+PRUNE_EVERY = 10
+END_FRACTION = 0.75   # the schedule ends at 3/4 of training
+POWER = 3
+KERNELS = ("hidden", "output")
+
+
+@dataclass(frozen=True)
+class Run:
+    method: str      # one of METHODS, or "dense"
+    target: float    # 0 for dense
+    seed: int
+
+    @property
+    def name(self):
+        if self.method == "dense":
+            return f"dense_seed{self.seed}"
+        return f"{self.method}_t{self.target:g}_seed{self.seed}"
+
+
+def schedule(step, begin, end, target):
+    """Gradual magnitude pruning's cubic schedule from 0 to `target`."""
+    progress = min(max((step - begin) / max(end - begin, 1), 0.0), 1.0)
+    return target * (1.0 - (1.0 - progress) ** POWER)
+
+
+class MagnitudePruning(keras.callbacks.Callback):
+    """Gradual magnitude pruning of the named kernels, globally.
+
+    Every `every` steps until `end_step`, masks the smallest |w| of all the
+    kernels together up to the scheduled sparsity; the mask is applied after
+    every step, so pruned weights stay zero, and is fixed from `end_step` on
+    (fine-tuning).
+    """
+
+    def __init__(self, target, end_step, layers=KERNELS, every=PRUNE_EVERY):
+        super().__init__()
+        self.target = target
+        self.end_step = end_step
+        self.layers = layers
+        self.every = every
+        self._masks = None
+        self._step = 0
+
+    def on_train_begin(self, logs=None):
+        self._kernels = [self.model.get_layer(name).kernel
+                         for name in self.layers]
+        self._masks = [np.ones(tuple(k.shape), bool) for k in self._kernels]
+        self._step = 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._step += 1
+        if self._step <= self.end_step and self._step % self.every == 0:
+            self._prune(schedule(self._step, 0, self.end_step, self.target))
+        for kernel, mask in zip(self._kernels, self._masks):
+            kernel.assign(np.where(mask, kernel.numpy(), 0.0))
+
+    def _prune(self, fraction):
+        values = [np.abs(k.numpy()) * m for k, m in zip(self._kernels,
+                                                         self._masks)]
+        flat = np.concatenate([v.ravel() for v in values])
+        count = int(round(fraction * flat.size))
+        if count == 0:
+            return
+        # The `count` smallest |w| (pruned ones are 0, so they stay pruned).
+        order = np.argsort(flat, kind="stable")[:count]
+        keep = np.ones(flat.size, bool)
+        keep[order] = False
+        start = 0
+        for index, value in enumerate(values):
+            self._masks[index] = keep[start:start + value.size].reshape(
+                value.shape)
+            start += value.size
+
+
+def build(run, hidden=HIDDEN_UNITS, alpha=DEFAULT_ALPHA):
+    keras.utils.set_random_seed(run.seed)
+    regularizer = None
+    if run.method in ("L1_proximal", "L0.5_proximal"):
+        k = 1.0 if run.method == "L1_proximal" else 0.5
+        regularizer = LkRegularizer(k=k, alpha=alpha, proximal=True)
+    model = keras.Sequential([
+        keras.Input((64,)),
+        keras.layers.Dense(hidden, activation="relu", name="hidden",
+                           kernel_regularizer=regularizer),
+        keras.layers.Dense(10, activation="softmax", name="output",
+                           kernel_regularizer=regularizer),
+    ], name=run.name)
+    optimizer = keras.optimizers.SGD(LEARNING_RATE)
+    if regularizer is not None:
+        optimizer = ProximalOptimizer(optimizer)
+    model.compile(optimizer, "sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+    return model
+
+
+def plan(targets=DEFAULT_TARGETS, seeds=DEFAULT_SEEDS):
+    runs = [Run("dense", 0.0, seed) for seed in seeds]
+    runs += [Run(method, target, seed) for target in targets
+             for method in METHODS for seed in seeds]
+    return runs
+
+
+def _hparams_config(logdir, targets):
+    with tf.summary.create_file_writer(logdir).as_default():
+        hparams_api.hparams_config(
+            hparams=[hparams_api.HParam("method", hparams_api.Discrete(
+                        ["dense", *METHODS])),
+                     hparams_api.HParam("target", hparams_api.Discrete(
+                        [0.0, *targets])),
+                     hparams_api.HParam("seed", hparams_api.IntInterval(
+                        0, 2**31 - 1))],
+            metrics=[hparams_api.Metric("test_accuracy",
+                                        display_name="test accuracy"),
+                     hparams_api.Metric("sparsity",
+                                        display_name="exact zeros")])
+
+
+def run_sweep(logdir, targets=DEFAULT_TARGETS, seeds=DEFAULT_SEEDS,
+              epochs=DEFAULT_EPOCHS, stream=None):
+    """Trains every run of the sweep; returns `{Run: (accuracy, sparsity)}`."""
+    stream = stream or sys.stdout
+    runs = plan(targets, seeds)
+    _hparams_config(logdir, targets)
+    data = {}
+    results = {}
+    for index, run in enumerate(runs, start=1):
+        if run.seed not in data:
+            data[run.seed] = load_digits(run.seed)
+        x_train, y_train, x_test, y_test = data[run.seed]
+        steps = math.ceil(len(x_train) / BATCH_SIZE) * epochs
+        end = max(1, int(END_FRACTION * steps))
+        model = build(run)
+        callbacks = [_Progress(index, len(runs), run, epochs, stream)]
+        if run.method == "magnitude":
+            callbacks.append(MagnitudePruning(run.target, end))
+        elif run.method != "dense":
+            callbacks.append(SparsityTarget(run.target, begin_step=0,
+                                            end_step=end))
+        model.fit(x_train, y_train, batch_size=BATCH_SIZE, epochs=epochs,
+                  verbose=0, callbacks=callbacks)
+        accuracy = float(model.evaluate(x_test, y_test, verbose=0)[1])
+        zeros = sparsity(model)["total"]["fraction"]
+        results[run] = (accuracy, zeros)
+        with tf.summary.create_file_writer(
+                os.path.join(logdir, run.name)).as_default():
+            hparams_api.hparams({"method": run.method, "target": run.target,
+                                 "seed": run.seed}, trial_id=run.name)
+            tf.summary.scalar("test_accuracy", accuracy, step=epochs)
+            tf.summary.scalar("sparsity", zeros, step=epochs)
+    return results
+
+
+class _Progress(keras.callbacks.Callback):
+    def __init__(self, index, total, run, epochs, stream):
+        super().__init__()
+        self.prefix = f"[{index}/{total}] {run.name:<26}"
+        self.epochs = epochs
+        self.stream = stream
+        self.live = stream.isatty()
+
+    def on_epoch_end(self, epoch, logs=None):
+        line = f"{self.prefix} epoch {epoch + 1:>3}/{self.epochs}"
+        if self.live:
+            self.stream.write("\r" + line)
+            if epoch + 1 == self.epochs:
+                self.stream.write("\n")
+        elif epoch + 1 == self.epochs:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+
+def summarize(results):
+    """`{(method, target): (mean acc, std acc, mean sparsity, n)}`."""
+    groups = {}
+    for run, (accuracy, zeros) in results.items():
+        groups.setdefault((run.method, run.target), []).append(
+            (accuracy, zeros))
+    summary = {}
+    for key, values in groups.items():
+        accuracies = [a for a, _ in values]
+        summary[key] = (statistics.mean(accuracies),
+                        statistics.stdev(accuracies) if len(values) > 1
+                        else 0.0,
+                        statistics.mean(z for _, z in values), len(values))
+    return summary
+
+
+def format_table(summary):
+    """Mean ± std test accuracy (and the sparsity reached) per method."""
+    targets = sorted({t for (m, t) in summary if m != "dense"})
+    header = f"{'method':<16}" + "".join(f"{f'{t:.0%} zeros':>22}"
+                                         for t in targets)
+    lines = [header]
+    for method in METHODS:
+        cells = []
+        for target in targets:
+            mean, std, zeros, _ = summary[(method, target)]
+            cells.append(f"{f'{mean:.3f} ± {std:.3f} ({zeros:.1%})':>22}")
+        lines.append(f"{method:<16}" + "".join(cells))
+    dense = summary.get(("dense", 0.0))
+    if dense:
+        lines.append(f"{'dense':<16}{f'{dense[0]:.3f} ± {dense[1]:.3f}':>22}"
+                     "  (no pruning)")
+    return "\n".join(lines)
+
+
+def plot(summary, path):
+    """Test accuracy against sparsity, one line per method; the dense line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(6.5, 4.2))
+    for method in METHODS:
+        points = sorted((zeros, mean, std) for (m, _), (mean, std, zeros, _)
+                        in summary.items() if m == method)
+        axes.errorbar([p[0] for p in points], [p[1] for p in points],
+                      yerr=[p[2] for p in points], marker="o", capsize=3,
+                      label=method)
+    dense = summary.get(("dense", 0.0))
+    if dense:
+        axes.axhline(dense[0], color="gray", linestyle="--", label="dense")
+    axes.set_xlabel("exact zeros (fraction of both kernels)")
+    axes.set_ylabel("test accuracy (mean ± std over seeds)")
+    axes.set_title("digits MLP: Lk-proximal vs gradual magnitude pruning")
+    axes.legend()
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
