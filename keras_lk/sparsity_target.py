@@ -39,13 +39,15 @@ SAMPLE = 16384
 # Per control step, log(strength) moves by GAIN times the sparsity error.
 GAIN = 5.0
 MAX_LOG_SCALE = 30.0
+MAX_MOVE = 0.5
 POWER = 3
 
 
 class _Controller:
     """The controller's state: variables read and written in the step."""
 
-    def __init__(self, groups, targets, begin_step, end_step, start):
+    def __init__(self, groups, targets, begin_step, end_step, start,
+                 log_scale):
         self.groups = groups            # [(name, [variables])]
         self.targets = targets          # [float], per group
         self.begin_step = begin_step
@@ -56,7 +58,7 @@ class _Controller:
                       for _, variables in groups]
         new = _variable_factory()
         self.start = new(np.array(start, "float32"), "float32")
-        self.log_scale = new(np.zeros(len(groups), "float32"), "float32")
+        self.log_scale = new(np.array(log_scale, "float32"), "float32")
         self.locked = new(False, "bool")
         self.masks = {id(v): new(np.ones(tuple(v.shape), bool), "bool")
                       for _, variables in groups for v in variables}
@@ -139,9 +141,11 @@ class _Controller:
 
         def control():
             error = self.scheduled(iterations) - self.zero_fractions()
+            # Bounded moves: the zeros follow the strength with a lag, and
+            # a ReLU network whose weights all went to zero cannot recover.
+            step = ops.clip(GAIN * error, -MAX_MOVE, MAX_MOVE)
             self.log_scale.assign(ops.clip(
-                self.log_scale + GAIN * error, -MAX_LOG_SCALE,
-                MAX_LOG_SCALE))
+                self.log_scale + step, -MAX_LOG_SCALE, MAX_LOG_SCALE))
 
         ops.cond(ops.logical_and(ops.logical_not(locked), ops.equal(
             iterations % CONTROL_EVERY, 0)), control, lambda: None)
@@ -308,7 +312,11 @@ class SparsityTarget(keras.callbacks.Callback):
         strategy = getattr(model, "distribute_strategy", None)
         with (strategy.scope() if strategy is not None
               else contextlib.nullcontext()):
-            self._controller = _Controller(groups, targets, begin, end, start)
+            self._controller = _Controller(
+                groups, targets, begin, end, start,
+                [_initial_log_scale(variables, target, end - begin,
+                                    self._optimizer.inner_optimizer)
+                 for (_, variables), target in zip(groups, targets)])
         self._optimizer._set_controller(self._controller)
         # The step traced so far has no controller in it.
         model.make_train_function(force=True)
@@ -400,6 +408,28 @@ class SparsityTarget(keras.callbacks.Callback):
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+
+
+def _initial_log_scale(variables, target, span, optimizer):
+    """A first multiplier of the strength, before feedback corrects it.
+
+    Over the schedule, the proximal steps shrink each weight by about the
+    sum of their thresholds: start where that sum reaches the target's
+    quantile of |w|, whatever alpha the user chose.
+    """
+    magnitudes = np.concatenate([np.abs(v.numpy()).ravel()
+                                 for v in variables])
+    quantile = float(np.quantile(magnitudes, target))
+    learning_rate = float(ops.convert_to_numpy(optimizer.learning_rate))
+    strengths = [float(unwrap(v.regularizer).proximal_strength(
+        learning_rate, math.prod(v.shape))) for v in variables]
+    if quantile <= 0 or min(strengths) <= 0:
+        return 0.0
+    sizes = [math.prod(v.shape) for v in variables]
+    typical = math.exp(sum(n * math.log(t) for n, t in zip(sizes, strengths))
+                       / sum(sizes))
+    log_scale = math.log(quantile / span / typical)
+    return min(max(log_scale, -MAX_LOG_SCALE), MAX_LOG_SCALE)
 
 
 def _zero_fraction(variables):

@@ -187,3 +187,35 @@ def test_the_demo_hint_opens_tensorboard_with_this_python():
                             check=False)
     assert result.returncode == 0
     assert "--logdir" in result.stdout
+
+
+@pytest.mark.slow
+def test_sweep_on_a_tiny_setting(tmp_path, capsys):
+    from tbparse import SummaryReader
+    logdir = tmp_path / "sweep"
+    assert cli.main(["sweep", "--logdir", str(logdir), "--targets", "0.5",
+                     "--seeds", "0", "--epochs", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert "[4/4]" in printed
+    table = printed[printed.index("test accuracy, mean"):]
+    for method in ("L1_proximal", "L0.5_proximal", "magnitude", "dense"):
+        assert method in table
+    assert (logdir / "sweep.png").read_bytes()[:4] == b"\x89PNG"
+    runs = sorted(p.name for p in logdir.iterdir() if p.is_dir())
+    assert runs == ["L0.5_proximal_t0.5_seed0", "L1_proximal_t0.5_seed0",
+                    "dense_seed0", "magnitude_t0.5_seed0"]
+    hparams = SummaryReader(str(logdir / "magnitude_t0.5_seed0")).hparams
+    assert dict(zip(hparams["tag"], hparams["value"])) == {
+        "method": "magnitude", "target": 0.5, "seed": 0}
+    scalars = SummaryReader(str(logdir / "magnitude_t0.5_seed0")).tensors
+    values = dict(zip(scalars["tag"], scalars["value"]))
+    assert float(values["sparsity"]) == pytest.approx(0.5, abs=0.01)
+    assert 0.0 < float(values["test_accuracy"]) <= 1.0
+
+
+def test_magnitude_pruning_schedule_and_mask():
+    from keras_lk.study import sweep
+    assert sweep.schedule(0, 0, 100, 0.9) == 0.0
+    assert sweep.schedule(100, 0, 100, 0.9) == pytest.approx(0.9)
+    assert sweep.schedule(50, 0, 100, 0.8) == pytest.approx(0.8 * 0.875)
+    assert sweep.schedule(200, 0, 100, 0.8) == pytest.approx(0.8)
