@@ -7,6 +7,8 @@ integer index array and `bincount`, never a one-hot matrix, so the memory
 beyond the weights is a small constant times their size (TensorBoard's own
 histogram op builds an N x buckets one-hot matrix in float64). Both
 histograms come from one `bincount` over a joint (linear, log) bucket index.
+The pass runs over the weight in blocks (`BLOCK` elements), so its extra
+memory is a few blocks, not a few copies of the weight.
 """
 
 import keras
@@ -20,7 +22,8 @@ DEFAULT_BUCKETS = 30
 MAX_DECADES = 12
 
 
-def weight_statistics(w, tol, relative=False, buckets=DEFAULT_BUCKETS):
+def weight_statistics(w, tol, relative=False, buckets=DEFAULT_BUCKETS,
+                      block=None):
     """Counts zeros and buckets |w|, on the device.
 
     Args:
@@ -29,6 +32,8 @@ def weight_statistics(w, tol, relative=False, buckets=DEFAULT_BUCKETS):
             (`|w| <= tol * max|w|` with `relative=True`).
         relative: Whether `tol` is relative to the tensor's max|w|.
         buckets: Number of buckets of each histogram.
+        block: Elements per block of the pass (its extra memory is a few
+            blocks); None for `BLOCK`.
 
     Returns:
         A dict of tensors:
@@ -50,31 +55,95 @@ def weight_statistics(w, tol, relative=False, buckets=DEFAULT_BUCKETS):
     >>> int(stats["exact_zeros"]), int(stats["near_zeros"])
     (1, 2)
     """
-    magnitude = ops.abs(ops.reshape(ops.convert_to_tensor(w), (-1,)))
-    if keras.backend.standardize_dtype(magnitude.dtype) != "float64":
-        magnitude = ops.cast(magnitude, "float32")
-    # Weights are almost always finite: check with one sum (NaN and inf
-    # propagate through it), and sanitize only when needed.
-    all_finite = ops.isfinite(ops.sum(magnitude))
+    block = BLOCK if block is None else block
+    flat = ops.reshape(ops.convert_to_tensor(w), (-1,))
+    dtype = ("float64" if keras.backend.standardize_dtype(flat.dtype)
+             == "float64" else "float32")
+    blocks = _Blocks(flat, dtype, block)
+    # Pass 1: the sum (NaN and inf propagate through it: weights are almost
+    # always finite, so sanitize only when needed), max|w|, min nonzero |w|.
+    total, max_abs, min_nonzero = blocks.reduce(_extremes, (
+        ops.zeros((), dtype), ops.zeros((), dtype),
+        ops.full((), float("inf"), dtype)))
     return ops.cond(
-        all_finite,
-        lambda: _finite_statistics(magnitude, tol, relative, buckets),
-        lambda: _statistics_with_nonfinite(magnitude, tol, relative,
-                                           buckets))
+        ops.isfinite(total),
+        lambda: _statistics(blocks, max_abs, min_nonzero, tol, relative,
+                            buckets, sanitize=False),
+        lambda: _statistics_with_nonfinite(blocks, tol, relative, buckets))
 
 
-def _statistics_with_nonfinite(magnitude, tol, relative, buckets):
-    """`_finite_statistics` with NaN and inf counted apart.
+# Elements per block: the pass runs over the weights in blocks of this many
+# (2 MB of float32), so that its temporaries (a few arrays of one block
+# each) stay in cache and small whatever the weight's size. Measured on
+# 5e7 weights: 2^15 561 ms, 2^17 348 ms, 2^19 244 ms, 2^21 251 ms, 2^23
+# 323 ms, one block 392 ms.
+BLOCK = 2 ** 19
+
+
+class _Blocks:
+    """A flat weight, reduced block by block (the last one may be shorter)."""
+
+    def __init__(self, flat, dtype, block):
+        self.flat = flat
+        self.dtype = dtype
+        self.size = int(flat.shape[0])
+        self.block = max(1, min(block, self.size or 1))
+        self.full = self.size // self.block
+
+    def magnitudes(self, start, length):
+        chunk = ops.slice(self.flat, (start,), (length,))
+        return ops.cast(ops.abs(chunk), self.dtype)
+
+    def reduce(self, step, init):
+        """Folds `step(magnitudes, state) -> state` over every block."""
+        state = init
+        if self.full:
+            state = ops.fori_loop(
+                0, self.full, lambda i, state: step(
+                    self.magnitudes(i * self.block, self.block), state),
+                state)
+        rest = self.size - self.full * self.block
+        if rest:
+            state = step(self.magnitudes(self.full * self.block, rest), state)
+        return state
+
+
+def _extremes(magnitude, state):
+    total, max_abs, min_nonzero = state
+    nonzero = ops.where(ops.greater(magnitude, 0), magnitude,
+                        ops.full((), float("inf"), magnitude.dtype))
+    return (total + ops.sum(magnitude),
+            ops.maximum(max_abs, ops.max(magnitude, initial=0.0)),
+            ops.minimum(min_nonzero, ops.min(nonzero)))
+
+
+def _finite_extremes(magnitude, state):
+    """`_extremes` of the finite magnitudes, with NaN and inf counted."""
+    total, max_abs, min_nonzero, nan, nonfinite = state
+    finite = ops.isfinite(magnitude)
+    nan = nan + ops.sum(ops.cast(ops.isnan(magnitude), "int32"))
+    nonfinite = nonfinite + ops.sum(ops.cast(ops.logical_not(finite),
+                                             "int32"))
+    clean = ops.where(finite, magnitude, ops.zeros((), magnitude.dtype))
+    total, max_abs, min_nonzero = _extremes(clean,
+                                            (total, max_abs, min_nonzero))
+    return total, max_abs, min_nonzero, nan, nonfinite
+
+
+def _statistics_with_nonfinite(blocks, tol, relative, buckets):
+    """`_statistics` with NaN and inf counted apart.
 
     Non-finite weights are set to 0 for the pass, then taken back out of
     the zero counts (they land in the zero buckets of both histograms).
     """
-    finite = ops.isfinite(magnitude)
-    nan = ops.sum(ops.cast(ops.isnan(magnitude), "int32"))
-    nonfinite = ops.sum(ops.cast(ops.logical_not(finite), "int32"))
-    stats = _finite_statistics(
-        ops.where(finite, magnitude, ops.zeros_like(magnitude)), tol,
-        relative, buckets)
+    zero = ops.zeros((), "int32")
+    _, max_abs, min_nonzero, nan, nonfinite = blocks.reduce(
+        _finite_extremes, (ops.zeros((), blocks.dtype),
+                           ops.zeros((), blocks.dtype),
+                           ops.full((), float("inf"), blocks.dtype),
+                           zero, zero))
+    stats = _statistics(blocks, max_abs, min_nonzero, tol, relative,
+                        buckets, sanitize=True)
     first = ops.one_hot(0, buckets + 1, dtype="int32") * nonfinite
     stats.update(
         nan=nan, inf=nonfinite - nan,
@@ -85,43 +154,49 @@ def _statistics_with_nonfinite(magnitude, tol, relative, buckets):
     return stats
 
 
-def _finite_statistics(magnitude, tol, relative, buckets):
-    """The statistics of finite magnitudes, in as few passes as it takes.
-
-    Both histograms come from one `bincount` over a joint index
-    (linear bucket, log bucket); the exact zeros are the log histogram's
-    zero bucket.
-    """
-    dtype = keras.backend.standardize_dtype(magnitude.dtype)
+def _statistics(blocks, max_abs, min_nonzero, tol, relative, buckets,
+                sanitize):
+    """Pass 2: the counts and both histograms, from one joint `bincount`
+    per block over (linear bucket, log bucket); the exact zeros are the
+    log histogram's zero bucket."""
+    dtype = blocks.dtype
     tiny = float(np.finfo(dtype).tiny)
-    max_abs = ops.max(magnitude, initial=0.0)
     threshold = ops.multiply(tol, max_abs) if relative else ops.cast(tol, dtype)
-    near_zeros = ops.sum(ops.cast(ops.less_equal(magnitude, threshold),
-                                  "int32"))
-
     # buckets / max_abs, kept finite for a tiny max_abs.
     scale = buckets / ops.maximum(max_abs, buckets * tiny)
-    linear = ops.minimum(ops.cast(magnitude * scale, "int32"), buckets - 1)
-
-    nonzero = ops.greater(magnitude, 0)
     top = ops.maximum(max_abs, tiny)
-    # Zeros take the log of max|w|: they cannot lower the smallest decade.
-    logs = ops.log10(ops.where(nonzero, magnitude, top))
     log_hi = ops.ceil(ops.log10(top))
-    log_lo = ops.maximum(ops.floor(ops.min(logs)), log_hi - MAX_DECADES)
+    # Zeros count as max|w| here: they cannot lower the smallest decade.
+    log_lo = ops.maximum(ops.floor(ops.log10(ops.minimum(min_nonzero, top))),
+                         log_hi - MAX_DECADES)
     log_hi = ops.maximum(log_hi, log_lo + 1)
     per_decade = buckets / (log_hi - log_lo)
-    logarithmic = ops.clip(ops.cast((logs - log_lo) * per_decade, "int32"),
-                           0, buckets - 1) + 1
-    logarithmic = ops.where(nonzero, logarithmic, 0)
+    width = buckets * (buckets + 1)
 
-    joint = ops.bincount(linear * (buckets + 1) + logarithmic,
-                         minlength=buckets * (buckets + 1))
-    joint = ops.reshape(joint[:buckets * (buckets + 1)],
-                        (buckets, buckets + 1))
+    def count(magnitude, state):
+        near_zeros, joint = state
+        if sanitize:
+            magnitude = ops.where(ops.isfinite(magnitude), magnitude,
+                                  ops.zeros((), dtype))
+        near_zeros = near_zeros + ops.sum(ops.cast(
+            ops.less_equal(magnitude, threshold), "int32"))
+        linear = ops.minimum(ops.cast(magnitude * scale, "int32"),
+                             buckets - 1)
+        nonzero = ops.greater(magnitude, 0)
+        logs = ops.log10(ops.where(nonzero, magnitude, top))
+        logarithmic = ops.clip(ops.cast((logs - log_lo) * per_decade,
+                                        "int32"), 0, buckets - 1) + 1
+        logarithmic = ops.where(nonzero, logarithmic, 0)
+        counts = ops.bincount(linear * (buckets + 1) + logarithmic,
+                              minlength=width)
+        return near_zeros, joint + counts[:width]
+
+    near_zeros, joint = blocks.reduce(count, (
+        ops.zeros((), "int32"), ops.zeros((width,), "int32")))
+    joint = ops.reshape(joint, (buckets, buckets + 1))
     log_counts = ops.sum(joint, axis=0)
     return {
-        "size": ops.size(magnitude),
+        "size": ops.convert_to_tensor(blocks.size, "int32"),
         "exact_zeros": log_counts[0],
         "near_zeros": near_zeros,
         "nan": ops.zeros((), "int32"),

@@ -74,3 +74,29 @@ def test_bucket_tables():
     assert table.tolist() == [[0, 1, 1], [1, 2, 2], [2, 3, 3]]
     logs = log_histogram_buckets([4, 1, 1], -2.0, 0.0)
     assert logs.tolist() == [[-3, -2, 4], [-2, -1, 1], [-1, 0, 1]]
+
+
+@pytest.mark.parametrize("relative", [False, True])
+def test_blocks_give_bit_identical_results(relative):
+    # Larger than several blocks, not a multiple of the block size, with
+    # zeros, tiny and non-finite weights spread over different blocks.
+    rng = np.random.default_rng(3)
+    w = (rng.standard_normal(3001) * rng.choice([1, 1e-5], 3001)).astype(
+        "float32")
+    w[::7] = 0
+    whole = host(weight_statistics(w, 1e-3, relative, buckets=16,
+                                   block=10**6))
+    for block in (7, 256, 1000, 3000):
+        blocked = host(weight_statistics(w, 1e-3, relative, buckets=16,
+                                         block=block))
+        for key, value in whole.items():
+            np.testing.assert_array_equal(blocked[key], value, err_msg=key)
+    w[[5, 900, 2999]] = [np.nan, np.inf, -np.inf]
+    whole = host(weight_statistics(w, 1e-3, relative, buckets=16,
+                                   block=10**6))
+    blocked = host(weight_statistics(w, 1e-3, relative, buckets=16,
+                                     block=256))
+    for key, value in whole.items():
+        np.testing.assert_array_equal(blocked[key], value, err_msg=key)
+    assert (blocked["nan"], blocked["inf"]) == (1, 2)
+    assert blocked["abs_counts"].sum() == 3001 - 3
