@@ -7,9 +7,27 @@ import tensorflow as tf
 from keras import ops
 
 from keras_lk import _validation
-from keras_lk.proximal import prox
+from keras_lk.proximal import half_threshold_newton, prox, soft_threshold
 from keras_lk.regularizers import (LkRegularizer, mark_proximal_handled,
                                    set_pending, unwrap)
+
+
+def _compiled(function):
+    return tf.function(lambda y, t: function(y, ops.cast(t, y.dtype)),
+                       jit_compile=True, autograph=False)
+
+
+# The proximal steps that XLA compiles into one fused pass over the weight
+# (TensorFlow otherwise runs one kernel, one pass, per elementwise op):
+# 2.1M weights, k = 1 in 0.75 ms instead of 1.5; k = 1/2 by Newton's method
+# in 2.5 ms instead of 9 (the closed form's arccos is slower under XLA).
+_FUSED_PROX = {1.0: _compiled(soft_threshold),
+               0.5: _compiled(half_threshold_newton)}
+
+
+def _proximal_update(value, t, k):
+    fused = _FUSED_PROX.get(k)
+    return fused(value, t) if fused is not None else prox(value, t, k)
 
 
 def optimizer_chain(optimizer):
@@ -147,7 +165,8 @@ class ProximalOptimizer(keras.optimizers.Optimizer):
                 t = regularizer.proximal_strength(learning_rate, size)
                 if scale is not None:
                     t = t * scale
-                return value.assign(prox(value, t, regularizer.k))
+                return value.assign(_proximal_update(value, t,
+                                                     regularizer.k))
 
             strategy.extended.update(variable.value, step,
                                      args=(learning_rate,), group=False)

@@ -62,6 +62,29 @@ def _half(y, t):
                      ops.zeros((), value.dtype))
 
 
+def half_threshold_newton(y, t, steps=5):
+    """Half thresholding (`prox(y, t, 0.5)`) by Newton's method, no arccos.
+
+    The nonzero root is `x = sign(y) u^2`, u the largest root of
+    `u^3 - |y| u + t / 2 = 0`. Newton from `u = sqrt|y|`, to the right of
+    that root on a convex stretch, converges monotonically; five steps reach
+    float32 resolution even at the threshold (relative error < 1e-6 against
+    the closed form, tested). It takes more elementwise operations than the
+    closed form but only cheap ones, so a compiler that fuses them (XLA)
+    runs it in one pass: `ProximalOptimizer` uses it that way.
+    """
+    y = _as_float(y)
+    t = ops.cast(t, y.dtype)
+    magnitude = ops.abs(y)
+    threshold = 1.5 * ops.power(t, 2.0 / 3.0)
+    u = ops.sqrt(magnitude)
+    for _ in range(steps):
+        u2 = ops.square(u)
+        u = u - (u * (u2 - magnitude) + 0.5 * t) / (3.0 * u2 - magnitude)
+    return ops.where(ops.greater(magnitude, threshold),
+                     ops.sign(y) * ops.square(u), ops.zeros((), y.dtype))
+
+
 def _two_thirds(y, t):
     magnitude = ops.abs(y)
     lam = 2.0 * t

@@ -103,3 +103,17 @@ def test_strength_may_be_a_tensor(k):
 def test_float32_matches_float64(k):
     got = np.asarray(prox(Y.astype("float32"), 0.1, k))
     np.testing.assert_allclose(got, np.asarray(prox(Y, 0.1, k)), atol=2e-5)
+
+
+@pytest.mark.parametrize("t", STRENGTHS + (1e-6,))
+def test_half_threshold_by_newton_matches_the_closed_form(t):
+    from keras_lk.proximal import half_threshold_newton
+    tau = threshold(t, 0.5)
+    y = np.concatenate([Y, tau * np.array([1.0001, 1.001, 1.01, 1.5, 3.0,
+                                           100.0, -1.0001, 0.9999])])
+    y = y.astype("float32")
+    closed = np.asarray(prox(y, t, 0.5))
+    newton = np.asarray(half_threshold_newton(y, t))
+    np.testing.assert_array_equal(newton == 0, closed == 0)
+    nonzero = closed != 0
+    np.testing.assert_allclose(newton[nonzero], closed[nonzero], rtol=1e-6)
