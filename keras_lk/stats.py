@@ -11,6 +11,8 @@ The pass runs over the weight in blocks (`BLOCK` elements), so its extra
 memory is a few blocks, not a few copies of the weight.
 """
 
+import functools
+
 import keras
 import numpy as np
 from keras import ops
@@ -23,7 +25,7 @@ MAX_DECADES = 12
 
 
 def weight_statistics(w, tol, relative=False, buckets=DEFAULT_BUCKETS,
-                      block=None):
+                      block=None, fuse=None):
     """Counts zeros and buckets |w|, on the device.
 
     Args:
@@ -34,6 +36,9 @@ def weight_statistics(w, tol, relative=False, buckets=DEFAULT_BUCKETS,
         buckets: Number of buckets of each histogram.
         block: Elements per block of the pass (its extra memory is a few
             blocks); None for `BLOCK`.
+        fuse: None, or a function that compiles a block's elementwise work
+            into one pass (e.g. `tf.function(f, jit_compile=True)`): same
+            results, fewer trips through memory.
 
     Returns:
         A dict of tensors:
@@ -59,12 +64,12 @@ def weight_statistics(w, tol, relative=False, buckets=DEFAULT_BUCKETS,
     flat = ops.reshape(ops.convert_to_tensor(w), (-1,))
     dtype = ("float64" if keras.backend.standardize_dtype(flat.dtype)
              == "float64" else "float32")
-    blocks = _Blocks(flat, dtype, block)
+    blocks = _Blocks(flat, dtype, block, fuse or (lambda function: function))
     # Pass 1: the sum (NaN and inf propagate through it: weights are almost
     # always finite, so sanitize only when needed), max|w|, min nonzero |w|.
-    total, max_abs, min_nonzero = blocks.reduce(_extremes, (
-        ops.zeros((), dtype), ops.zeros((), dtype),
-        ops.full((), float("inf"), dtype)))
+    total, max_abs, min_nonzero = blocks.reduce(
+        functools.partial(_extremes, dtype=dtype), _combine_extremes,
+        _no_extremes(dtype))
     return ops.cond(
         ops.isfinite(total),
         lambda: _statistics(blocks, max_abs, min_nonzero, tol, relative,
@@ -81,53 +86,80 @@ BLOCK = 2 ** 19
 
 
 class _Blocks:
-    """A flat weight, reduced block by block (the last one may be shorter)."""
+    """A flat weight, reduced block by block (the last one may be shorter).
 
-    def __init__(self, flat, dtype, block):
+    Each block goes through `block_fn` (elementwise work and reductions,
+    which `fuse` may compile into one pass) and its partial results are
+    folded into the state by `combine` (small).
+    """
+
+    def __init__(self, flat, dtype, block, fuse):
         self.flat = flat
         self.dtype = dtype
         self.size = int(flat.shape[0])
         self.block = max(1, min(block, self.size or 1))
         self.full = self.size // self.block
+        self.fuse = fuse
 
-    def magnitudes(self, start, length):
-        chunk = ops.slice(self.flat, (start,), (length,))
-        return ops.cast(ops.abs(chunk), self.dtype)
+    def reduce(self, block_fn, combine, init, *args):
+        """Folds `combine(state, block_fn(block, *args))` over the blocks."""
+        fused = self.fuse(block_fn)
 
-    def reduce(self, step, init):
-        """Folds `step(magnitudes, state) -> state` over every block."""
+        def step(start, length, state):
+            chunk = ops.slice(self.flat, (start,), (length,))
+            return combine(state, fused(chunk, *args))
+
         state = init
         if self.full:
             state = ops.fori_loop(
-                0, self.full, lambda i, state: step(
-                    self.magnitudes(i * self.block, self.block), state),
+                0, self.full,
+                lambda i, state: step(i * self.block, self.block, state),
                 state)
         rest = self.size - self.full * self.block
         if rest:
-            state = step(self.magnitudes(self.full * self.block, rest), state)
+            state = step(self.full * self.block, rest, state)
         return state
 
 
-def _extremes(magnitude, state):
-    total, max_abs, min_nonzero = state
+def _magnitudes(chunk, dtype, sanitize=False):
+    magnitude = ops.cast(ops.abs(chunk), dtype)
+    if sanitize:
+        magnitude = ops.where(ops.isfinite(magnitude), magnitude,
+                              ops.zeros((), dtype))
+    return magnitude
+
+
+def _no_extremes(dtype):
+    return (ops.zeros((), dtype), ops.zeros((), dtype),
+            ops.full((), float("inf"), dtype))
+
+
+def _extremes(chunk, dtype, sanitize=False):
+    """`(sum, max, min nonzero)` of one block's |w|."""
+    magnitude = _magnitudes(chunk, dtype, sanitize)
     nonzero = ops.where(ops.greater(magnitude, 0), magnitude,
-                        ops.full((), float("inf"), magnitude.dtype))
-    return (total + ops.sum(magnitude),
-            ops.maximum(max_abs, ops.max(magnitude, initial=0.0)),
-            ops.minimum(min_nonzero, ops.min(nonzero)))
+                        ops.full((), float("inf"), dtype))
+    return (ops.sum(magnitude), ops.max(magnitude, initial=0.0),
+            ops.min(nonzero))
 
 
-def _finite_extremes(magnitude, state):
-    """`_extremes` of the finite magnitudes, with NaN and inf counted."""
-    total, max_abs, min_nonzero, nan, nonfinite = state
-    finite = ops.isfinite(magnitude)
-    nan = nan + ops.sum(ops.cast(ops.isnan(magnitude), "int32"))
-    nonfinite = nonfinite + ops.sum(ops.cast(ops.logical_not(finite),
-                                             "int32"))
-    clean = ops.where(finite, magnitude, ops.zeros((), magnitude.dtype))
-    total, max_abs, min_nonzero = _extremes(clean,
-                                            (total, max_abs, min_nonzero))
-    return total, max_abs, min_nonzero, nan, nonfinite
+def _combine_extremes(state, partial):
+    return (state[0] + partial[0], ops.maximum(state[1], partial[1]),
+            ops.minimum(state[2], partial[2]))
+
+
+def _finite_extremes(chunk, dtype):
+    """`_extremes` of the finite |w|, and the NaN and non-finite counts."""
+    magnitude = ops.cast(ops.abs(chunk), dtype)
+    nan = ops.sum(ops.cast(ops.isnan(magnitude), "int32"))
+    nonfinite = ops.sum(ops.cast(ops.logical_not(ops.isfinite(magnitude)),
+                                 "int32"))
+    return _extremes(chunk, dtype, sanitize=True) + (nan, nonfinite)
+
+
+def _combine_finite_extremes(state, partial):
+    return _combine_extremes(state[:3], partial[:3]) + (
+        state[3] + partial[3], state[4] + partial[4])
 
 
 def _statistics_with_nonfinite(blocks, tol, relative, buckets):
@@ -138,10 +170,8 @@ def _statistics_with_nonfinite(blocks, tol, relative, buckets):
     """
     zero = ops.zeros((), "int32")
     _, max_abs, min_nonzero, nan, nonfinite = blocks.reduce(
-        _finite_extremes, (ops.zeros((), blocks.dtype),
-                           ops.zeros((), blocks.dtype),
-                           ops.full((), float("inf"), blocks.dtype),
-                           zero, zero))
+        functools.partial(_finite_extremes, dtype=blocks.dtype),
+        _combine_finite_extremes, _no_extremes(blocks.dtype) + (zero, zero))
     stats = _statistics(blocks, max_abs, min_nonzero, tol, relative,
                         buckets, sanitize=True)
     first = ops.one_hot(0, buckets + 1, dtype="int32") * nonfinite
@@ -154,11 +184,27 @@ def _statistics_with_nonfinite(blocks, tol, relative, buckets):
     return stats
 
 
+def _bucket_index(chunk, threshold, scale, top, log_lo, per_decade, dtype,
+                  buckets, sanitize):
+    """One block's near-zero count and joint (linear, log) bucket index."""
+    magnitude = _magnitudes(chunk, dtype, sanitize)
+    near_zeros = ops.sum(ops.cast(ops.less_equal(magnitude, threshold),
+                                  "int32"))
+    linear = ops.minimum(ops.cast(magnitude * scale, "int32"), buckets - 1)
+    nonzero = ops.greater(magnitude, 0)
+    logs = ops.log10(ops.where(nonzero, magnitude, top))
+    logarithmic = ops.clip(ops.cast((logs - log_lo) * per_decade, "int32"),
+                           0, buckets - 1) + 1
+    logarithmic = ops.where(nonzero, logarithmic, 0)
+    return near_zeros, linear * (buckets + 1) + logarithmic
+
+
 def _statistics(blocks, max_abs, min_nonzero, tol, relative, buckets,
                 sanitize):
     """Pass 2: the counts and both histograms, from one joint `bincount`
     per block over (linear bucket, log bucket); the exact zeros are the
-    log histogram's zero bucket."""
+    log histogram's zero bucket. The bincount stays outside `fuse`: a
+    compiled scatter is slow."""
     dtype = blocks.dtype
     tiny = float(np.finfo(dtype).tiny)
     threshold = ops.multiply(tol, max_abs) if relative else ops.cast(tol, dtype)
@@ -173,26 +219,17 @@ def _statistics(blocks, max_abs, min_nonzero, tol, relative, buckets,
     per_decade = buckets / (log_hi - log_lo)
     width = buckets * (buckets + 1)
 
-    def count(magnitude, state):
-        near_zeros, joint = state
-        if sanitize:
-            magnitude = ops.where(ops.isfinite(magnitude), magnitude,
-                                  ops.zeros((), dtype))
-        near_zeros = near_zeros + ops.sum(ops.cast(
-            ops.less_equal(magnitude, threshold), "int32"))
-        linear = ops.minimum(ops.cast(magnitude * scale, "int32"),
-                             buckets - 1)
-        nonzero = ops.greater(magnitude, 0)
-        logs = ops.log10(ops.where(nonzero, magnitude, top))
-        logarithmic = ops.clip(ops.cast((logs - log_lo) * per_decade,
-                                        "int32"), 0, buckets - 1) + 1
-        logarithmic = ops.where(nonzero, logarithmic, 0)
-        counts = ops.bincount(linear * (buckets + 1) + logarithmic,
-                              minlength=width)
-        return near_zeros, joint + counts[:width]
+    def combine(state, partial):
+        near_zeros, index = partial
+        return (state[0] + near_zeros,
+                state[1] + ops.bincount(index, minlength=width)[:width])
 
-    near_zeros, joint = blocks.reduce(count, (
-        ops.zeros((), "int32"), ops.zeros((width,), "int32")))
+    near_zeros, joint = blocks.reduce(
+        functools.partial(_bucket_index, dtype=dtype, buckets=buckets,
+                          sanitize=sanitize),
+        combine, (ops.zeros((), "int32"), ops.zeros((width,), "int32")),
+        ops.cast(threshold, dtype), ops.cast(scale, dtype), top, log_lo,
+        ops.cast(per_decade, dtype))
     joint = ops.reshape(joint, (buckets, buckets + 1))
     log_counts = ops.sum(joint, axis=0)
     return {

