@@ -64,20 +64,26 @@ def load_digits(seed):
 
 
 def build_model(setting, alpha, hidden, seed):
-    keras.utils.set_random_seed(seed)
     regularizer = None
     if setting.k is not None:
         regularizer = LkRegularizer(k=setting.k, alpha=alpha,
                                     proximal=setting.proximal)
+    return digits_mlp(regularizer, setting.name, hidden, seed)
+
+
+def digits_mlp(regularizer, name, hidden, seed):
+    """The study's MLP 64-hidden-10, `regularizer` on both kernels, SGD
+    (wrapped in a ProximalOptimizer for a proximal regularizer)."""
+    keras.utils.set_random_seed(seed)
     model = keras.Sequential([
         keras.Input((64,)),
         keras.layers.Dense(hidden, activation="relu", name="hidden",
                            kernel_regularizer=regularizer),
         keras.layers.Dense(10, activation="softmax", name="output",
                            kernel_regularizer=regularizer),
-    ], name=setting.name)
+    ], name=name)
     optimizer = keras.optimizers.SGD(LEARNING_RATE)
-    if setting.proximal:
+    if regularizer is not None and regularizer.proximal:
         optimizer = ProximalOptimizer(optimizer)
     model.compile(optimizer, "sparse_categorical_crossentropy",
                   metrics=["accuracy"])

@@ -28,12 +28,11 @@ import numpy as np
 import tensorflow as tf
 from tensorboard.plugins.hparams import api as hparams_api
 
-from keras_lk.optimizers import ProximalOptimizer
 from keras_lk.regularizers import LkRegularizer
 from keras_lk.shipping import sparsity
 from keras_lk.sparsity_target import SparsityTarget
 from keras_lk.study.runs import (BATCH_SIZE, DEFAULT_ALPHA, HIDDEN_UNITS,
-                                 LEARNING_RATE, load_digits)
+                                 digits_mlp, load_digits)
 
 DEFAULT_TARGETS = (0.5, 0.75, 0.9, 0.95)
 DEFAULT_SEEDS = (0, 1, 2)
@@ -114,24 +113,11 @@ class MagnitudePruning(keras.callbacks.Callback):
 
 
 def build(run, hidden=HIDDEN_UNITS, alpha=DEFAULT_ALPHA):
-    keras.utils.set_random_seed(run.seed)
     regularizer = None
     if run.method in ("L1_proximal", "L0.5_proximal"):
         k = 1.0 if run.method == "L1_proximal" else 0.5
         regularizer = LkRegularizer(k=k, alpha=alpha, proximal=True)
-    model = keras.Sequential([
-        keras.Input((64,)),
-        keras.layers.Dense(hidden, activation="relu", name="hidden",
-                           kernel_regularizer=regularizer),
-        keras.layers.Dense(10, activation="softmax", name="output",
-                           kernel_regularizer=regularizer),
-    ], name=run.name)
-    optimizer = keras.optimizers.SGD(LEARNING_RATE)
-    if regularizer is not None:
-        optimizer = ProximalOptimizer(optimizer)
-    model.compile(optimizer, "sparse_categorical_crossentropy",
-                  metrics=["accuracy"])
-    return model
+    return digits_mlp(regularizer, run.name, hidden, run.seed)
 
 
 def plan(targets=DEFAULT_TARGETS, seeds=DEFAULT_SEEDS):
