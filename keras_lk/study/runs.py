@@ -91,20 +91,27 @@ def digits_mlp(regularizer, name, hidden, seed):
 
 
 class Progress(keras.callbacks.Callback):
-    """One status line: which run, which epoch, loss and test accuracy."""
+    """One status line: which run, which epoch (and its loss, test accuracy).
 
-    def __init__(self, index, total, setting, epochs, stream=None):
+    On a terminal the line is rewritten at every epoch; otherwise it is
+    printed once, at the last one.
+    """
+
+    def __init__(self, index, total, label, epochs, stream=None,
+                 metrics=True, width=16):
         super().__init__()
-        self.prefix = f"[{index}/{total}] {setting.label:<16}"
+        self.prefix = f"[{index}/{total}] {label:<{width}}"
         self.epochs = epochs
+        self.metrics = metrics
         self.stream = stream or sys.stdout
         self.live = self.stream.isatty()
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
-        line = (f"{self.prefix} epoch {epoch + 1:>3}/{self.epochs}  "
-                f"loss {logs.get('loss', float('nan')):.3f}  "
-                f"test acc {logs.get('val_accuracy', float('nan')):.3f}")
+        line = f"{self.prefix} epoch {epoch + 1:>3}/{self.epochs}"
+        if self.metrics:
+            line += (f"  loss {logs.get('loss', float('nan')):.3f}  "
+                     f"test acc {logs.get('val_accuracy', float('nan')):.3f}")
         if self.live:
             self.stream.write("\r" + line)
             if epoch + 1 == self.epochs:
@@ -131,7 +138,8 @@ def run_study(logdir, epochs=DEFAULT_EPOCHS, seed=0, alpha=DEFAULT_ALPHA,
             validation_data=(x_test, y_test), verbose=0, callbacks=[
                 LkMonitor(run_dir, step_stats=True),
                 keras.callbacks.TensorBoard(run_dir, write_graph=False),
-                Progress(index, len(settings), setting, epochs, stream)])
+                Progress(index, len(settings), setting.label, epochs,
+                         stream)])
         results[setting.name] = {key: values[-1] for key, values
                                  in history.history.items()}
     return results

@@ -32,7 +32,7 @@ from keras_lk.regularizers import LkRegularizer
 from keras_lk.shipping import sparsity
 from keras_lk.sparsity_target import SparsityTarget
 from keras_lk.study.runs import (BATCH_SIZE, DEFAULT_ALPHA, HIDDEN_UNITS,
-                                 digits_mlp, load_digits)
+                                 Progress, digits_mlp, load_digits)
 
 DEFAULT_TARGETS = (0.5, 0.75, 0.9, 0.95)
 DEFAULT_SEEDS = (0, 1, 2)
@@ -157,7 +157,8 @@ def run_sweep(logdir, targets=DEFAULT_TARGETS, seeds=DEFAULT_SEEDS,
         steps = math.ceil(len(x_train) / BATCH_SIZE) * epochs
         end = max(1, int(END_FRACTION * steps))
         model = build(run)
-        callbacks = [_Progress(index, len(runs), run, epochs, stream)]
+        callbacks = [Progress(index, len(runs), run.name, epochs, stream,
+                              metrics=False, width=26)]
         if run.method == "magnitude":
             callbacks.append(MagnitudePruning(run.target, end))
         elif run.method != "dense":
@@ -175,25 +176,6 @@ def run_sweep(logdir, targets=DEFAULT_TARGETS, seeds=DEFAULT_SEEDS,
             tf.summary.scalar("test_accuracy", accuracy, step=epochs)
             tf.summary.scalar("sparsity", zeros, step=epochs)
     return results
-
-
-class _Progress(keras.callbacks.Callback):
-    def __init__(self, index, total, run, epochs, stream):
-        super().__init__()
-        self.prefix = f"[{index}/{total}] {run.name:<26}"
-        self.epochs = epochs
-        self.stream = stream
-        self.live = stream.isatty()
-
-    def on_epoch_end(self, epoch, logs=None):
-        line = f"{self.prefix} epoch {epoch + 1:>3}/{self.epochs}"
-        if self.live:
-            self.stream.write("\r" + line)
-            if epoch + 1 == self.epochs:
-                self.stream.write("\n")
-        elif epoch + 1 == self.epochs:
-            self.stream.write(line + "\n")
-        self.stream.flush()
 
 
 def summarize(results):
