@@ -43,6 +43,7 @@ def fit(model, callbacks, epochs=8):
                      verbose=0, callbacks=callbacks)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("k, target", [(1.0, 0.5), (0.5, 0.9), (1.0, 0.95)])
 def test_reaches_the_target_and_locks_the_pattern(k, target):
     model = mlp(k=k)
@@ -79,6 +80,7 @@ def assert_hidden_zeros(model, count):
     assert count <= zeros <= count + np.sum(hidden[:, dead] == 0)
 
 
+@pytest.mark.slow
 def test_per_layer_targets():
     model = mlp()
     fit(model, [keras_lk.SparsityTarget({"hidden": 0.8, "out": 0.25},
@@ -166,6 +168,7 @@ def test_a_target_for_an_unknown_layer_is_an_error():
         fit(mlp(), [keras_lk.SparsityTarget({"nope": 0.5})])
 
 
+@pytest.mark.slow
 def test_works_under_mixed_float16():
     keras.config.set_dtype_policy("mixed_float16")
     model = mlp()
