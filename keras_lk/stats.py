@@ -97,27 +97,31 @@ class _Blocks:
         self.flat = flat
         self.dtype = dtype
         self.size = int(flat.shape[0])
-        self.block = max(1, min(block, self.size or 1))
+        self.block = max(1, block)
         self.full = self.size // self.block
         self.fuse = fuse
 
     def reduce(self, block_fn, combine, init, *args):
-        """Folds `combine(state, block_fn(block, *args))` over the blocks."""
+        """Folds `combine(state, block_fn(block, *args))` over the blocks.
+
+        Only full blocks go through `fuse`: they all have one shape, so a
+        compiler compiles them once for every weight and model; the last,
+        shorter block (or a weight smaller than a block) runs as is.
+        """
         fused = self.fuse(block_fn)
 
-        def step(start, length, state):
+        def step(function, start, length, state):
             chunk = ops.slice(self.flat, (start,), (length,))
-            return combine(state, fused(chunk, *args))
+            return combine(state, function(chunk, *args))
 
         state = init
         if self.full:
             state = ops.fori_loop(
-                0, self.full,
-                lambda i, state: step(i * self.block, self.block, state),
-                state)
+                0, self.full, lambda i, state: step(
+                    fused, i * self.block, self.block, state), state)
         rest = self.size - self.full * self.block
         if rest:
-            state = step(self.full * self.block, rest, state)
+            state = step(block_fn, self.full * self.block, rest, state)
         return state
 
 
