@@ -32,15 +32,18 @@ def sparsity(model, weights="kernels"):
     _validation.check_choice("weights", weights, WEIGHT_CHOICES)
     if not isinstance(model, keras.Model) or not model.built:
         raise _validation.invalid("model", "a built keras.Model", model)
-    layers = {}
-    for path, layer_weights in layers_and_weights(model, weights):
-        zeros = sum(int(np.count_nonzero(v.numpy() == 0))
-                    for _, v in layer_weights)
-        size = sum(int(np.prod(v.shape)) for _, v in layer_weights)
-        layers[path] = _counts(zeros, size)
+    layers = {path: exact_zeros([v for _, v in layer_weights])
+              for path, layer_weights in layers_and_weights(model, weights)}
     total = _counts(sum(c["zeros"] for c in layers.values()),
                     sum(c["size"] for c in layers.values()))
     return {"layers": layers, "total": total}
+
+
+def exact_zeros(variables):
+    """`{"zeros", "size", "fraction"}` of exact zeros over `variables`."""
+    zeros = sum(int(np.count_nonzero(v.numpy() == 0)) for v in variables)
+    size = sum(int(np.prod(v.shape)) for v in variables)
+    return _counts(zeros, size)
 
 
 def _counts(zeros, size):

@@ -29,6 +29,7 @@ from keras_lk import _validation
 from keras_lk.attach import iter_layers
 from keras_lk.optimizers import ProximalOptimizer, optimizer_chain
 from keras_lk.regularizers import LkRegularizer, unwrap
+from keras_lk.shipping import exact_zeros
 from keras_lk.summary import RunWriter, check_writable
 
 CONTROL_EVERY = 2
@@ -56,7 +57,9 @@ class _Controller:
                          in enumerate(groups) for v in variables}
         self.sizes = [sum(math.prod(v.shape) for v in variables)
                       for _, variables in groups]
-        new = _variable_factory()
+        def new(value, dtype):
+            return keras.Variable(value, dtype=dtype, trainable=False)
+
         self.start = new(np.array(start, "float32"), "float32")
         self.log_scale = new(np.array(log_scale, "float32"), "float32")
         self.locked = new(False, "bool")
@@ -178,11 +181,6 @@ class _Controller:
                     args=(mask,), group=False)
         self.locked.assign(True)
 
-
-def _variable_factory():
-    def new(value, dtype):
-        return keras.Variable(value, dtype=dtype, trainable=False)
-    return new
 
 def _check_target(name, value):
     if (isinstance(value, bool) or not isinstance(value, (int, float))
@@ -308,7 +306,8 @@ class SparsityTarget(keras.callbacks.Callback):
                 "end_step", f"an iteration after begin_step={begin}", end)
         targets = [self.target[name] if isinstance(self.target, dict)
                    else self.target for name, _ in groups]
-        start = [_zero_fraction(variables) for _, variables in groups]
+        start = [exact_zeros(variables)["fraction"]
+                 for _, variables in groups]
         strategy = getattr(model, "distribute_strategy", None)
         with (strategy.scope() if strategy is not None
               else contextlib.nullcontext()):
@@ -381,7 +380,7 @@ class SparsityTarget(keras.callbacks.Callback):
         controller = self._controller
         iterations = ops.convert_to_tensor(self.model.optimizer.iterations)
         scheduled = ops.convert_to_numpy(controller.scheduled(iterations))
-        actual = [_zero_fraction(v) for _, v in controller.groups]
+        actual = [exact_zeros(v)["fraction"] for _, v in controller.groups]
         sizes = controller.sizes
         logs["sparsity"] = sum(a * n for a, n in zip(actual, sizes)) / sum(
             sizes)
@@ -430,8 +429,3 @@ def _initial_log_scale(variables, target, span, optimizer):
                        / sum(sizes))
     log_scale = math.log(quantile / span / typical)
     return min(max(log_scale, -MAX_LOG_SCALE), MAX_LOG_SCALE)
-
-
-def _zero_fraction(variables):
-    zeros = sum(int(np.count_nonzero(v.numpy() == 0)) for v in variables)
-    return zeros / max(sum(math.prod(v.shape) for v in variables), 1)
