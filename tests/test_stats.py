@@ -100,3 +100,31 @@ def test_blocks_give_bit_identical_results(relative):
         np.testing.assert_array_equal(blocked[key], value, err_msg=key)
     assert (blocked["nan"], blocked["inf"]) == (1, 2)
     assert blocked["abs_counts"].sum() == 3001 - 3
+
+
+@pytest.mark.parametrize("relative", [False, True])
+@pytest.mark.parametrize("nonfinite", [False, True])
+def test_the_fused_pass_gives_exactly_the_unfused_arrays(relative, nonfinite):
+    # The monitors fuse each full block's elementwise work with XLA (only
+    # weights above a block, 2^19 elements, take that path in a fit): with
+    # a small block, the fused pass runs here on every full block and must
+    # give the arrays of one unfused pass over the whole weight.
+    from keras_lk.measures.weights import _fuse
+    rng = np.random.default_rng(11)
+    w = (rng.standard_normal(5000) * rng.choice([1, 1e-3, 1e-7], 5000)
+         ).astype("float32")
+    w[::9] = 0
+    if nonfinite:
+        w[[17, 2100, 4999]] = [np.nan, np.inf, -np.inf]
+    whole = host(weight_statistics(w, 1e-3, relative, buckets=20,
+                                   block=10**6))
+    for block in (256, 1024, 5000):
+        fused = host(weight_statistics(w, 1e-3, relative, buckets=20,
+                                       block=block, fuse=_fuse))
+        assert fused.keys() == whole.keys()
+        for key, value in whole.items():
+            np.testing.assert_array_equal(fused[key], value,
+                                          err_msg=f"{key}, block {block}")
+    magnitude = np.abs(w[np.isfinite(w)])
+    assert whole["exact_zeros"] == np.sum(magnitude == 0)
+    assert whole["max_abs"] == magnitude.max()
