@@ -102,3 +102,26 @@ def shared_and_frozen_model():
     model = keras.Model(inputs, outputs)
     model.compile(keras.optimizers.SGD(0.01), "mse")
     return model
+
+
+class PenaltyTrace(keras.callbacks.Callback):
+    """Records, before every training batch, the optimizer's iteration
+    count and the by-hand penalty of `two_layer_model` (what the step about
+    to run adds to its loss)."""
+
+    def __init__(self):
+        super().__init__()
+        self.steps = []  # [(iterations, penalty)]
+
+    def on_train_begin(self, logs=None):
+        self.steps = []
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.steps.append((int(self.model.optimizer.iterations.numpy()),
+                           float(sum(by_hand_penalties(self.model)))))
+
+    def window_means(self, batches_per_window):
+        """The mean penalty of each window of `batches_per_window` batches."""
+        values = [penalty for _, penalty in self.steps]
+        return [float(np.mean(values[i:i + batches_per_window]))
+                for i in range(0, len(values), batches_per_window)]

@@ -10,8 +10,8 @@ import pytest
 
 import keras_lk
 from events import read
-from helpers import (proximal_model, regression_data, sparse_regression_data,
-                     two_layer_model)
+from helpers import (PenaltyTrace, proximal_model, regression_data,
+                     sparse_regression_data, two_layer_model)
 
 KS = [0.3, 0.5, 2 / 3, 1.0, 1.5, 2.0, 3.0, 10.0, math.inf]
 
@@ -116,8 +116,20 @@ def test_proximal_around_a_loss_scale_optimizer_is_a_clear_error():
 
 
 class LastStepWeights(keras.callbacks.Callback):
+    """The kernel of layer `layer` after every training batch."""
+
+    def __init__(self, layer="d"):
+        super().__init__()
+        self.layer = layer
+        self.kernels = []
+
     def on_train_batch_end(self, batch, logs=None):
-        self.kernel = self.model.get_layer("d").kernel.numpy().copy()
+        self.kernels.append(
+            self.model.get_layer(self.layer).kernel.numpy().copy())
+
+    @property
+    def kernel(self):
+        return self.kernels[-1]
 
 
 def test_use_ema_keeps_the_zeros_training_made():
@@ -172,3 +184,90 @@ def test_monitors_under_mixed_float16(tmp_path):
     assert history.history["reg_loss"][0] == pytest.approx(first + second,
                                                            rel=1e-5)
     assert history.history["sign_flip_frac"] == [0.0]
+
+
+def decay_of_a_weight_without_data_gradient(optimizer, lr, alpha, steps):
+    """Trains `proximal_model`'s shape with a gradient-mode L2 (mean) on a
+    kernel whose feature 0 is always 0: only the penalty moves that weight,
+    by `w <- w * (1 - 2 lr alpha / n)` per real update. Returns the
+    training weight after each batch."""
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(
+        1, name="d", kernel_regularizer=keras_lk.LkRegularizer(
+            k=2.0, alpha=alpha))])
+    kernel = model.get_layer("d").kernel
+    kernel.assign(np.ones((3, 1)))
+    model.compile(optimizer, "mse")
+    x = np.random.default_rng(0).standard_normal((steps, 3)).astype("float32")
+    x[:, 0] = 0.0
+    last = LastStepWeights()
+    model.fit(x, np.zeros((steps, 1)), batch_size=1, shuffle=False,
+              verbose=0, callbacks=[last])
+    return last.kernels, kernel.numpy()
+
+
+@pytest.mark.parametrize("accumulation", [None, 2, 4])
+def test_lk_regularizer_takes_one_penalty_step_per_accumulated_update(
+        accumulation):
+    lr, alpha, steps = 0.1, 1.5, 8
+    kernels, _ = decay_of_a_weight_without_data_gradient(
+        keras.optimizers.SGD(lr, gradient_accumulation_steps=accumulation),
+        lr, alpha, steps)
+    every = accumulation or 1
+    for batch, kernel in enumerate(kernels):
+        updates = (batch + 1) // every
+        assert kernel[0, 0] == pytest.approx(
+            (1 - 2 * lr * alpha / 3) ** updates, rel=1e-5), batch
+
+
+def test_lk_regularizer_trains_the_weights_under_use_ema():
+    lr, alpha, steps = 0.1, 1.5, 6
+    kernels, final = decay_of_a_weight_without_data_gradient(
+        keras.optimizers.SGD(lr, use_ema=True, ema_momentum=0.5),
+        lr, alpha, steps)
+    for batch, kernel in enumerate(kernels):
+        assert kernel[0, 0] == pytest.approx(
+            (1 - 2 * lr * alpha / 3) ** (batch + 1), rel=1e-5), batch
+    # At the end of fit Keras swaps in the averages, which lag behind.
+    assert final[0, 0] > kernels[-1][0, 0] * 1.01
+
+
+def test_monitors_under_gradient_accumulation_log_updates(tmp_path):
+    # 8 batches of 8, 2 batches per update: 4 updates. update_freq=2
+    # counts batches, so each log covers one update; its step is the
+    # optimizer's iteration count (updates) and its reg_loss the mean of
+    # the penalty that entered the loss at each of its batches.
+    x, y = regression_data()
+    model = two_layer_model(optimizer=keras.optimizers.SGD(
+        0.05, gradient_accumulation_steps=2))
+    trace = PenaltyTrace()
+    model.fit(x, y, epochs=1, batch_size=8, shuffle=False, verbose=0,
+              callbacks=[keras_lk.LkMonitor(tmp_path, update_freq=2), trace])
+    assert [it for it, _ in trace.steps] == [0, 0, 1, 1, 2, 2, 3, 3]
+    logged = read(tmp_path)[("train", "reg_loss/total")]
+    assert sorted(logged) == [1, 2, 3, 4]
+    np.testing.assert_allclose([logged[s] for s in (1, 2, 3, 4)],
+                               trace.window_means(2), rtol=1e-5)
+    # The penalty did change between updates, so the windows are told apart.
+    assert len(set(np.round(trace.window_means(2), 6))) == 4
+
+
+def test_monitors_under_use_ema_report_the_training_weights(tmp_path):
+    x, y = regression_data()
+    model = two_layer_model(optimizer=keras.optimizers.SGD(
+        0.05, use_ema=True, ema_momentum=0.9))
+    trace = PenaltyTrace()
+    last = LastStepWeights(layer="first")
+    history = model.fit(x, y, epochs=2, batch_size=16, shuffle=False,
+                        verbose=0, callbacks=[keras_lk.LkMonitor(
+                            tmp_path, tol=0.05), trace, last])
+    np.testing.assert_allclose(history.history["reg_loss"],
+                               trace.window_means(4), rtol=1e-5)
+    events = read(tmp_path)
+    # The last epoch's log is of the weights training left (Keras swaps
+    # the averages in only after it).
+    trained = last.kernels[-1]
+    assert events[("train", "max_abs_weight/first")][1] == pytest.approx(
+        np.abs(trained).max(), rel=1e-6)
+    assert events[("train", "zero_count/first")][1] == np.sum(
+        np.abs(trained) <= 0.05)
+    assert not np.allclose(model.get_layer("first").kernel.numpy(), trained)
