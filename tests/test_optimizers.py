@@ -3,6 +3,7 @@ import math
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from keras_lk import LkRegularizer, ProximalOptimizer, prox
 from helpers import linear_data as data, sparse_regression_data
@@ -14,17 +15,23 @@ def linear_model(regularizer, features=5):
     return model
 
 
-@pytest.mark.parametrize("k", [0.5, 1.0, 1.5, 2.0, math.inf])
-@pytest.mark.parametrize("reduction", ["mean", "sum"])
-def test_one_step_is_inner_step_then_prox(k, reduction):
+@pytest.mark.parametrize("inner, k, reduction", [
+    (keras.optimizers.SGD, k, reduction)
+    for k in (0.5, 1.0, 1.5, 2.0, math.inf) for reduction in ("mean", "sum")
+] + [(keras.optimizers.Adam, 0.5, "mean"), (keras.optimizers.Adam, 1.0, "sum"),
+     (keras.optimizers.Adam, 2.0, "mean"), (keras.optimizers.Adam, math.inf,
+                                            "mean")])
+def test_one_step_is_inner_step_then_prox(inner, k, reduction):
+    # With Adam too the proximal step is decoupled: `t` uses the raw
+    # learning rate, not Adam's per-weight step size.
     x, y = data(n=8)
     reg = LkRegularizer(k=k, alpha=0.3, reduction=reduction, proximal=True)
     proximal = linear_model(reg)
     plain = linear_model(None)
     plain.set_weights(proximal.get_weights())
     lr = 0.05
-    proximal.compile(ProximalOptimizer(keras.optimizers.SGD(lr)), "mse")
-    plain.compile(keras.optimizers.SGD(lr), "mse")
+    proximal.compile(ProximalOptimizer(inner(lr)), "mse")
+    plain.compile(inner(lr), "mse")
     proximal.fit(x, y, batch_size=8, epochs=1, verbose=0, shuffle=False)
     plain.fit(x, y, batch_size=8, epochs=1, verbose=0, shuffle=False)
     kernel = plain.get_layer("linear").kernel.numpy()
@@ -39,15 +46,47 @@ def test_one_step_is_inner_step_then_prox(k, reduction):
 
 def test_penalty_value_is_in_the_loss_but_its_gradient_is_not():
     x, y = data(n=8)
-    reg = LkRegularizer(k=1, alpha=0.5, proximal=True)
+    lr, alpha = 0.05, 0.5
+    reg = LkRegularizer(k=1, alpha=alpha, proximal=True)
     model = linear_model(reg)
-    model.compile(ProximalOptimizer(keras.optimizers.SGD(0.0)), "mse")
-    history = model.fit(x, y, batch_size=8, epochs=1, verbose=0)
-    prediction = model.predict(x, verbose=0)
+    model.compile(ProximalOptimizer(keras.optimizers.SGD(lr)), "mse")
+    kernel, bias = (w.copy() for w in model.get_weights())
+    prediction = x @ kernel + bias
     data_loss = np.mean((prediction - y) ** 2)
-    penalty = 0.5 * np.mean(np.abs(model.get_layer("linear").kernel.numpy()))
+    penalty = alpha * np.mean(np.abs(kernel))
+    history = model.fit(x, y, batch_size=8, epochs=1, verbose=0)
     assert history.history["loss"][0] == pytest.approx(data_loss + penalty,
                                                        rel=1e-5)
+    # The step: the data gradient only, then the soft threshold. A penalty
+    # gradient on top would move every weight by lr * alpha / 5 more.
+    gradient = 2 * x.T @ (prediction - y) / len(x)
+    expected = np.asarray(prox(kernel - lr * gradient, lr * alpha / 5, 1))
+    np.testing.assert_allclose(model.get_layer("linear").kernel.numpy(),
+                               expected, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("k", [0.5, 1.0])
+def test_a_custom_training_loop_as_the_readme_documents(k):
+    x, y = data(n=8)
+    lr, alpha = 0.05, 0.5
+    model = linear_model(LkRegularizer(k=k, alpha=alpha, proximal=True))
+    optimizer = ProximalOptimizer(keras.optimizers.SGD(lr))
+    optimizer.build(model.trainable_variables)
+    kernel, bias = (w.copy() for w in model.get_weights())
+    for _ in range(3):
+        with tf.GradientTape() as tape:
+            prediction = model(x, training=True)
+            loss = (keras.losses.MeanSquaredError()(y, prediction)
+                    + sum(model.losses))
+        gradients = tape.gradient(loss, model.trainable_variables)
+        optimizer.apply_gradients(zip(gradients, model.trainable_variables))
+        residual = x @ kernel + bias - y
+        kernel = np.asarray(prox(
+            kernel - lr * 2 * x.T @ residual / len(x), lr * alpha / 5, k))
+        bias = bias - lr * 2 * residual.mean(axis=0)
+    np.testing.assert_allclose(model.get_layer("linear").kernel.numpy(),
+                               kernel, rtol=1e-4, atol=1e-6)
+    assert int(optimizer.iterations) == 3
 
 
 def test_schedules_are_honoured_with_the_rate_of_each_step():
