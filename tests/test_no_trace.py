@@ -11,8 +11,8 @@ import pytest
 
 import keras_lk
 from events import read
-from helpers import (by_hand_penalties, regression_data, regularizers_of,
-                     two_layer_model)
+from helpers import (PenaltyTrace, by_hand_penalties, regression_data,
+                     regularizers_of, two_layer_model)
 
 CALLBACKS = [
     lambda d: keras_lk.LkMonitor(d, step_stats=True),
@@ -79,7 +79,7 @@ def test_after_fit_every_regularizer_is_the_users_own_object(make, tmp_path):
 def test_a_raising_fit_leaves_an_inert_model_and_the_next_fit_restores(
         tmp_path):
     x, y = regression_data()
-    model = two_layer_model(lr=0.0)
+    model = two_layer_model(lr=0.05)
     users = regularizers_of(model)
     config = saved_config(model, tmp_path / "before.keras")
     with pytest.raises(RuntimeError, match="boom"):
@@ -92,14 +92,40 @@ def test_a_raising_fit_leaves_an_inert_model_and_the_next_fit_restores(
     loaded = keras.saving.load_model(tmp_path / "raised.keras")
     assert loaded.get_layer("first").kernel_regularizer.get_config() == (
         users[model.get_layer("first").kernel.path].get_config())
-    probe = RegularizerProbe(users)
-    history = model.fit(x, y, epochs=1, verbose=0, callbacks=[
-        keras_lk.RegularizationShare(tmp_path / "b"), probe])
-    assert history.history["reg_loss"][0] == pytest.approx(
-        sum(by_hand_penalties(model)), rel=1e-5)
+    probe, trace = RegularizerProbe(users), PenaltyTrace()
+    history = model.fit(x, y, epochs=2, batch_size=8, verbose=0, callbacks=[
+        keras_lk.RegularizationShare(tmp_path / "b"), probe, trace])
+    # Each epoch's penalty is the mean over its own 8 steps (lr > 0: every
+    # step's differs), nothing of the raised fit's steps mixed in.
+    means = trace.window_means(8)
+    assert len(set(np.round(means, 6))) == 2
+    np.testing.assert_allclose(history.history["reg_loss"], means, rtol=1e-5)
     assert {depth for step in probe.depths for depth in step.values()} == {1}
     after = regularizers_of(model)
     assert all(after[path] is users[path] for path in users)
+
+
+def assert_logged_penalties_follow(log_dir, trace, every):
+    """The run's `reg_loss/total` at each log is the mean of the penalties
+    the trace saw in that window, at the optimizer's iteration count."""
+    logged = read(log_dir)[("train", "reg_loss/total")]
+    first = trace.steps[0][0]
+    steps = [first + every * (i + 1) for i in range(len(trace.steps) // every)]
+    assert sorted(logged) == steps
+    np.testing.assert_allclose([logged[s] for s in steps],
+                               trace.window_means(every), rtol=1e-5)
+
+
+def test_three_fresh_monitors_each_log_their_own_fit(tmp_path):
+    x, y = regression_data()
+    model = two_layer_model(lr=0.05)
+    trace = PenaltyTrace()
+    for fit in range(3):
+        model.fit(x, y, epochs=1, batch_size=8, shuffle=False, verbose=0,
+                  callbacks=[keras_lk.RegularizationShare(
+                      tmp_path / str(fit), update_freq=2), trace])
+        assert_logged_penalties_follow(tmp_path / str(fit), trace, 2)
+    assert trace.steps[0][0] == 16  # the third fit's step axis goes on
 
 
 @pytest.mark.slow
@@ -109,18 +135,20 @@ def test_ten_fresh_monitors_grow_nothing_and_never_retrace(tmp_path, caplog):
     x, y = regression_data()
     model = two_layer_model(lr=0.01)
     users = regularizers_of(model)
-    probe = RegularizerProbe(users)
+    probe, trace = RegularizerProbe(users), PenaltyTrace()
     functions, traced = set(), None
     with caplog.at_level(logging.WARNING, logger="tensorflow"):
         for fit in range(10):
             callbacks = [keras_lk.LkMonitor(tmp_path / str(fit),
                                             update_freq=3, step_stats=True,
                                             pull_batch=(x[:16], y[:16])),
-                         probe]
+                         probe, trace]
             if fit % 2:
                 callbacks.insert(0, keras_lk.ZeroCounts(tmp_path / f"z{fit}"))
             model.fit(x, y, epochs=2, batch_size=16, validation_split=0.25,
                       verbose=0, callbacks=callbacks)
+            # Values, not only structure: this fit's logs are its own.
+            assert_logged_penalties_follow(tmp_path / str(fit), trace, 3)
             functions.add((id(model.train_function), id(model.test_function)))
             count = measures._statistics.experimental_get_tracing_count()
             if fit == 1:  # both settings of the statistics pass seen
