@@ -236,10 +236,11 @@ class Subclassed(keras.Model):
 def test_subclassed_model(tmp_path):
     x, y = data()
     model = Subclassed()
-    model.compile(keras.optimizers.SGD(0.01), "mse")
+    model.compile(keras.optimizers.SGD(0.0), "mse")
     history = model.fit(x, y, epochs=1, verbose=0,
                         callbacks=[keras_lk.LkMonitor(tmp_path)])
-    assert history.history["reg_loss"][0] > 0
+    penalty = 0.1 * np.mean(np.abs(model.hidden.kernel.numpy()) ** 1.5)
+    assert history.history["reg_loss"][0] == pytest.approx(penalty, rel=1e-5)
     train = tags(read(tmp_path), "train")
     assert {"abs_weights/dense/kernel", "abs_weights/dense_1/kernel"} <= train
 
@@ -405,10 +406,14 @@ def test_a_non_chief_worker_logs_but_writes_nothing(tmp_path):
     x, y = data()
     model = NonChiefModel([keras.Input((4,)), keras.layers.Dense(
         1, kernel_regularizer=LkRegularizer(k=1, alpha=ALPHA))])
-    model.compile(keras.optimizers.SGD(0.01), "mse")
+    model.compile(keras.optimizers.SGD(0.0), "mse")
     history = model.fit(x, y, epochs=1, verbose=0,
                         callbacks=[keras_lk.LkMonitor(tmp_path / "logs")])
-    assert history.history["reg_share"][0] > 0
+    penalty = ALPHA * np.mean(np.abs(model.layers[0].kernel.numpy()))
+    loss = np.mean((model.predict(x, verbose=0) - y) ** 2) + penalty
+    assert history.history["reg_loss"][0] == pytest.approx(penalty, rel=1e-5)
+    assert history.history["reg_share"][0] == pytest.approx(penalty / loss,
+                                                            rel=1e-4)
     assert history.history["zero_frac"] == [0.0]
     assert not any(files for _, _, files in os.walk(tmp_path / "logs"))
 

@@ -47,8 +47,30 @@ def test_exact_zeros_below_the_threshold_and_not_above(k, t):
     assert np.all(np.asarray(prox(above, t, k)) != 0.0)
 
 
-def test_half_threshold_is_one_and_a_half_t_to_the_two_thirds():
-    assert threshold(0.2, 0.5) == pytest.approx(1.5 * 0.2 ** (2 / 3))
+@pytest.mark.parametrize("t", STRENGTHS)
+def test_half_threshold_is_one_and_a_half_t_to_the_two_thirds(t):
+    # The library's threshold for k = 1/2, not this file's helper: |y| just
+    # below 1.5 t^(2/3) maps to 0, just above it to a value near 2/3 |y|.
+    tau = 1.5 * t ** (2 / 3)
+    y = np.array([tau * 0.9999, -tau * 0.9999, tau * 1.0001, -tau * 1.0001])
+    got = np.asarray(prox(y, t, 0.5))
+    np.testing.assert_array_equal(got[:2], 0.0)
+    np.testing.assert_allclose(got[2:], y[2:] * 2 / 3, rtol=1e-3)
+    assert threshold(t, 0.5) == pytest.approx(tau)
+
+
+@pytest.mark.parametrize("k", (0.5, 2 / 3, 1.0, 0.3, 1.5, 3.0))
+def test_a_per_element_strength_acts_elementwise(k):
+    # `t` of the weight's shape: each element gets its own strength, as
+    # if prox ran on it alone.
+    rng = np.random.default_rng(7)
+    y = rng.standard_normal((3, 4))
+    t = rng.uniform(0.01, 1.0, (3, 4))
+    got = np.asarray(prox(y, t, k))
+    expected = np.array([[float(np.asarray(prox(y[i, j], t[i, j], k)))
+                          for j in range(4)] for i in range(3)])
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-9)
+    assert np.any(got == 0) == (k <= 1)
 
 
 @pytest.mark.parametrize("k", (1.2, 1.5, 2.0, 2.5, 3.0, 4.0))

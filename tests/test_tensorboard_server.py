@@ -12,6 +12,7 @@ import pytest
 from tensorboard import program
 
 import keras_lk
+from events import read
 
 
 def free_port():
@@ -78,12 +79,17 @@ def poll(url, path, **params):
 
 
 @pytest.mark.slow
-def test_server_serves_scalars_histograms_and_layout(tensorboard_url):
+def test_server_serves_scalars_histograms_and_layout(tensorboard_url,
+                                                    tmp_path):
     url = tensorboard_url
     scalars = poll(url, "data/plugin/scalars/scalars", run="train",
                    tag="reg_share/total")
     assert [point[1] for point in scalars] == [0, 1]
-    assert all(0 < point[2] < 1 for point in scalars)
+    # The served values are the ones the monitor wrote (the same tmp_path).
+    written = read(tmp_path)[("train", "reg_share/total")]
+    np.testing.assert_allclose([point[2] for point in scalars],
+                               [written[0], written[1]], rtol=1e-6)
+    assert written[0] != written[1]
     tags = poll(url, "data/plugin/scalars/tags")
     assert {"zero_fraction/first", "zero_fraction/second",
             "reg_share/first"} <= set(tags["train"])
