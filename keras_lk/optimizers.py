@@ -9,7 +9,7 @@ from keras import ops
 from keras_lk import _validation
 from keras_lk.proximal import half_threshold_newton, prox, soft_threshold
 from keras_lk.regularizers import (LkRegularizer, mark_proximal_handled,
-                                   set_pending, unwrap)
+                                   unwrap)
 
 
 def _compiled(function):
@@ -126,7 +126,6 @@ class ProximalOptimizer(keras.optimizers.Optimizer):
         self._controller = None  # set by keras_lk.SparsityTarget
 
     def build(self, var_list):
-        set_pending(self, False)
         self.inner_optimizer.build(var_list)
         self._proximal = {}
         for variable in var_list:
@@ -220,15 +219,11 @@ class ProximalOptimizer(keras.optimizers.Optimizer):
         if name == "loss_scale_factor" and "inner_optimizer" in self.__dict__:
             # A LossScaleOptimizer wrapping this one takes the loss scaling
             # over by setting None: the inner optimizer must not unscale
-            # either. The wrapper never calls `scale_loss` here before the
-            # first gradient, so announce the step to come now.
+            # either.
             self.inner_optimizer.loss_scale_factor = value
-            set_pending(self, not self.built)
         super().__setattr__(name, value)
 
     def scale_loss(self, loss):
-        # Keras calls this in the train step just before taking gradients.
-        set_pending(self, not self.built)
         return self.inner_optimizer.scale_loss(loss)
 
     def finalize_variable_values(self, var_list):

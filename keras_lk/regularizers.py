@@ -1,5 +1,6 @@
 """`LkRegularizer`: the Keras glue around `penalties.lk_penalty`."""
 
+import inspect
 import math
 import weakref
 
@@ -12,14 +13,9 @@ from keras_lk.penalties import lk_penalty
 REDUCTIONS = ("mean", "sum")
 
 # Weights whose proximal step a built ProximalOptimizer takes: id -> weakref.
+# Consulted only outside `fit` (a custom training loop, where the README
+# asks for `optimizer.build(...)` before the first gradient).
 _PROXIMAL_HANDLED = {}
-# ProximalOptimizers about to be built by the step being traced. Keras takes
-# the first step's gradients before it builds the optimizer (in its first
-# `apply`): a ProximalOptimizer announces itself in `scale_loss`, or, under a
-# LossScaleOptimizer (which never calls it before then), when that wrapper
-# takes over its loss scaling. While one is pending, an unmarked proximal
-# weight is taken to be its.
-_PENDING = weakref.WeakSet()
 
 
 def mark_proximal_handled(variable):
@@ -27,19 +23,39 @@ def mark_proximal_handled(variable):
     _PROXIMAL_HANDLED[id(variable)] = weakref.ref(variable)
 
 
-def set_pending(optimizer, pending):
-    """Announces (or, with False, withdraws) an unbuilt ProximalOptimizer."""
-    if pending:
-        _PENDING.add(optimizer)
-    else:
-        _PENDING.discard(optimizer)
+def _model_in_training():
+    """The `keras.Model` whose train step takes this gradient, or None.
+
+    Keras takes gradients inside the model's own `train_step`, so the
+    nearest caller whose `self` is a Model is the one being trained. Its
+    optimizer decides, not any state shared between models.
+    """
+    frame = inspect.currentframe()
+    try:
+        while frame is not None:
+            owner = frame.f_locals.get("self")
+            if isinstance(owner, keras.Model):
+                return owner
+            frame = frame.f_back
+    finally:
+        del frame
+    return None
 
 
 def is_proximal_handled(variable):
+    """Whether a ProximalOptimizer applies `variable`'s proximal step.
+
+    In `fit` (and any train step of a model): whether the model's optimizer
+    is, or wraps, a ProximalOptimizer. Elsewhere: whether a built one holds
+    the weight.
+    """
+    model = _model_in_training()
+    if model is not None:
+        from keras_lk.optimizers import ProximalOptimizer, optimizer_chain
+        return any(isinstance(optimizer, ProximalOptimizer) for optimizer
+                   in optimizer_chain(getattr(model, "optimizer", None)))
     ref = _PROXIMAL_HANDLED.get(id(variable))
-    if ref is not None and ref() is variable:
-        return True
-    return len(_PENDING) > 0
+    return ref is not None and ref() is variable
 
 
 def unwrap(regularizer):

@@ -16,8 +16,9 @@ The controller runs inside the compiled train step, as part of
   then on those stay 0 and the others train without the penalty.
 """
 
-import math
 import contextlib
+import math
+import numbers
 import os
 
 import keras
@@ -63,6 +64,14 @@ class _Controller:
         self.start = new(np.array(start, "float32"), "float32")
         self.log_scale = new(np.array(log_scale, "float32"), "float32")
         self.locked = new(False, "bool")
+        # The iteration count at the last batch hook of the SparsityTarget
+        # that owns this controller, and how many steps one hook covers
+        # (steps_per_execution). A step more than `window` steps after the
+        # last hook runs in a fit without that callback (one that raised
+        # left the controller in the traced step): it is plain proximal
+        # training there, untouched by the controller.
+        self.heartbeat = new(np.array(-1, "int64"), "int64")
+        self.window = 1
         self.masks = {id(v): new(np.ones(tuple(v.shape), bool), "bool")
                       for _, variables in groups for v in variables}
         rng = np.random.default_rng(0)
@@ -111,9 +120,24 @@ class _Controller:
                     args=(ops.convert_to_tensor(self.masks[id(variable)]),),
                     group=False)
 
-        # One branch for all weights: a cond per weight costs step time.
-        tf.cond(ops.convert_to_tensor(self.locked), locked, steering)
-        self.after_step(strategy, iterations)
+        def plain():
+            for variable in variables:
+                proximal(variable)
+
+        def steered():
+            # One branch for all weights: a cond per weight costs step time.
+            tf.cond(ops.convert_to_tensor(self.locked), locked, steering)
+            self.after_step(strategy, iterations)
+
+        tf.cond(self.engaged(iterations), steered, plain)
+
+    def engaged(self, iterations):
+        """Whether the step that brought the count to `iterations` runs in
+        the owning callback's fit (see `heartbeat`)."""
+        since = (ops.cast(iterations, "int64") - 1
+                 - ops.convert_to_tensor(self.heartbeat))
+        return ops.logical_and(ops.greater_equal(since, 0),
+                               ops.less(since, self.window))
 
     def scheduled(self, iterations):
         """Each group's scheduled sparsity at step `iterations`."""
@@ -193,11 +217,12 @@ def _check_target(name, value):
 def _check_step(name, value, allow_none):
     if value is None and allow_none:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+    if (isinstance(value, bool) or not isinstance(value, numbers.Integral)
+            or value < 0):
         raise _validation.invalid(
             name, "an integer >= 0" + (" or None" if allow_none else ""),
             value)
-    return value
+    return int(value)
 
 
 class SparsityTarget(keras.callbacks.Callback):
@@ -316,6 +341,8 @@ class SparsityTarget(keras.callbacks.Callback):
                 [_initial_log_scale(variables, target, end - begin,
                                     self._optimizer.inner_optimizer)
                  for (_, variables), target in zip(groups, targets)])
+        self._controller.window = max(
+            1, int(getattr(model, "steps_per_execution", 1) or 1))
         self._optimizer._set_controller(self._controller)
         # The step traced so far has no controller in it.
         model.make_train_function(force=True)
@@ -374,6 +401,10 @@ class SparsityTarget(keras.callbacks.Callback):
             return layers
         return [("(all layers)", [v for _, variables in layers
                                   for v in variables])]
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self._controller.heartbeat.assign(
+            ops.convert_to_tensor(self.model.optimizer.iterations, "int64"))
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs if logs is not None else {}

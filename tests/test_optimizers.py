@@ -8,6 +8,9 @@ import tensorflow as tf
 from keras_lk import LkRegularizer, ProximalOptimizer, prox
 from helpers import linear_data as data, sparse_regression_data
 
+MISUSE = ("no keras_lk.ProximalOptimizer applies it: without one the weight "
+          "would train unregularized")
+
 
 def linear_model(regularizer, features=5):
     model = keras.Sequential([keras.Input((features,)), keras.layers.Dense(
@@ -113,11 +116,47 @@ def test_plain_optimizer_with_proximal_regularizer_fails_loudly():
     x, y = data()
     model = linear_model(LkRegularizer(k=1, alpha=0.1, proximal=True))
     model.compile(keras.optimizers.SGD(0.1), "mse")
-    with pytest.raises(ValueError, match="no keras_lk.ProximalOptimizer "
-                       "applies it: without one the weight would train "
-                       "unregularized"):
+    with pytest.raises(ValueError, match=MISUSE):
         model.fit(x, y, verbose=0)
     model.evaluate(x, y, verbose=0)  # evaluation alone is fine
+
+
+def test_another_models_unbuilt_proximal_optimizer_lets_no_misuse_through():
+    # Model A: a ProximalOptimizer under a LossScaleOptimizer, never fit
+    # (so never built). Model B, with plain SGD, must still be refused: the
+    # check asks B's own optimizer, not state shared between models.
+    keras.config.set_dtype_policy("mixed_float16")
+    first = linear_model(LkRegularizer(k=1, alpha=0.1, proximal=True))
+    first.compile(ProximalOptimizer(keras.optimizers.SGD(0.1)), "mse")
+    assert isinstance(first.optimizer, keras.optimizers.LossScaleOptimizer)
+    second = linear_model(LkRegularizer(k=1, alpha=0.1, proximal=True))
+    second.compile(keras.optimizers.SGD(0.1), "mse")
+    x, y = data()
+    with pytest.raises(ValueError, match=MISUSE):
+        second.fit(x, y, verbose=0)
+    first.fit(x, y, verbose=0)  # A itself trains
+
+
+def test_recompiling_without_the_proximal_optimizer_is_refused():
+    x, y = data()
+    model = linear_model(LkRegularizer(k=0.5, alpha=0.1, proximal=True))
+    model.compile(ProximalOptimizer(keras.optimizers.SGD(0.1)), "mse")
+    model.fit(x, y, verbose=0)
+    model.compile(keras.optimizers.Adam(0.1), "mse")
+    with pytest.raises(ValueError, match=MISUSE):
+        model.fit(x, y, verbose=0)
+
+
+def test_a_custom_loop_without_build_is_refused():
+    x, y = data()
+    model = linear_model(LkRegularizer(k=1, alpha=0.1, proximal=True))
+    optimizer = keras.optimizers.SGD(0.1)
+    with pytest.raises(ValueError, match=MISUSE):
+        with tf.GradientTape() as tape:
+            loss = (keras.losses.MeanSquaredError()(y, model(x))
+                    + sum(model.losses))
+        tape.gradient(loss, model.trainable_variables)
+    assert optimizer.iterations.numpy() == 0
 
 
 @pytest.mark.parametrize("inner", [keras.optimizers.SGD, keras.optimizers.Adam])

@@ -339,3 +339,42 @@ def test_the_alpha_given_matters_little():
     # (both run ahead of the schedule mid-way: the controller overshoots).
     np.testing.assert_allclose(courses[0], courses[1], atol=0.15)
     assert courses[0][31] > 0.5  # on its way to 0.7 (scheduled: 0.67)
+
+
+class FailAtEpoch(keras.callbacks.Callback):
+    def __init__(self, epoch):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == self.epoch:
+            raise RuntimeError("boom")
+
+
+@pytest.mark.parametrize("fail_at", [1, 4])  # steering; locked (step 48)
+def test_a_fit_that_raises_leaves_the_controller_inert(fail_at):
+    model = mlp()
+    with pytest.raises(RuntimeError, match="boom"):
+        fit(model, [keras_lk.SparsityTarget(0.9, end_step=48),
+                    FailAtEpoch(fail_at)], epochs=6)
+    # The traced step still holds the controller, but a fit without a
+    # SparsityTarget is plain proximal training: no steering, no mask.
+    reference = plain_proximal_copy(model)
+    fit(model, [], epochs=1)
+    fit(reference, [], epochs=1)
+    for got, expected in zip(model.get_weights(), reference.get_weights()):
+        np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-7)
+    # And the next fit with one starts clean and reaches its own target.
+    now = int(model.optimizer.iterations.numpy())
+    fit(model, [keras_lk.SparsityTarget(0.6, end_step=now + 32)], epochs=3)
+    zeros = keras_lk.sparsity(model)["total"]["zeros"]
+    assert round(0.6 * 496) <= zeros <= round(0.62 * 496)
+
+
+def test_steps_per_execution_keeps_the_controller_engaged():
+    model = mlp()
+    model.compile(keras_lk.ProximalOptimizer(keras.optimizers.SGD(0.05)),
+                  "mse", steps_per_execution=4)
+    fit(model, [keras_lk.SparsityTarget(0.8, end_step=48)], epochs=4)
+    zeros = keras_lk.sparsity(model)["total"]["zeros"]
+    assert round(0.8 * 496) <= zeros <= round(0.82 * 496)
