@@ -180,13 +180,16 @@ def _abs_pow(x, k, reduce_sum):
 def lk_penalty(x, k, alpha, reduction="mean"):
     """`alpha * mean(|x|^k)` (or the sum), `alpha * max|x|` for `k = inf`.
 
+    For `k = 0` it is `alpha` times the fraction (the number, for "sum") of
+    nonzero elements, with gradient 0.
+
     Computed in float32 when `x` is float16 or bfloat16 (`|x|^10` overflows
     float16 above `|x| ~ 3`) and returned in `keras.config.floatx()`, the
     dtype Keras adds regularization losses in.
 
     Args:
         x: A tensor of weights.
-        k: A Python float, `k > 0`, or `float("inf")`.
+        k: A Python float, `k >= 0`, or `float("inf")`.
         alpha: A Python float, the penalty's strength.
         reduction: `"mean"` or `"sum"` over the elements of `x`.
 
@@ -210,6 +213,13 @@ def lk_penalty(x, k, alpha, reduction="mean"):
         return ops.zeros((), dtype=keras.config.floatx())
     if math.isinf(k):
         value = ops.multiply(ops.max(ops.abs(x)), alpha)
+    elif k == 0:
+        # The number of nonzero weights: piecewise constant, gradient 0.
+        total = ops.sum(ops.cast(ops.not_equal(ops.stop_gradient(x), 0),
+                                 x.dtype))
+        scale = alpha if reduction == "sum" else alpha / ops.cast(
+            ops.size(x), x.dtype)
+        value = ops.multiply(total, scale)
     else:
         total = sum_abs_pow(x, k)
         if reduction == "sum":

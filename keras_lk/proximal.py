@@ -7,6 +7,7 @@ every |y| up to a threshold maps to 0.
 
 | k            | method                                                      |
 |--------------|-------------------------------------------------------------|
+| 0            | hard threshold: `y` where `y^2 > 2t`, else 0 (`t` per nonzero) |
 | 1            | soft threshold `sign(y) max(|y| - t, 0)`                    |
 | 1/2          | half thresholding (Xu et al. 2012), closed form             |
 | 2/3          | closed form (Cao, Sun, Xu 2013)                             |
@@ -32,6 +33,14 @@ def _as_float(y):
     if not keras.backend.standardize_dtype(y.dtype).startswith("float"):
         y = ops.cast(y, keras.config.floatx())
     return y
+
+
+def _strength(t, dtype):
+    """`t` in `dtype`; a Python number directly (`cast` would round it to
+    float32 first, which moves a float64 threshold)."""
+    if isinstance(t, (int, float)):
+        return ops.convert_to_tensor(t, dtype)
+    return ops.cast(t, dtype)
 
 
 def soft_threshold(y, t):
@@ -167,19 +176,42 @@ def _linf(y, t):
     return ops.reshape(result, ops.shape(y))
 
 
+def hard_threshold(y, t):
+    """`prox(y, t, 0)`: keeps `y` where `|y| > sqrt(2 t)`, zero elsewhere.
+
+    The proximal operator of `t * [x != 0]`: keeping `y` costs `t`, zeroing
+    it costs `y^2 / 2`, so it keeps `y` when `y^2 / 2 > t` (at equality
+    both are minimizers; it zeroes). Kept weights are not shrunk at all:
+    with a strength that follows a sparsity schedule, this is magnitude
+    pruning.
+
+    Example:
+
+    >>> import numpy as np
+    >>> np.asarray(hard_threshold(np.array([-2.0, 0.5, 1.5]), 1.0)).tolist()
+    [-2.0, 0.0, 1.5]
+    """
+    y = _as_float(y)
+    t = _strength(t, y.dtype)
+    return ops.where(ops.greater(ops.square(y), 2.0 * t), y,
+                     ops.zeros_like(y))
+
+
 def prox(w, t, k):
     """The proximal step of `t * |x|^k`: `argmin_x 1/2 (x - w)^2 + t |x|^k`.
 
     Elementwise for finite `k`; for `k = inf` the penalty is `t * max|x|`
-    over the whole tensor. For `k <= 1` every `|w|` up to a threshold maps
-    to exactly 0 (`t` for `k = 1`, `1.5 t^(2/3)` for `k = 1/2`); for
-    `k > 1` weights shrink but never reach 0.
+    over the whole tensor; for `k = 0` it is `t` times the count of nonzero
+    elements (hard thresholding: `|w| > sqrt(2t)` kept as is, the rest 0).
+    For `k <= 1` every `|w|` up to a threshold maps to exactly 0 (`sqrt(2t)`
+    for `k = 0`, `1.5 t^(2/3)` for `k = 1/2`, `t` for `k = 1`); for `k > 1`
+    weights shrink but never reach 0.
 
     Args:
         w: A tensor.
         t: The step's strength, `>= 0`: a Python float or a scalar tensor
             (e.g. a learning-rate schedule's value times alpha).
-        k: A Python float, `k > 0` or `float("inf")`.
+        k: A Python float, `k >= 0` or `float("inf")`.
 
     Returns:
         A tensor of the shape and dtype of `w`.
@@ -191,10 +223,12 @@ def prox(w, t, k):
     [-1.0, 0.0, 2.0]
     """
     w = _as_float(w)
-    t = ops.cast(t, w.dtype)
+    t = _strength(t, w.dtype)
     k = float(k)
     if math.isinf(k):
         return _linf(w, t)
+    if k == 0.0:
+        return hard_threshold(w, t)
     if k == 1.0:
         return soft_threshold(w, t)
     if k == 2.0:

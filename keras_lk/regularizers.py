@@ -68,13 +68,16 @@ def unwrap(regularizer):
 
 @keras.saving.register_keras_serializable(package="keras_lk")
 class LkRegularizer(keras.regularizers.Regularizer):
-    """A generalized Lk weight penalty for any real `k > 0` and `k = inf`.
+    """A generalized Lk weight penalty for any real `k > 0`, `inf` and `0`.
 
     `loss = alpha * mean(|w|^k)` with `reduction="mean"` (the article's
     formula), `loss = alpha * sum(|w|^k)` with `reduction="sum"` (Keras's
     convention: `LkRegularizer(1, a, "sum")` equals `keras.regularizers.L1(a)`
     and `LkRegularizer(2, a, "sum")` equals `keras.regularizers.L2(a)`), and
     `loss = alpha * max|w|` for `k = float("inf")` whatever the reduction.
+    `k = 0` (with `proximal=True` only) counts the nonzero weights: `alpha`
+    times their fraction (or number, "sum"); its proximal step is hard
+    thresholding.
 
     Converting alpha between the reductions for a weight of `n` elements:
     `alpha_sum = alpha_mean / n`. With the mean, the per-weight strength is
@@ -94,8 +97,10 @@ class LkRegularizer(keras.regularizers.Regularizer):
     other optimizer raises a ValueError at the first step's gradient.
 
     Args:
-        k: The exponent, a real number `> 0` or `float("inf")`. Defaults to
-            `2.0`.
+        k: The exponent, a real number `> 0`, `float("inf")`, or `0` with
+            `proximal=True`: then the penalty is `alpha` times the fraction
+            (or, with "sum", the number) of nonzero weights, and its
+            proximal step is hard thresholding. Defaults to `2.0`.
         alpha: The penalty's strength, a finite number `>= 0`. Defaults to
             `0.01`.
         reduction: `"mean"` or `"sum"` over the weight's elements. Defaults
@@ -115,14 +120,21 @@ class LkRegularizer(keras.regularizers.Regularizer):
 
     def __init__(self, k=2.0, alpha=0.01, reduction="mean", proximal=False):
         self.k = _validation.check_real(
-            "k", k, minimum=0.0, strict=True, allow_inf=True,
-            expected='a number > 0 or float("inf")')
+            "k", k, minimum=0.0, allow_inf=True,
+            expected='a number > 0, float("inf"), or 0 with proximal=True')
         self.alpha = _validation.check_real(
             "alpha", alpha, minimum=0.0, expected="a finite number >= 0")
         self.reduction = _validation.check_choice(
             "reduction", reduction, REDUCTIONS)
         if not isinstance(proximal, bool):
             raise _validation.invalid("proximal", "True or False", proximal)
+        if self.k == 0 and not proximal:
+            raise ValueError(
+                "LkRegularizer(k=0) counts nonzero weights, whose gradient is "
+                "0 everywhere: as a gradient penalty it would do nothing. "
+                "Use it as a proximal step (hard thresholding): "
+                "LkRegularizer(k=0, alpha=..., proximal=True) with "
+                "keras_lk.ProximalOptimizer. Received: k=0, proximal=False")
         self.proximal = proximal
 
     def __call__(self, x):

@@ -20,7 +20,8 @@ def linear_model(regularizer, features=5):
 
 @pytest.mark.parametrize("inner, k, reduction", [
     (keras.optimizers.SGD, k, reduction)
-    for k in (0.5, 1.0, 1.5, 2.0, math.inf) for reduction in ("mean", "sum")
+    for k in (0.0, 0.5, 1.0, 1.5, 2.0, math.inf)
+    for reduction in ("mean", "sum")
 ] + [(keras.optimizers.Adam, 0.5, "mean"), (keras.optimizers.Adam, 1.0, "sum"),
      (keras.optimizers.Adam, 2.0, "mean"), (keras.optimizers.Adam, math.inf,
                                             "mean")])
@@ -252,3 +253,30 @@ def test_adam_at_its_usual_rate_makes_fewer_zeros_than_sgd():
     # Adam at 0.01: fewer zeros, and an informative weight lost (the
     # README's 68% and 2/3 are means over 3 seeds).
     assert adam_small[0] < sgd[0] and adam_small[1] < 3
+
+
+def test_k_zero_proximal_training_is_reported_as_a_fraction_of_nonzeros(
+        tmp_path):
+    import keras_lk
+    x, y = sparse_regression_data(n=64, features=30, informative=3)
+    model = linear_model(LkRegularizer(k=0, alpha=3.0, proximal=True),
+                         features=30)
+    model.compile(ProximalOptimizer(keras.optimizers.SGD(0.05)), "mse")
+    before = []
+
+    class Kernels(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            before.append(model.get_layer("linear").kernel.numpy().copy())
+
+    history = model.fit(x, y, batch_size=64, epochs=3, verbose=0, callbacks=[
+        keras_lk.RegularizationShare(tmp_path), Kernels()])
+    kernel = model.get_layer("linear").kernel.numpy()
+    # Threshold sqrt(2 * 0.05 * 3 / 30) = 0.1: small weights zeroed, the
+    # informative ones kept.
+    assert 0 < np.sum(kernel == 0) < 30 and np.all(kernel[:3] != 0)
+    # One step per epoch: its penalty is alpha times the fraction of
+    # nonzeros of the weights it started from.
+    expected = [3.0 * np.mean(k != 0) for k in before]
+    np.testing.assert_allclose(history.history["reg_loss"], expected,
+                               rtol=1e-6)
+    assert expected[0] == 3.0 and expected[-1] < 3.0

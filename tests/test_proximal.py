@@ -139,3 +139,27 @@ def test_half_threshold_by_newton_matches_the_closed_form(t):
     np.testing.assert_array_equal(newton == 0, closed == 0)
     nonzero = closed != 0
     np.testing.assert_allclose(newton[nonzero], closed[nonzero], rtol=1e-6)
+
+
+def hard_threshold_reference(y, t):
+    """argmin_x 1/2 (x - y)^2 + t [x != 0] by comparing the two candidates
+    (x = 0 costs y^2 / 2, x = y costs t); ties go to 0."""
+    y = np.asarray(y, "float64")
+    return np.where(0.5 * y ** 2 > t, y, 0.0)
+
+
+@pytest.mark.parametrize("t", STRENGTHS + (0.0, 2.0))
+def test_k_zero_is_hard_thresholding(t):
+    rng = np.random.default_rng(5)
+    y = np.concatenate([Y, rng.standard_normal(200) * 2,
+                        [math.sqrt(2 * t), -math.sqrt(2 * t)]])
+    got = np.asarray(prox(y, t, 0))
+    np.testing.assert_array_equal(got, hard_threshold_reference(y, t))
+    # Kept weights are not shrunk at all; the threshold is sqrt(2t).
+    kept = got != 0
+    np.testing.assert_array_equal(got[kept], y[kept])
+    assert np.all(np.abs(y[~kept]) <= math.sqrt(2 * t) + 1e-12)
+    # And it is the minimizer of the objective, elementwise.
+    objective = 0.5 * (got - y) ** 2 + t * (got != 0)
+    assert np.all(objective <= 0.5 * y ** 2 + 1e-12)
+    assert np.all(objective <= t + 1e-12)

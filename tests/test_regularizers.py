@@ -130,8 +130,8 @@ def test_keras_file_round_trip_in_a_new_process(tmp_path):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"k": -1}, 'Invalid value for argument `k`. Expected a number > 0 or '
-                'float("inf"). Received: k=-1'),
+    ({"k": -1}, 'Invalid value for argument `k`. Expected a number > 0, '
+                'float("inf"), or 0 with proximal=True. Received: k=-1'),
     ({"k": 0}, "Received: k=0"),
     ({"k": math.nan}, "Received: k=nan"),
     ({"k": -math.inf}, "Received: k=-inf"),
@@ -168,3 +168,16 @@ def test_import_without_tensorflow_says_what_to_install(tmp_path):
                             text=True, check=False)
     assert "pip install 'keras-lk[cpu]'" in result.stdout
     assert "keras_lk needs TensorFlow" in result.stdout
+
+
+def test_k_zero_counts_nonzeros_and_needs_the_proximal_step():
+    w = keras.ops.convert_to_tensor([[0.0, 2.0], [-0.5, 0.0], [0.0, 0.0]])
+    mean = LkRegularizer(k=0, alpha=0.6, proximal=True)
+    assert float(mean(w)) == pytest.approx(0.6 * 2 / 6)
+    assert float(LkRegularizer(k=0, alpha=0.6, reduction="sum",
+                               proximal=True)(w)) == pytest.approx(1.2)
+    assert LkRegularizer.from_config(mean.get_config()).k == 0.0
+    with pytest.raises(ValueError, match=(
+            r"LkRegularizer\(k=0\) counts nonzero weights, whose gradient is "
+            r"0 everywhere.*Received: k=0, proximal=False")):
+        LkRegularizer(k=0)

@@ -106,7 +106,10 @@ def _lk_gradient_sums(variables, alphas, exponents):
         with tf.GradientTape() as tape:
             tape.watch(variable)
             penalty = lk_penalty(variable, k, alpha, reduction)
-        sums.append(ops.sum(ops.abs(tape.gradient(penalty, variable))))
+        # k = 0 (a count of nonzeros) has no gradient: zeros, not None.
+        sums.append(ops.sum(ops.abs(tape.gradient(
+            penalty, variable,
+            unconnected_gradients=tf.UnconnectedGradients.ZERO))))
     return sums
 
 
