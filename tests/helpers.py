@@ -125,3 +125,16 @@ class PenaltyTrace(keras.callbacks.Callback):
         values = [penalty for _, penalty in self.steps]
         return [float(np.mean(values[i:i + batches_per_window]))
                 for i in range(0, len(values), batches_per_window)]
+
+
+class FailAt(keras.callbacks.Callback):
+    """Raises `RuntimeError("boom")` at the end of epoch `epoch`: a fit that
+    raises, as a callback error or Ctrl-C would."""
+
+    def __init__(self, epoch):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == self.epoch:
+            raise RuntimeError("boom")

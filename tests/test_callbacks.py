@@ -7,8 +7,9 @@ import pytest
 import keras_lk
 from keras_lk import LkRegularizer
 from events import read, tags
-from helpers import (ALPHA, by_hand_penalties, regression_data as data,
-                     shared_and_frozen_model, two_layer_model)
+from helpers import (ALPHA, FailAt, by_hand_penalties,
+                     regression_data as data, shared_and_frozen_model,
+                     two_layer_model)
 
 def test_lk_monitor_writes_exact_tags_and_steps(tmp_path):
     x, y = data()
@@ -279,18 +280,12 @@ def test_batch_frequency_writes_at_optimizer_iterations(tmp_path):
     assert set(events[("train", "zero_fraction/first")]) == {3, 6}
 
 
-class FailAt(keras.callbacks.Callback):
-    def on_epoch_end(self, epoch, logs=None):
-        if epoch == 1:
-            raise RuntimeError("boom")
-
-
 def test_events_are_on_disk_when_fit_raises(tmp_path):
     x, y = data()
     model = two_layer_model(lr=0.01)
     with pytest.raises(RuntimeError, match="boom"):
         model.fit(x, y, epochs=3, verbose=0,
-                  callbacks=[keras_lk.LkMonitor(tmp_path), FailAt()])
+                  callbacks=[keras_lk.LkMonitor(tmp_path), FailAt(1)])
     events = read(tmp_path)
     assert set(events[("train", "reg_share/total")]) == {0, 1}
 

@@ -11,8 +11,8 @@ import pytest
 
 import keras_lk
 from events import read
-from helpers import (PenaltyTrace, by_hand_penalties, regression_data,
-                     regularizers_of, two_layer_model)
+from helpers import (FailAt, PenaltyTrace, by_hand_penalties,
+                     regression_data, regularizers_of, two_layer_model)
 
 CALLBACKS = [
     lambda d: keras_lk.LkMonitor(d, step_stats=True),
@@ -22,16 +22,6 @@ CALLBACKS = [
     lambda d: keras_lk.RegularizationShare(d),
     lambda d: keras_lk.AbsWeightHistograms(d),
 ]
-
-
-class FailAt(keras.callbacks.Callback):
-    def __init__(self, epoch):
-        super().__init__()
-        self.epoch = epoch
-
-    def on_epoch_end(self, epoch, logs=None):
-        if epoch == self.epoch:
-            raise RuntimeError("boom")
 
 
 class RegularizerProbe(keras.callbacks.Callback):

@@ -7,7 +7,7 @@ import pytest
 
 import keras_lk
 from events import read, tags
-from helpers import sparse_regression_data
+from helpers import FailAt, sparse_regression_data
 
 
 def mlp(k=1.0, alpha=0.05, hidden_k=None):
@@ -341,22 +341,12 @@ def test_the_alpha_given_matters_little():
     assert courses[0][31] > 0.5  # on its way to 0.7 (scheduled: 0.67)
 
 
-class FailAtEpoch(keras.callbacks.Callback):
-    def __init__(self, epoch):
-        super().__init__()
-        self.epoch = epoch
-
-    def on_epoch_end(self, epoch, logs=None):
-        if epoch == self.epoch:
-            raise RuntimeError("boom")
-
-
 @pytest.mark.parametrize("fail_at", [1, 4])  # steering; locked (step 48)
 def test_a_fit_that_raises_leaves_the_controller_inert(fail_at):
     model = mlp()
     with pytest.raises(RuntimeError, match="boom"):
         fit(model, [keras_lk.SparsityTarget(0.9, end_step=48),
-                    FailAtEpoch(fail_at)], epochs=6)
+                    FailAt(fail_at)], epochs=6)
     # The traced step still holds the controller, but a fit without a
     # SparsityTarget is plain proximal training: no steering, no mask.
     reference = plain_proximal_copy(model)
