@@ -213,15 +213,11 @@ def lk_penalty(x, k, alpha, reduction="mean"):
         return ops.zeros((), dtype=keras.config.floatx())
     if math.isinf(k):
         value = ops.multiply(ops.max(ops.abs(x)), alpha)
-    elif k == 0:
-        # The number of nonzero weights: piecewise constant, gradient 0.
-        total = ops.sum(ops.cast(ops.not_equal(ops.stop_gradient(x), 0),
-                                 x.dtype))
-        scale = alpha if reduction == "sum" else alpha / ops.cast(
-            ops.size(x), x.dtype)
-        value = ops.multiply(total, scale)
     else:
-        total = sum_abs_pow(x, k)
+        # k = 0: the number of nonzero weights (piecewise constant, so
+        # gradient 0), reduced like any other k.
+        total = (ops.sum(ops.cast(ops.not_equal(ops.stop_gradient(x), 0),
+                                  x.dtype)) if k == 0 else sum_abs_pow(x, k))
         if reduction == "sum":
             value = ops.multiply(total, alpha)
         elif size is not None:
