@@ -19,8 +19,7 @@ from keras_lk.penalties import lk_penalty, safe_abs_pow  # noqa: E402
 from keras_lk.optimizers import ProximalOptimizer  # noqa: E402
 from keras_lk.proximal import prox  # noqa: E402
 from keras_lk.regularizers import LkRegularizer  # noqa: E402
-from keras_lk.shipping import sparsity, strip  # noqa: E402
-from keras_lk.sparsity_target import SparsityTarget  # noqa: E402
+from keras_lk.sparsity import SparsityTarget, sparsity, strip  # noqa: E402
 
 __version__ = "0.1.0"
 

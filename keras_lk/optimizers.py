@@ -7,7 +7,8 @@ import tensorflow as tf
 from keras import ops
 
 from keras_lk import _validation
-from keras_lk.proximal import half_threshold_newton, prox, soft_threshold
+from keras_lk.proximal import (half_threshold_newton, hard_threshold, prox,
+                               soft_threshold)
 from keras_lk.regularizers import (LkRegularizer, mark_proximal_handled,
                                    unwrap)
 
@@ -21,7 +22,8 @@ def _compiled(function):
 # (TensorFlow otherwise runs one kernel, one pass, per elementwise op):
 # 2.1M weights, k = 1 in 0.75 ms instead of 1.5; k = 1/2 by Newton's method
 # in 2.5 ms instead of 9 (the closed form's arccos is slower under XLA).
-_FUSED_PROX = {1.0: _compiled(soft_threshold),
+_FUSED_PROX = {0.0: _compiled(hard_threshold),
+               1.0: _compiled(soft_threshold),
                0.5: _compiled(half_threshold_newton)}
 
 
@@ -156,19 +158,22 @@ class ProximalOptimizer(keras.optimizers.Optimizer):
         """`w <- prox(w, t, k)` on every replica's copy, after real updates."""
         controller = self._controller
 
-        def proximal(variable, scale=None):
+        def proximal(variable, strength=None, exempt=None):
             regularizer = self._proximal[id(variable)]
             size = math.prod(variable.shape)
 
-            def step(value, learning_rate):
-                t = regularizer.proximal_strength(learning_rate, size)
-                if scale is not None:
-                    t = t * scale
-                return value.assign(_proximal_update(value, t,
-                                                     regularizer.k))
+            def step(value, learning_rate, *exempt):
+                t = (regularizer.proximal_strength(learning_rate, size)
+                     if strength is None else strength(learning_rate))
+                update = _proximal_update(value, t, regularizer.k)
+                if exempt:
+                    update = ops.where(exempt[0], value, update)
+                return value.assign(update)
 
-            strategy.extended.update(variable.value, step,
-                                     args=(learning_rate,), group=False)
+            args = (learning_rate,) if exempt is None else (learning_rate,
+                                                            exempt)
+            strategy.extended.update(variable.value, step, args=args,
+                                     group=False)
 
         def step_all():
             if controller is None:

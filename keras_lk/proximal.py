@@ -197,6 +197,28 @@ def hard_threshold(y, t):
                      ops.zeros_like(y))
 
 
+def zeroing_threshold(t, k):
+    """The largest `|w|` that `prox(w, t, k)` sets to 0, for `0 <= k <= 1`.
+
+    `(2 - k) / (2 - 2k) * (2 (1 - k) t)^(1 / (2 - k))`: `sqrt(2t)` at
+    k = 0, `1.5 t^(2/3)` at k = 1/2, `t` at k = 1. Works on floats and
+    tensors.
+
+    Example:
+
+    >>> round(float(zeroing_threshold(8.0, 0.5)), 6)
+    6.0
+    """
+    k = float(k)
+    if not 0.0 <= k <= 1.0:
+        raise ValueError(f"zeroing_threshold needs 0 <= k <= 1. Received: "
+                         f"k={k}")
+    if k == 1.0:
+        return t
+    return (2.0 - k) / (2.0 - 2.0 * k) * (2.0 * (1.0 - k) * t) ** (
+        1.0 / (2.0 - k))
+
+
 def prox(w, t, k):
     """The proximal step of `t * |x|^k`: `argmin_x 1/2 (x - w)^2 + t |x|^k`.
 

@@ -46,6 +46,14 @@ LOG_STABLE_ZERO_FRAC = "stable_zero_frac"
 LOG_SIGN_FLIP_FRAC = "sign_flip_frac"
 VALIDATION_PREFIX = "val_"
 
+# SparsityTarget's scalars, per group (ALL_LAYERS or a layer path), and its
+# `logs` keys (over all the weights it covers).
+SPARSITY = "sparsity"
+SPARSITY_TARGET = "sparsity_target"
+ZEROING_THRESHOLD = "zeroing_threshold"
+LOG_SPARSITY = "sparsity"
+LOG_SPARSITY_TARGET = "sparsity_target"
+
 
 def tag(quantity, *path):
     """`quantity/part/...`, e.g. `tag(ZERO_FRACTION, ALL_LAYERS)`.

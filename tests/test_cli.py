@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from keras_lk.study import cli, report
@@ -203,29 +204,62 @@ def test_sweep_on_a_tiny_setting(tmp_path, capsys):
     assert cli.main(["sweep", "--logdir", str(logdir), "--targets", "0.5",
                      "--seeds", "0", "--epochs", "2"]) == 0
     printed = capsys.readouterr().out
-    assert "[4/4]" in printed
+    assert "[5/5]" in printed
     table = printed[printed.index("test accuracy, mean"):]
-    for method in ("L1_proximal", "L0.5_proximal", "magnitude", "dense"):
+    for method in ("L1_proximal", "L0.5_proximal", "L0_proximal",
+                   "magnitude", "dense"):
         assert method in table
     assert (logdir / "sweep.png").read_bytes()[:4] == b"\x89PNG"
     runs = sorted(p.name for p in logdir.iterdir() if p.is_dir())
-    assert runs == ["L0.5_proximal_t0.5_seed0", "L1_proximal_t0.5_seed0",
-                    "dense_seed0", "magnitude_t0.5_seed0"]
+    assert runs == ["L0.5_proximal_t0.5_seed0", "L0_proximal_t0.5_seed0",
+                    "L1_proximal_t0.5_seed0", "dense_seed0",
+                    "magnitude_t0.5_seed0"]
     hparams = SummaryReader(str(logdir / "magnitude_t0.5_seed0")).hparams
     assert dict(zip(hparams["tag"], hparams["value"])) == {
-        "method": "magnitude", "target": 0.5, "seed": 0}
-    scalars = SummaryReader(str(logdir / "magnitude_t0.5_seed0")).tensors
-    values = dict(zip(scalars["tag"], scalars["value"]))
-    assert float(values["sparsity"]) == pytest.approx(0.5, abs=0.01)
-    assert float(values["test_accuracy"]) > 0.5  # chance: 0.1
+        "model": "digits_mlp", "method": "magnitude", "target": 0.5,
+        "seed": 0, "allocation": "-"}
+    for run in runs:
+        scalars = SummaryReader(str(logdir / run)).tensors
+        values = dict(zip(scalars["tag"], scalars["value"]))
+        if run != "dense_seed0":
+            assert float(values["sparsity"]) == pytest.approx(0.5, abs=0.01)
+        assert float(values["test_accuracy"]) > 0.5, run  # chance: 0.1
 
 
-def test_magnitude_pruning_schedule_and_mask():
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["small_output_mlp", "digits_conv",
+                                   "embedding", "transformer"])
+def test_quick_sweep_on_every_model_of_the_suite(model, tmp_path, capsys):
+    from tbparse import SummaryReader
+    logdir = tmp_path / model
+    assert cli.main(["sweep", "--model", model, "--quick", "--logdir",
+                     str(logdir), "--allocation", "uniform"]) == 0
+    printed = capsys.readouterr().out
+    assert f"5 runs on {model}" in printed and "allocation uniform" in printed
+    for run in ("L1_proximal", "L0.5_proximal", "L0_proximal", "magnitude"):
+        scalars = SummaryReader(str(logdir / f"{run}_t0.9_seed0")).tensors
+        values = dict(zip(scalars["tag"], scalars["value"]))
+        assert float(values["sparsity"]) == pytest.approx(0.9, abs=0.01)
+
+
+def test_sweep_rejects_an_unknown_model(capsys):
+    assert cli.main(["sweep", "--model", "resnet"]) == 2
+    assert ("argument --model: invalid choice: 'resnet'"
+            in capsys.readouterr().err)
+
+
+def test_the_sweep_uses_the_controllers_schedule():
+    from keras_lk.sparsity import schedule
     from keras_lk.study import sweep
-    assert sweep.schedule(0, 0, 100, 0.9) == 0.0
-    assert sweep.schedule(100, 0, 100, 0.9) == pytest.approx(0.9)
-    assert sweep.schedule(50, 0, 100, 0.8) == pytest.approx(0.8 * 0.875)
-    assert sweep.schedule(200, 0, 100, 0.8) == pytest.approx(0.8)
+    assert sweep.polynomial is schedule.polynomial
+    assert schedule.polynomial(0, 0, 100, 0.9) == 0.0
+    assert schedule.polynomial(100, 0, 100, 0.9) == pytest.approx(0.9)
+    assert schedule.polynomial(50, 0, 100, 0.8) == pytest.approx(0.8 * 0.875)
+    assert schedule.polynomial(200, 0, 100, 0.8) == pytest.approx(0.8)
+    # The tensor path (the controller's) gives the same numbers.
+    assert float(schedule.polynomial(
+        np.int64(50), np.int64(0), np.int64(100), np.float32(0.8))) == (
+        pytest.approx(0.8 * 0.875))
 
 
 def test_magnitude_pruning_masks_the_smallest_magnitudes_globally():
@@ -242,8 +276,9 @@ def test_magnitude_pruning_masks_the_smallest_magnitudes_globally():
     model.compile(keras.optimizers.SGD(0.0), "mse")
     before = np.concatenate([model.get_layer(n).kernel.numpy().ravel()
                              for n in ("a", "b")])
-    pruning = sweep.MagnitudePruning(0.6, end_step=4, layers=("a", "b"),
-                                     every=2)
+    pruning = sweep.MagnitudePruning(
+        0.6, end_step=4, every=2, variables=lambda model: [
+            model.get_layer(n).kernel for n in ("a", "b")])
     seen = []
 
     class Zeros(keras.callbacks.Callback):

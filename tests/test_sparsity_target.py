@@ -88,25 +88,29 @@ def test_per_layer_targets():
     assert keras_lk.sparsity(model)["layers"]["out"]["zeros"] == 4
     assert_hidden_zeros(model, round(0.8 * 480))
     model = mlp()
-    fit(model, [keras_lk.SparsityTarget(0.5, end_step=60, per_layer=True)])
+    fit(model, [keras_lk.SparsityTarget(0.5, end_step=60,
+                                        allocation="uniform")])
     assert keras_lk.sparsity(model)["layers"]["out"]["zeros"] == 8
     assert_hidden_zeros(model, 240)
 
 
 def test_logs_and_tensorboard(tmp_path):
     model = mlp()
-    history = fit(model, [keras_lk.SparsityTarget(0.6, per_layer=True,
+    history = fit(model, [keras_lk.SparsityTarget(0.6, allocation="uniform",
                                                   log_dir=tmp_path)], epochs=4)
     assert set(history.history) >= {"sparsity", "sparsity_target"}
     # The default schedule ends after 3/4 of the fit: 48 of 64 steps.
     assert history.history["sparsity_target"][-1] == pytest.approx(0.6)
     events = read(tmp_path)
     assert tags(events, "train") == {
-        f"{q}/{layer}" for q in ("sparsity", "sparsity_target", "alpha")
+        f"{q}/{layer}" for q in ("sparsity", "sparsity_target",
+                                 "zeroing_threshold")
         for layer in ("hidden", "out")}
-    assert set(events[("train", "alpha/hidden")]) == {0, 1, 2, 3}
-    assert events[("train", "alpha/hidden")][3] == 0.0  # locked: no penalty
-    assert events[("train", "alpha/hidden")][0] > 0.0
+    threshold = events[("train", "zeroing_threshold/hidden")]
+    assert set(threshold) == {0, 1, 2, 3}
+    assert threshold[3] == 0.0  # locked: no proximal step
+    # k = 1: the threshold is lr * strength, read from the controller.
+    assert 0.0 < threshold[0] < 1.0
     # Each layer reached the target (and the logs say what was reached).
     assert keras_lk.sparsity(model)["layers"]["out"]["zeros"] == round(
         0.6 * 16)
@@ -259,7 +263,7 @@ def test_a_partial_dict_with_a_nested_path_under_a_loss_scale_optimizer(
         layers["encoder/dense"]["fraction"])
     assert tags(read(tmp_path), "train") == {
         f"{q}/encoder/dense" for q in ("sparsity", "sparsity_target",
-                                       "alpha")}
+                                       "zeroing_threshold")}
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -274,7 +278,9 @@ def test_a_partial_dict_with_a_nested_path_under_a_loss_scale_optimizer(
     ({"target": 0.5, "end_step": -1}, "Received: end_step=-1"),
     ({"target": 0.5, "begin_step": 10, "end_step": 10},
      "Expected an integer > begin_step=10. Received: end_step=10"),
-    ({"target": 0.5, "per_layer": "yes"}, "Received: per_layer='yes'"),
+    ({"target": 0.5, "allocation": "layerwise"},
+     "Expected one of 'global', 'uniform', 'normalized'. Received: "
+     "allocation='layerwise'"),
     ({"target": 0.5, "log_dir": 3}, "Received: log_dir=3"),
 ])
 def test_bad_arguments(kwargs, message):
@@ -322,23 +328,31 @@ def test_works_under_mixed_float16():
     assert 0.75 <= keras_lk.sparsity(model)["total"]["fraction"] <= 0.76
 
 
-def test_the_alpha_given_matters_little():
-    # The controller starts from the strength that reaches the target's
-    # quantile of |w| over the schedule, whatever alpha the user chose: a
-    # 10,000-fold alpha gives about the same course of the sparsity.
-    courses = []
-    for alpha in (1e-3, 10.0):
+def test_the_alpha_and_reduction_given_do_not_matter_under_it():
+    # The controller sets the strength itself (lr * s * u^(2 - k), s its
+    # own): a 10,000-fold alpha, or the sum instead of the mean, gives the
+    # same fit from the same weights, to the bit.
+    weights, courses = None, []
+    for alpha, reduction in ((1e-3, "mean"), (10.0, "mean"), (1e-3, "sum")):
         model = mlp(alpha=alpha)
+        for layer in ("hidden", "out"):
+            layer = model.get_layer(layer)
+            layer.kernel_regularizer = keras_lk.LkRegularizer(
+                k=1, alpha=alpha, reduction=reduction, proximal=True)
+            layer.kernel.regularizer = layer.kernel_regularizer
+        if weights is None:
+            weights = model.get_weights()
+        model.set_weights(weights)
         fractions = ZeroFractions()
         fit(model, [keras_lk.SparsityTarget(0.7, end_step=48), fractions],
             epochs=4)
-        zeros = keras_lk.sparsity(model)["total"]["zeros"]
-        assert round(0.7 * 496) <= zeros <= round(0.72 * 496), alpha
-        courses.append(np.array(fractions.fractions))
-    # Both end exactly at the target; on the way they differ by up to 0.12
-    # (both run ahead of the schedule mid-way: the controller overshoots).
-    np.testing.assert_allclose(courses[0], courses[1], atol=0.15)
-    assert courses[0][31] > 0.5  # on its way to 0.7 (scheduled: 0.67)
+        assert keras_lk.sparsity(model)["total"]["zeros"] == round(0.7 * 496)
+        courses.append((np.array(fractions.fractions), model.get_weights()))
+    for fractions, final in courses[1:]:
+        np.testing.assert_array_equal(fractions, courses[0][0])
+        for got, expected in zip(final, courses[0][1]):
+            np.testing.assert_array_equal(got, expected)
+    assert courses[0][0][31] > 0.5  # on its way to 0.7 (scheduled: 0.67)
 
 
 @pytest.mark.parametrize("fail_at", [1, 4])  # steering; locked (step 48)

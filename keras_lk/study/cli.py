@@ -3,8 +3,10 @@
     keras-lk plot [--k 0.5 1 1.5 2 3 10] [--zoom W] [--out DIR]
     keras-lk demo [--logdir runs/] [--epochs N] [--seed S]
     keras-lk report LOGDIR [--out FILE]
-    keras-lk sweep [--logdir sweep/] [--targets 0.5 0.75 0.9 0.95]
-                   [--seeds 0 1 2] [--epochs N] [--out FILE]
+    keras-lk sweep [--model NAME] [--logdir sweep/]
+                   [--targets 0.5 0.75 0.9 0.95] [--seeds 0 1 2]
+                   [--epochs N] [--methods ...] [--allocation A]
+                   [--quick] [--out FILE]
 
 Bad input gives one line on stderr and exit status 2, no traceback. The
 commands draw with matplotlib and `demo` trains on scikit-learn's digits:
@@ -18,7 +20,7 @@ import os
 import shlex
 import sys
 
-from keras_lk.study import figures, report, runs, sweep
+from keras_lk.study import figures, report, runs, suite, sweep
 from keras_lk.summary import check_writable
 
 PLOT_K = (0.5, 1.0, 1.5, 2.0, 3.0, 10.0)
@@ -88,17 +90,27 @@ def build_parser():
         help=f"hidden units (default {runs.HIDDEN_UNITS})")
 
     add = commands.add_parser("sweep", help=(
-        "Lk-proximal sparsity against magnitude pruning on the digits MLP, "
-        "logged for TensorBoard's HParams dashboard")).add_argument
+        "Lk-proximal sparsity against magnitude pruning on a model of the "
+        "suite, logged for TensorBoard's HParams dashboard")).add_argument
+    add("--model", default=sweep.DEFAULT_MODEL, choices=sorted(suite.MODELS),
+        help=f"the suite's model (default {sweep.DEFAULT_MODEL})")
     add("--logdir", default="sweep",
         help="TensorBoard log directory (default: sweep)")
-    add("--targets", type=_fraction, nargs="+",
-        default=list(sweep.DEFAULT_TARGETS),
+    add("--targets", type=_fraction, nargs="+", default=None,
         help="target sparsities (default: 0.5 0.75 0.9 0.95)")
-    add("--seeds", type=int, nargs="+", default=list(sweep.DEFAULT_SEEDS),
+    add("--seeds", type=int, nargs="+", default=None,
         help="seeds (default: 0 1 2)")
-    add("--epochs", type=_positive_int, default=sweep.DEFAULT_EPOCHS,
-        help=f"epochs per run (default {sweep.DEFAULT_EPOCHS})")
+    add("--epochs", type=_positive_int, default=None,
+        help="epochs per run (default: the model's own, e.g. 20 for "
+             "digits_mlp)")
+    add("--methods", nargs="+", default=None, choices=list(sweep.METHODS),
+        help="methods (default: all)")
+    add("--allocation", default="global",
+        choices=["global", "uniform", "normalized"],
+        help="SparsityTarget's allocation for the Lk methods (default "
+             "global)")
+    add("--quick", action="store_true",
+        help="one target (0.9), one seed, 2 epochs: a smoke run")
     add("--out", help="PNG path (default: LOGDIR/sweep.png)")
 
     add = commands.add_parser("report", help=(
@@ -183,17 +195,23 @@ def _sweep(args):
     out = args.out or os.path.join(args.logdir, "sweep.png")
     check_writable(os.path.dirname(os.path.abspath(out)), "the sweep PNG",
                    "--out")
-    total = len(sweep.plan(args.targets, args.seeds))
-    print(f"keras-lk sweep: {total} runs on scikit-learn's digits "
-          f"({', '.join(sweep.METHODS)} at {len(args.targets)} targets, and "
-          f"dense; seeds {' '.join(map(str, args.seeds))}), {args.epochs} "
-          f"epochs each, logs in {args.logdir}")
-    results = sweep.run_sweep(args.logdir, args.targets, args.seeds,
-                              args.epochs)
+    targets = args.targets or ([0.9] if args.quick
+                               else list(sweep.DEFAULT_TARGETS))
+    seeds = args.seeds or ([0] if args.quick else list(sweep.DEFAULT_SEEDS))
+    epochs = args.epochs or (2 if args.quick
+                             else suite.MODELS[args.model].epochs)
+    methods = args.methods or list(sweep.METHODS)
+    total = len(sweep.plan(targets, seeds, methods))
+    print(f"keras-lk sweep: {total} runs on {args.model} "
+          f"({', '.join(methods)} at {len(targets)} targets, and dense; "
+          f"seeds {' '.join(map(str, seeds))}; allocation {args.allocation})"
+          f", {epochs} epochs each, logs in {args.logdir}")
+    results = sweep.run_sweep(args.logdir, args.model, targets, seeds,
+                              epochs, methods, args.allocation)
     summary = sweep.summarize(results)
     print("\ntest accuracy, mean ± std over seeds (exact zeros reached)")
-    print(sweep.format_table(summary))
-    sweep.plot(summary, out)
+    print(sweep.format_table(summary, methods))
+    sweep.plot(summary, out, args.model, methods)
     print(f"\naccuracy against sparsity: {out}")
     print("\nThe HParams dashboard of TensorBoard shows every run "
           "(then http://127.0.0.1:6006):"

@@ -17,6 +17,7 @@ import keras
 from keras_lk.callbacks import LkMonitor
 from keras_lk.optimizers import ProximalOptimizer
 from keras_lk.regularizers import LkRegularizer
+from keras_lk.study.suite_data import load_digits  # noqa: F401 (re-export)
 
 DEFAULT_EPOCHS = 40
 DEFAULT_ALPHA = 3.0   # mean reduction (the article's formula)
@@ -48,19 +49,6 @@ SETTINGS = (
     Setting("L1_proximal", 1.0, proximal=True),
     Setting("L0.5_proximal", 0.5, proximal=True),
 )
-
-
-def load_digits(seed):
-    """Digits scaled to [0, 1], split 70/30: `(x_train, y_train, x_test,
-    y_test)`."""
-    from sklearn.datasets import load_digits as sklearn_digits
-    from sklearn.model_selection import train_test_split
-
-    images, labels = sklearn_digits(return_X_y=True)
-    images = (images / 16.0).astype("float32")
-    x_train, x_test, y_train, y_test = train_test_split(
-        images, labels, test_size=0.3, random_state=seed, stratify=labels)
-    return x_train, y_train, x_test, y_test
 
 
 def build_model(setting, alpha, hidden, seed):

@@ -1,20 +1,23 @@
 """`keras-lk sweep`: Lk-proximal sparsity against gradual magnitude pruning.
 
-On the demo's digits MLP (64-64-10, SGD lr 0.1, batch 32), for each target
-sparsity and seed, three methods reach the target on both kernels with the
-same model, data split, epochs, optimizer and schedule (the cubic schedule
-of gradual magnitude pruning, from the start of training to 3/4 of it, then
-fine-tuning with the zero pattern fixed):
+On a model of the suite (`keras_lk.study.suite`: the digits MLP by
+default), for each target sparsity and seed, every method reaches the
+target on the same weights (`suite.prunable`) with the same model, data
+split, epochs, optimizer and schedule (`keras_lk.sparsity.schedule`: the
+cubic of gradual magnitude pruning, from the start of training to 3/4 of
+it, then fine-tuning with the zero pattern fixed):
 
-- `L1_proximal` and `L0.5_proximal`: `LkRegularizer(k, alpha,
-  proximal=True)` with `ProximalOptimizer` and `SparsityTarget`;
-- `magnitude`: gradual magnitude pruning (Zhu and Gupta, 2017): every
-  `PRUNE_EVERY` steps the smallest |w| of both kernels together are masked
-  to reach the scheduled sparsity, no penalty.
+- `L1_proximal`, `L0.5_proximal` and `L0_proximal`: `LkRegularizer(k,
+  alpha, proximal=True)` with `ProximalOptimizer` and `SparsityTarget`
+  (its `allocation`); k = 0 is keras_lk's own gradual magnitude pruning;
+- `magnitude`: the reference, gradual magnitude pruning (Zhu and Gupta,
+  2017) written out here with no keras_lk in it: every `PRUNE_EVERY`
+  steps the smallest |w| of all pruned weights together are masked to
+  reach the scheduled sparsity, no penalty.
 
 A `dense` run per seed gives the accuracy without pruning. Every run is
-logged with TensorBoard's HParams plugin (method, target, seed; test
-accuracy and sparsity), so the HParams dashboard shows the trade-off.
+logged with TensorBoard's HParams plugin (model, method, target, seed;
+test accuracy and sparsity), so the HParams dashboard shows the trade-off.
 """
 
 import math
@@ -29,19 +32,19 @@ import tensorflow as tf
 from tensorboard.plugins.hparams import api as hparams_api
 
 from keras_lk.regularizers import LkRegularizer
-from keras_lk.shipping import sparsity
-from keras_lk.sparsity_target import SparsityTarget
-from keras_lk.study.runs import (BATCH_SIZE, DEFAULT_ALPHA, HIDDEN_UNITS,
-                                 Progress, digits_mlp, load_digits)
+from keras_lk.sparsity.schedule import polynomial
+from keras_lk.sparsity.shipping import exact_zeros
+from keras_lk.sparsity.target import SparsityTarget
+from keras_lk.study import suite
+from keras_lk.study.runs import DEFAULT_ALPHA, Progress
 
+DEFAULT_MODEL = "digits_mlp"
 DEFAULT_TARGETS = (0.5, 0.75, 0.9, 0.95)
 DEFAULT_SEEDS = (0, 1, 2)
-DEFAULT_EPOCHS = 20
-METHODS = ("L1_proximal", "L0.5_proximal", "magnitude")
+METHODS = ("L1_proximal", "L0.5_proximal", "L0_proximal", "magnitude")
+K_OF = {"L1_proximal": 1.0, "L0.5_proximal": 0.5, "L0_proximal": 0.0}
 PRUNE_EVERY = 10
 END_FRACTION = 0.75   # the schedule ends at 3/4 of training
-POWER = 3
-KERNELS = ("hidden", "output")
 
 
 @dataclass(frozen=True)
@@ -57,40 +60,35 @@ class Run:
         return f"{self.method}_t{self.target:g}_seed{self.seed}"
 
 
-def schedule(step, begin, end, target):
-    """Gradual magnitude pruning's cubic schedule from 0 to `target`."""
-    progress = min(max((step - begin) / max(end - begin, 1), 0.0), 1.0)
-    return target * (1.0 - (1.0 - progress) ** POWER)
-
-
 class MagnitudePruning(keras.callbacks.Callback):
-    """Gradual magnitude pruning of the named kernels, globally.
+    """Gradual magnitude pruning of `variables(model)`, globally.
 
     Every `every` steps until `end_step`, masks the smallest |w| of all the
-    kernels together up to the scheduled sparsity; the mask is applied after
+    weights together up to the scheduled sparsity; the mask is applied after
     every step, so pruned weights stay zero, and is fixed from `end_step` on
     (fine-tuning).
     """
 
-    def __init__(self, target, end_step, layers=KERNELS, every=PRUNE_EVERY):
+    def __init__(self, target, end_step, variables=suite.prunable,
+                 every=PRUNE_EVERY):
         super().__init__()
         self.target = target
         self.end_step = end_step
-        self.layers = layers
+        self.variables = variables
         self.every = every
         self._masks = None
         self._step = 0
 
     def on_train_begin(self, logs=None):
-        self._kernels = [self.model.get_layer(name).kernel
-                         for name in self.layers]
+        self._kernels = self.variables(self.model)
         self._masks = [np.ones(tuple(k.shape), bool) for k in self._kernels]
         self._step = 0
 
     def on_train_batch_end(self, batch, logs=None):
         self._step += 1
         if self._step <= self.end_step and self._step % self.every == 0:
-            self._prune(schedule(self._step, 0, self.end_step, self.target))
+            self._prune(polynomial(self._step, 0, self.end_step,
+                                   self.target))
         for kernel, mask in zip(self._kernels, self._masks):
             kernel.assign(np.where(mask, kernel.numpy(), 0.0))
 
@@ -112,26 +110,31 @@ class MagnitudePruning(keras.callbacks.Callback):
             start += value.size
 
 
-def build(run, hidden=HIDDEN_UNITS, alpha=DEFAULT_ALPHA):
+def build(run, model=DEFAULT_MODEL, alpha=DEFAULT_ALPHA):
+    """The run's compiled model: the suite entry, regularized for Lk."""
     regularizer = None
-    if run.method in ("L1_proximal", "L0.5_proximal"):
-        k = 1.0 if run.method == "L1_proximal" else 0.5
-        regularizer = LkRegularizer(k=k, alpha=alpha, proximal=True)
-    return digits_mlp(regularizer, run.name, hidden, run.seed)
+    if run.method in K_OF:
+        regularizer = LkRegularizer(k=K_OF[run.method], alpha=alpha,
+                                    proximal=True)
+    return suite.MODELS[model].build(regularizer, run.seed)
 
 
-def plan(targets=DEFAULT_TARGETS, seeds=DEFAULT_SEEDS):
+def plan(targets=DEFAULT_TARGETS, seeds=DEFAULT_SEEDS, methods=METHODS):
     runs = [Run("dense", 0.0, seed) for seed in seeds]
     runs += [Run(method, target, seed) for target in targets
-             for method in METHODS for seed in seeds]
+             for method in methods for seed in seeds]
     return runs
 
 
-def _hparams_config(logdir, targets):
+def _hparams_config(logdir, targets, methods):
     with tf.summary.create_file_writer(logdir).as_default():
         hparams_api.hparams_config(
-            hparams=[hparams_api.HParam("method", hparams_api.Discrete(
-                        ["dense", *METHODS])),
+            hparams=[hparams_api.HParam("model", hparams_api.Discrete(
+                        sorted(suite.MODELS))),
+                     hparams_api.HParam("method", hparams_api.Discrete(
+                        ["dense", *methods])),
+                     hparams_api.HParam("allocation", hparams_api.Discrete(
+                        ["-", "global", "uniform", "normalized"])),
                      hparams_api.HParam("target", hparams_api.Discrete(
                         [0.0, *targets])),
                      hparams_api.HParam("seed", hparams_api.IntInterval(
@@ -142,37 +145,62 @@ def _hparams_config(logdir, targets):
                                         display_name="exact zeros")])
 
 
-def run_sweep(logdir, targets=DEFAULT_TARGETS, seeds=DEFAULT_SEEDS,
-              epochs=DEFAULT_EPOCHS, stream=None):
-    """Trains every run of the sweep; returns `{Run: (accuracy, sparsity)}`."""
+def run_sweep(logdir, model=DEFAULT_MODEL, targets=DEFAULT_TARGETS,
+              seeds=DEFAULT_SEEDS, epochs=None, methods=METHODS,
+              allocation="global", stream=None):
+    """Trains every run of the sweep; returns `{Run: (accuracy, sparsity)}`.
+
+    Args:
+        logdir: TensorBoard log directory (a run directory per run).
+        model: A name in `suite.MODELS`.
+        targets, seeds: The target sparsities and seeds.
+        epochs: Epochs per run; None for the model's default.
+        methods: A subset of `METHODS`.
+        allocation: `SparsityTarget`'s allocation for the Lk methods.
+        stream: Where progress goes (default stdout).
+    """
     stream = stream or sys.stdout
-    runs = plan(targets, seeds)
-    _hparams_config(logdir, targets)
+    entry = suite.MODELS[model]
+    epochs = epochs or entry.epochs
+    runs = plan(targets, seeds, methods)
+    _hparams_config(logdir, targets, methods)
     data = {}
     results = {}
     for index, run in enumerate(runs, start=1):
         if run.seed not in data:
-            data[run.seed] = load_digits(run.seed)
+            data[run.seed] = entry.data(run.seed)
         x_train, y_train, x_test, y_test = data[run.seed]
-        steps = math.ceil(len(x_train) / BATCH_SIZE) * epochs
+        steps = math.ceil(len(x_train) / entry.batch_size) * epochs
         end = max(1, int(END_FRACTION * steps))
-        model = build(run)
+        net = build(run, model)
+        pruned = suite.prunable(net)
         callbacks = [Progress(index, len(runs), run.name, epochs, stream,
                               metrics=False, width=26)]
         if run.method == "magnitude":
             callbacks.append(MagnitudePruning(run.target, end))
         elif run.method != "dense":
+            covered = [v for v in net.trainable_weights
+                       if getattr(v, "regularizer", None) is not None]
+            if {id(v) for v in covered} != {id(v) for v in pruned}:
+                raise RuntimeError(
+                    f"suite model {model!r} regularizes "
+                    f"{[v.path for v in covered]} but the sweep prunes "
+                    f"{[v.path for v in pruned]}: the methods would not "
+                    "prune the same weights")
             callbacks.append(SparsityTarget(run.target, begin_step=0,
-                                            end_step=end))
-        model.fit(x_train, y_train, batch_size=BATCH_SIZE, epochs=epochs,
-                  verbose=0, callbacks=callbacks)
-        accuracy = float(model.evaluate(x_test, y_test, verbose=0)[1])
-        zeros = sparsity(model)["total"]["fraction"]
+                                            end_step=end,
+                                            allocation=allocation))
+        net.fit(x_train, y_train, batch_size=entry.batch_size, epochs=epochs,
+                verbose=0, callbacks=callbacks)
+        accuracy = float(net.evaluate(x_test, y_test, verbose=0)[1])
+        zeros = exact_zeros(pruned)["fraction"]
         results[run] = (accuracy, zeros)
         with tf.summary.create_file_writer(
                 os.path.join(logdir, run.name)).as_default():
-            hparams_api.hparams({"method": run.method, "target": run.target,
-                                 "seed": run.seed}, trial_id=run.name)
+            hparams_api.hparams({
+                "model": model, "method": run.method, "target": run.target,
+                "seed": run.seed, "allocation": allocation if run.method
+                in K_OF else "-"}, trial_id=run.name)
             tf.summary.scalar("test_accuracy", accuracy, step=epochs)
             tf.summary.scalar("sparsity", zeros, step=epochs)
     return results
@@ -194,13 +222,13 @@ def summarize(results):
     return summary
 
 
-def format_table(summary):
+def format_table(summary, methods=METHODS):
     """Mean ± std test accuracy (and the sparsity reached) per method."""
     targets = sorted({t for (m, t) in summary if m != "dense"})
     header = f"{'method':<16}" + "".join(f"{f'{t:.0%} zeros':>22}"
                                          for t in targets)
     lines = [header]
-    for method in METHODS:
+    for method in methods:
         cells = []
         for target in targets:
             mean, std, zeros, _ = summary[(method, target)]
@@ -213,7 +241,7 @@ def format_table(summary):
     return "\n".join(lines)
 
 
-def plot(summary, path):
+def plot(summary, path, model=DEFAULT_MODEL, methods=METHODS):
     """Test accuracy against sparsity, one line per method; the dense line."""
     import matplotlib
 
@@ -221,7 +249,7 @@ def plot(summary, path):
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(figsize=(6.5, 4.2))
-    for method in METHODS:
+    for method in methods:
         points = sorted((zeros, mean, std) for (m, _), (mean, std, zeros, _)
                         in summary.items() if m == method)
         axes.errorbar([p[0] for p in points], [p[1] for p in points],
@@ -230,9 +258,9 @@ def plot(summary, path):
     dense = summary.get(("dense", 0.0))
     if dense:
         axes.axhline(dense[0], color="gray", linestyle="--", label="dense")
-    axes.set_xlabel("exact zeros (fraction of both kernels)")
+    axes.set_xlabel("exact zeros (fraction of the pruned weights)")
     axes.set_ylabel("test accuracy (mean ± std over seeds)")
-    axes.set_title("digits MLP: Lk-proximal vs gradual magnitude pruning")
+    axes.set_title(f"{model}: Lk-proximal vs gradual magnitude pruning")
     axes.legend()
     axes.grid(alpha=0.3)
     figure.tight_layout()

@@ -1,0 +1,73 @@
+"""The sparsity suite's data, made with numpy or shipped with scikit-learn.
+
+No Keras here: the tfmot peer (`benchmarks/tfmot_peer.py`, run in an
+environment with tf-keras) loads this file directly to train on exactly the
+same data.
+"""
+
+import numpy as np
+
+
+def load_digits(seed):
+    """Digits scaled to [0, 1], split 70/30: `(x_train, y_train, x_test,
+    y_test)`."""
+    from sklearn.datasets import load_digits as sklearn_digits
+    from sklearn.model_selection import train_test_split
+
+    images, labels = sklearn_digits(return_X_y=True)
+    images = (images / 16.0).astype("float32")
+    x_train, x_test, y_train, y_test = train_test_split(
+        images, labels, test_size=0.3, random_state=seed, stratify=labels)
+    return x_train, y_train, x_test, y_test
+
+
+def teacher_data(seed):
+    """3 classes from a random tanh teacher, 15% of labels redrawn."""
+    rng = np.random.default_rng(1000 + seed)
+    x = rng.normal(size=(3000, 20)).astype("float32")
+    teacher = np.random.default_rng(7)   # one task; the seed splits data
+    w1 = teacher.normal(size=(20, 16)) / np.sqrt(20)
+    w2 = teacher.normal(size=(16, 3)) * 2
+    y = np.argmax(np.tanh(x @ w1 * 2) @ w2, axis=1)
+    noisy = rng.random(len(y)) < 0.15
+    y[noisy] = rng.integers(0, 3, size=int(noisy.sum()))
+    return x[:2000], y[:2000], x[2000:], y[2000:]
+
+
+def digit_images(seed):
+    x_train, y_train, x_test, y_test = load_digits(seed)
+    return (x_train.reshape(-1, 8, 8, 1), y_train,
+            x_test.reshape(-1, 8, 8, 1), y_test)
+
+
+VOCAB = 500
+LENGTH = 24
+
+
+def token_counts_data(seed):
+    """Class 1 when tokens 0-24 occur more often than tokens 25-49."""
+    rng = np.random.default_rng(2000 + seed)
+    x = rng.integers(0, VOCAB, size=(4000, LENGTH)).astype("int32")
+    a = np.sum(x < 25, axis=1)
+    b = np.sum((x >= 25) & (x < 50), axis=1)
+    y = (a > b).astype("int64")
+    ties = a == b
+    y[ties] = rng.integers(0, 2, size=int(ties.sum()))
+    return x[:3000], y[:3000], x[3000:], y[3000:]
+
+
+SEQUENCE = 16
+TOKENS = 50
+
+
+def order_data(seed):
+    """Class 1 when token 1 comes before token 2 (both occur once)."""
+    rng = np.random.default_rng(3000 + seed)
+    n = 4000
+    x = rng.integers(3, TOKENS, size=(n, SEQUENCE)).astype("int32")
+    positions = np.argsort(rng.random((n, SEQUENCE)), axis=1)[:, :2]
+    rows = np.arange(n)
+    x[rows, positions[:, 0]] = 1
+    x[rows, positions[:, 1]] = 2
+    y = (positions[:, 0] < positions[:, 1]).astype("int64")
+    return x[:3000], y[:3000], x[3000:], y[3000:]
