@@ -382,3 +382,98 @@ def test_steps_per_execution_keeps_the_controller_engaged():
     fit(model, [keras_lk.SparsityTarget(0.8, end_step=48)], epochs=4)
     zeros = keras_lk.sparsity(model)["total"]["zeros"]
     assert round(0.8 * 496) <= zeros <= round(0.82 * 496)
+
+
+def lock_at_lr_zero(model, target_cb, steps=5):
+    """Fits one epoch at lr = 0 (only the controller moves the weights);
+    returns the flat kernels before, and after every step."""
+    model.compile(keras_lk.ProximalOptimizer(keras.optimizers.SGD(0.0)),
+                  "mse")
+    before = np.concatenate([model.get_layer(n).kernel.numpy().ravel()
+                             for n in ("hidden", "out")])
+    kernels = Kernels()
+    fit(model, [target_cb, kernels], epochs=1)
+    return before, kernels.after
+
+
+def column_maxima(kernel):
+    """Each output unit's largest |w| (the protected weights)."""
+    magnitude = np.abs(kernel)
+    return magnitude == magnitude.max(axis=0, keepdims=True)
+
+
+@pytest.mark.parametrize("allocation", ["global", "uniform", "normalized"])
+def test_each_allocation_locks_the_smallest_weights_on_its_scale(allocation):
+    model = mlp()
+    hidden = model.get_layer("hidden").kernel.numpy()
+    out = model.get_layer("out").kernel.numpy()
+    before, after = lock_at_lr_zero(model, keras_lk.SparsityTarget(
+        0.5, end_step=5, allocation=allocation))
+    zeros = after[-1] == 0
+    protected = np.concatenate([column_maxima(hidden).ravel(),
+                                column_maxima(out).ravel()])
+    assert not zeros[protected].any()
+    if allocation == "uniform":
+        # Each layer: its own 50%, its smallest |w|.
+        for part, n in ((slice(0, 480), 480), (slice(480, 496), 16)):
+            expected = np.zeros(n, bool)
+            expected[np.argsort(np.abs(before[part]), kind="stable")[
+                :round(0.5 * n)]] = True
+            np.testing.assert_array_equal(zeros[part], expected)
+        return
+    scale = np.ones(496)
+    if allocation == "normalized":
+        # |w| in units of the layer's RMS (the output layer's weights are
+        # larger: Glorot's scale grows as the fan-in + fan-out shrinks).
+        scale[:480] = np.sqrt(np.mean(hidden ** 2))
+        scale[480:] = np.sqrt(np.mean(out ** 2))
+    expected = np.zeros(496, bool)
+    expected[np.argsort(np.abs(before) / scale, kind="stable")[
+        :round(0.5 * 496)]] = True
+    np.testing.assert_array_equal(zeros, expected)
+
+
+def test_no_unit_loses_every_input_even_at_a_target_that_asks_for_it():
+    # 0.99 of 496 weights asks for 491 zeros; the 16 hidden units and the
+    # output unit each keep their largest input, so 17 weights stay.
+    model = mlp()
+    hidden = model.get_layer("hidden").kernel.numpy()
+    out = model.get_layer("out").kernel.numpy()
+    before, after = lock_at_lr_zero(model, keras_lk.SparsityTarget(
+        0.99, end_step=5))
+    protected = np.concatenate([column_maxima(hidden).ravel(),
+                                column_maxima(out).ravel()])
+    np.testing.assert_array_equal(after[-1] != 0, protected)
+    np.testing.assert_array_equal(after[-1][protected], before[protected])
+
+
+def test_k0_is_magnitude_pruning_against_a_numpy_reference():
+    # At lr = 0 only the controller moves the weights. Every 2 steps the
+    # threshold rises to the scheduled quantile of |w| (never falls); each
+    # step zeroes |w| up to the threshold of the last control; the lock at
+    # step 12 keeps exactly the largest 60%. Protected weights (each
+    # unit's largest) are never zeroed.
+    model = mlp(k=0.0)
+    hidden = model.get_layer("hidden").kernel.numpy()
+    out = model.get_layer("out").kernel.numpy()
+    protected = np.concatenate([column_maxima(hidden).ravel(),
+                                column_maxima(out).ravel()])
+    before, after = lock_at_lr_zero(model, keras_lk.SparsityTarget(
+        0.6, end_step=12))
+    magnitude = np.sort(np.abs(before))
+    tau = 0.0
+    for step in range(1, 16):  # iteration `step`, after[step - 1]
+        expected = np.where((np.abs(before) <= tau) & ~protected, 0.0,
+                            before)
+        if step < 12:
+            np.testing.assert_array_equal(after[step - 1], expected, step)
+        if step % 2 == 0:
+            scheduled = 0.6 * (1 - (1 - step / 12) ** 3)
+            count = round(np.float32(scheduled) * 496)
+            if count:
+                tau = max(tau, magnitude[count - 1])
+    locked = np.zeros(496, bool)
+    locked[np.argsort(np.where(protected, np.inf, np.abs(before)),
+                      kind="stable")[:round(0.6 * 496)]] = True
+    for kernel in after[11:]:
+        np.testing.assert_array_equal(kernel == 0, locked)
