@@ -125,6 +125,8 @@ class ProximalOptimizer(keras.optimizers.Optimizer):
                          name=name or f"proximal_{optimizer.name}")
         self.inner_optimizer = optimizer
         self._proximal = {}
+        self._sparsity_slots = {}
+        self._sparsity_run = None
         self._controller = None  # set by keras_lk.SparsityTarget
 
     def build(self, var_list):
@@ -136,6 +138,23 @@ class ProximalOptimizer(keras.optimizers.Optimizer):
                 self._proximal[id(variable)] = regularizer
                 mark_proximal_handled(variable)
         super().build(var_list)
+        # SparsityTarget's state lives here, with the optimizer's own, so
+        # that BackupAndRestore and `.keras` files keep it: per proximal
+        # weight its mask and [log strength, threshold, unit, start], and
+        # the run [begin, end, locked, unfinished, settings].
+        self._sparsity_slots = {}
+        self._sparsity_run = None
+        proximal = [v for v in var_list if id(v) in self._proximal]
+        for variable in proximal:
+            name = variable.path.replace("/", "_")
+            self._sparsity_slots[id(variable)] = (
+                self.add_variable(tuple(variable.shape), "ones", "bool",
+                                  name=f"{name}_sparsity_mask"),
+                self.add_variable((4,), "zeros", "float32",
+                                  name=f"{name}_sparsity_state"))
+        if proximal:
+            self._sparsity_run = self.add_variable(
+                (5,), "zeros", "int64", name="sparsity_run")
 
     def apply(self, grads, trainable_variables=None):
         if not self.built:

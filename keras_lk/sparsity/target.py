@@ -30,6 +30,7 @@ import contextlib
 import math
 import numbers
 import os
+import zlib
 
 import keras
 import numpy as np
@@ -65,12 +66,11 @@ MAX_MOVE = 0.5
 class _Group:
     """Weights that reach one target together, compared on one scale."""
 
-    def __init__(self, name, variables, target, k, units):
+    def __init__(self, name, variables, target, k):
         self.name = name
         self.variables = variables
         self.target = target
         self.k = k
-        self.units = units      # {id(variable): float}
         self.size = sum(math.prod(v.shape) for v in variables)
 
 
@@ -85,39 +85,50 @@ def protected(value):
                            ops.greater(largest, 0))
 
 
-class _Controller:
-    """The controller's state: variables read and written in the step."""
+# The fields of the state each covered weight keeps in the optimizer (its
+# group's values, repeated in every member), and of the run's state.
+LOG_SCALE, TAU, UNIT, START = range(4)
+BEGIN, END, LOCKED, UNFINISHED, SETTINGS = range(5)
 
-    def __init__(self, groups, begin_step, end_step, start, log_scale, tau):
+
+def _with(vector, field, value):
+    """`vector` with `vector[field] = value` (a tensor)."""
+    index = ops.arange(vector.shape[0])
+    return ops.where(ops.equal(index, field),
+                     ops.cast(value, vector.dtype), vector)
+
+
+class _Controller:
+    """The controller: the step's logic over the state the optimizer keeps.
+
+    Each covered weight has, among `ProximalOptimizer`'s variables, a mask
+    (before the lock: its protected weights, exempt from the proximal step;
+    from the lock on: the weights kept) and a state vector [log strength,
+    threshold (k = 0), unit, starting sparsity], its group's values; the run
+    is [begin_step, end_step, locked, unfinished, settings]. Saved with the
+    optimizer, they let BackupAndRestore resume a run where it stopped.
+    """
+
+    def __init__(self, groups, optimizer):
         self.groups = groups
         self.group_of = {id(v): index for index, group in enumerate(groups)
                          for v in group.variables}
-        self.unit = {id(v): group.units[id(v)] for group in groups
-                     for v in group.variables}
-
-        def new(value, dtype):
-            return keras.Variable(value, dtype=dtype, trainable=False)
-
-        self.begin_step = new(np.array(begin_step, "int64"), "int64")
-        self.end_step = new(np.array(end_step, "int64"), "int64")
-        self.start = new(np.array(start, "float32"), "float32")
+        slots = optimizer._sparsity_slots
+        self.masks = {id(v): slots[id(v)][0] for g in groups
+                      for v in g.variables}
+        self.states = {id(v): slots[id(v)][1] for g in groups
+                       for v in g.variables}
+        self.run = optimizer._sparsity_run
         self.targets = np.array([g.target for g in groups], "float32")
-        self.log_scale = new(np.array(log_scale, "float32"), "float32")
-        # k = 0 groups: the threshold on |w| / u, set from the schedule.
-        self.tau = new(np.array(tau, "float32"), "float32")
-        self.locked = new(False, "bool")
         # The iteration count at the last batch hook of the SparsityTarget
         # that owns this controller, and how many steps one hook covers
         # (steps_per_execution). A step more than `window` steps after the
         # last hook runs in a fit without that callback (one that raised
         # left the controller in the traced step): it is plain proximal
         # training there, untouched by the controller.
-        self.heartbeat = new(np.array(-1, "int64"), "int64")
+        self.heartbeat = keras.Variable(np.array(-1, "int64"), dtype="int64",
+                                        trainable=False)
         self.window = 1
-        # Before the lock: the protected weights (exempt from the proximal
-        # step). From the lock on: the weights kept.
-        self.masks = {id(v): new(ops.convert_to_numpy(protected(v)), "bool")
-                      for group in groups for v in group.variables}
         rng = np.random.default_rng(0)
         self.samples = {}  # variable id -> flat indices, or None for all
         for group in groups:
@@ -130,6 +141,38 @@ class _Controller:
                     self.samples[id(variable)] = np.sort(rng.choice(
                         n, size=count, replace=False)).astype("int32")
 
+    # The state, as tensors.
+    def field(self, field):
+        """`[groups]`: each group's value of a state field."""
+        return ops.stack([self.states[id(g.variables[0])][field]
+                          for g in self.groups])
+
+    def set_field(self, field, values):
+        for index, group in enumerate(self.groups):
+            for variable in group.variables:
+                state = self.states[id(variable)]
+                state.assign(_with(state, field, values[index]))
+
+    def unit(self, variable):
+        return self.states[id(variable)][UNIT]
+
+    @property
+    def locked(self):
+        return ops.not_equal(self.run[LOCKED], 0)
+
+    def start_run(self, begin, end, start, log_scale, units, settings):
+        """A fresh run (host side): the state at its first step."""
+        for index, group in enumerate(self.groups):
+            for variable in group.variables:
+                self.states[id(variable)].assign(np.array(
+                    [log_scale[index], 0.0, units[id(variable)],
+                     start[index]], "float32"))
+                self.masks[id(variable)].assign(protected(variable))
+        self.run.assign(np.array([begin, end, 0, 1, settings], "int64"))
+
+    def finish_run(self):
+        self.run.assign(_with(self.run, UNFINISHED, 0))
+
     def controls(self, variable):
         return id(variable) in self.group_of
 
@@ -137,13 +180,13 @@ class _Controller:
         """`learning rate -> t` of a controlled weight's proximal step."""
         index = self.group_of[id(variable)]
         k = self.groups[index].k
-        unit = self.unit[id(variable)]
+        state = self.states[id(variable)]
         if k == 0:
             # prox(w, t, 0) zeroes |w| <= sqrt(2t): here |w| <= tau * u.
             return lambda learning_rate: 0.5 * ops.square(
-                self.tau[index] * unit)
+                state[TAU] * state[UNIT])
         return lambda learning_rate: ops.cast(learning_rate, "float32") * (
-            ops.exp(self.log_scale[index]) * unit ** (2.0 - k))
+            ops.exp(state[LOG_SCALE]) * state[UNIT] ** (2.0 - k))
 
     def step(self, strategy, variables, proximal, iterations):
         """The proximal step of `variables` under control, then control.
@@ -180,7 +223,7 @@ class _Controller:
 
         def steered():
             # One branch for all weights: a cond per weight costs step time.
-            tf.cond(ops.convert_to_tensor(self.locked), locked, steering)
+            tf.cond(self.locked, locked, steering)
             self.after_step(strategy, iterations)
 
         tf.cond(self.engaged(iterations), steered, plain)
@@ -195,8 +238,9 @@ class _Controller:
 
     def scheduled(self, iterations):
         """Each group's scheduled sparsity at step `iterations`."""
-        return polynomial(iterations, self.begin_step, self.end_step,
-                          ops.convert_to_tensor(self.targets), self.start)
+        return polynomial(iterations, self.run[BEGIN], self.run[END],
+                          ops.convert_to_tensor(self.targets),
+                          self.field(START))
 
     def _sampled(self, variable):
         values = ops.reshape(variable, (-1,))
@@ -220,7 +264,7 @@ class _Controller:
         the threshold that zeroes that fraction."""
         group = self.groups[index]
         values = ops.sort(ops.concatenate([
-            ops.abs(ops.cast(self._sampled(v), "float32")) / self.unit[id(v)]
+            ops.abs(ops.cast(self._sampled(v), "float32")) / self.unit(v)
             for v in group.variables]))
         count = ops.cast(ops.round(fraction * values.shape[0]), "int32")
         return ops.where(ops.greater(count, 0),
@@ -228,7 +272,7 @@ class _Controller:
 
     def after_step(self, strategy, iterations):
         """Controls the strengths; locks the pattern at `end_step`."""
-        steering = ops.logical_not(ops.convert_to_tensor(self.locked))
+        steering = ops.logical_not(self.locked)
 
         def control():
             scheduled = self.scheduled(iterations)
@@ -236,16 +280,17 @@ class _Controller:
             # Bounded moves: the zeros follow the strength with a lag, and
             # a ReLU network whose weights all went to zero cannot recover.
             step = ops.clip(GAIN * error, -MAX_MOVE, MAX_MOVE)
-            self.log_scale.assign(ops.clip(
-                self.log_scale + step, -MAX_LOG_SCALE, MAX_LOG_SCALE))
+            self.set_field(LOG_SCALE, ops.clip(
+                self.field(LOG_SCALE) + step, -MAX_LOG_SCALE, MAX_LOG_SCALE))
             if any(group.k == 0 for group in self.groups):
                 # Never lower: once the zeros run ahead of the schedule the
                 # quantile is 0, and a lower threshold would let every
                 # pruned weight grow back (magnitude pruning keeps them).
-                self.tau.assign(ops.stack([
-                    ops.maximum(self.tau[index], self.quantile(
+                tau = self.field(TAU)
+                self.set_field(TAU, ops.stack([
+                    ops.maximum(tau[index], self.quantile(
                         index, scheduled[index])) if group.k == 0
-                    else self.tau[index]
+                    else tau[index]
                     for index, group in enumerate(self.groups)]))
 
         def protect():
@@ -258,8 +303,7 @@ class _Controller:
         ops.cond(ops.logical_and(steering, ops.equal(
             iterations % PROTECT_EVERY, 0)), protect, lambda: None)
         ops.cond(ops.logical_and(steering, ops.greater_equal(
-            ops.cast(iterations, "int64"),
-            ops.convert_to_tensor(self.end_step))),
+            ops.cast(iterations, "int64"), self.run[END])),
                  lambda: self._lock(strategy), lambda: None)
 
     def _lock(self, strategy):
@@ -268,7 +312,7 @@ class _Controller:
             # Protected weights rank last: never zeroed by the lock.
             scores = ops.concatenate([
                 ops.reshape(ops.where(keep, np.inf, ops.abs(ops.cast(
-                    v, "float32")) / self.unit[id(v)]), (-1,))
+                    v, "float32")) / self.unit(v)), (-1,))
                 for v, keep in zip(group.variables, exempt)])
             count = int(round(group.target * group.size))
             kept = tf.ones(group.size, tf.bool)
@@ -285,14 +329,14 @@ class _Controller:
                 start += n
                 self.masks[id(variable)].assign(mask)
                 _assign_masked(strategy, variable, mask)
-        self.locked.assign(True)
+        self.run.assign(_with(self.run, LOCKED, 1))
 
     def thresholds(self, learning_rate):
         """Each group's zeroing threshold on `|w| / u` (0 once locked)."""
         if bool(ops.convert_to_numpy(self.locked)):
             return [0.0] * len(self.groups)
-        scales = np.exp(ops.convert_to_numpy(self.log_scale))
-        taus = ops.convert_to_numpy(self.tau)
+        scales = np.exp(ops.convert_to_numpy(self.field(LOG_SCALE)))
+        taus = ops.convert_to_numpy(self.field(TAU))
         return [float(taus[i]) if group.k == 0 else float(zeroing_threshold(
             learning_rate * scales[i], group.k))
             for i, group in enumerate(self.groups)]
@@ -436,8 +480,45 @@ class SparsityTarget(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         model = self.model
         self._optimizer = self._proximal_optimizer(model)
+        if not self._optimizer.built:
+            model.optimizer.build(model.trainable_variables)
         groups = self._groups(model)
-        iterations = int(ops.convert_to_numpy(model.optimizer.iterations))
+        strategy = getattr(model, "distribute_strategy", None)
+        with (strategy.scope() if strategy is not None
+              else contextlib.nullcontext()):
+            self._controller = _Controller(groups, self._optimizer)
+        self._controller.window = max(
+            1, int(getattr(model, "steps_per_execution", 1) or 1))
+        self._started = False
+        self._optimizer._set_controller(self._controller)
+        # The step traced so far has no controller in it.
+        model.make_train_function(force=True)
+        if self.log_dir is not None:
+            check_writable(self.log_dir)
+            self._writer = RunWriter(os.path.join(self.log_dir, tags.TRAIN))
+
+    def on_epoch_begin(self, epoch, logs=None):
+        # At the first epoch, after every callback's on_train_begin: a
+        # BackupAndRestore there may have restored the optimizer's state.
+        if self._started:
+            return
+        self._started = True
+        run = ops.convert_to_numpy(self._controller.run)
+        if (epoch > 0 and run[UNFINISHED] == 1
+                and run[SETTINGS] == self._settings()):
+            return  # resumed: schedule, strengths and masks as saved
+        self._start_run()
+
+    def _settings(self):
+        """A number that identifies this callback's settings."""
+        groups = [(g.name, g.target, g.k, g.size)
+                  for g in self._controller.groups]
+        return zlib.crc32(repr((groups, self.begin_step, self.end_step,
+                                self.allocation)).encode())
+
+    def _start_run(self):
+        controller = self._controller
+        iterations = int(ops.convert_to_numpy(self.model.optimizer.iterations))
         begin = iterations if self.begin_step is None else self.begin_step
         end = self.end_step
         if end is None:
@@ -447,25 +528,17 @@ class SparsityTarget(keras.callbacks.Callback):
         if end <= begin:
             raise _validation.invalid(
                 "end_step", f"an iteration after begin_step={begin}", end)
-        start = [exact_zeros(group.variables)["fraction"] for group in groups]
+        units = {id(v): _unit(v) if self.allocation == "normalized" else 1.0
+                 for group in controller.groups for v in group.variables}
         learning_rate = float(ops.convert_to_numpy(
             self._optimizer.inner_optimizer.learning_rate))
-        strategy = getattr(model, "distribute_strategy", None)
-        with (strategy.scope() if strategy is not None
-              else contextlib.nullcontext()):
-            self._controller = _Controller(
-                groups, begin, end, start,
-                [_initial_log_scale(group, end - begin, learning_rate)
-                 for group in groups],
-                [0.0] * len(groups))
-        self._controller.window = max(
-            1, int(getattr(model, "steps_per_execution", 1) or 1))
-        self._optimizer._set_controller(self._controller)
-        # The step traced so far has no controller in it.
-        model.make_train_function(force=True)
-        if self.log_dir is not None:
-            check_writable(self.log_dir)
-            self._writer = RunWriter(os.path.join(self.log_dir, tags.TRAIN))
+        controller.start_run(
+            begin, end,
+            [exact_zeros(group.variables)["fraction"]
+             for group in controller.groups],
+            [_initial_log_scale(group, units, end - begin, learning_rate)
+             for group in controller.groups],
+            units, self._settings())
 
     @staticmethod
     def _proximal_optimizer(model):
@@ -537,9 +610,7 @@ class SparsityTarget(keras.callbacks.Callback):
                     f"group per layer). Received: " + ", ".join(
                         f"{v.path}: {unwrap(v.regularizer)!r}"
                         for v in variables))
-            units = {id(v): _unit(v) if self.allocation == "normalized"
-                     else 1.0 for v in variables}
-            groups.append(_Group(name, variables, target, ks[0], units))
+            groups.append(_Group(name, variables, target, ks[0]))
         return groups
 
     def on_train_batch_begin(self, batch, logs=None):
@@ -571,6 +642,8 @@ class SparsityTarget(keras.callbacks.Callback):
             self._writer.scalars(scalars, epoch)
 
     def on_train_end(self, logs=None):
+        if self._controller is not None:
+            self._controller.finish_run()
         if self._optimizer is not None:
             self._optimizer._set_controller(None)
             # The next fit traces a step without the controller.
@@ -587,15 +660,15 @@ def _unit(variable):
     return rms if rms > 0 else 1.0
 
 
-def _initial_log_scale(group, span, learning_rate):
+def _initial_log_scale(group, units, span, learning_rate):
     """A first strength, before feedback corrects it (k > 0).
 
     Over the schedule, the proximal steps shrink each weight by about the
     sum of their thresholds: start where that sum reaches the target's
     quantile of `|w| / u`.
     """
-    magnitudes = np.concatenate([np.abs(v.numpy()).ravel() / group.units[
-        id(v)] for v in group.variables])
+    magnitudes = np.concatenate([np.abs(v.numpy()).ravel() / units[id(v)]
+                                 for v in group.variables])
     quantile = float(np.quantile(magnitudes, group.target))
     if quantile <= 0 or learning_rate <= 0:
         return 0.0
