@@ -483,3 +483,56 @@ def test_k0_is_magnitude_pruning_against_a_numpy_reference():
                       kind="stable")[:round(0.6 * 496)]] = True
     for kernel in after[11:]:
         np.testing.assert_array_equal(kernel == 0, locked)
+
+
+@pytest.mark.parametrize("fail_at, backup_first, end_step", [
+    (1, False, 48),     # raises while steering (the lock is at step 48)
+    (4, True, 48),      # raises after the lock
+    (1, True, None),    # the default schedule, saved with the run
+])
+def test_backup_and_restore_resumes_the_run_where_it_stopped(
+        tmp_path, fail_at, backup_first, end_step):
+    # A fit interrupted at the end of epoch `fail_at` (before its backup)
+    # and resumed by BackupAndRestore in a fresh model, as after a
+    # preemption, ends exactly where the uninterrupted fit ends: schedule,
+    # strength, threshold and mask come back with the optimizer's state.
+    reference = mlp()
+    weights = reference.get_weights()
+    fit(reference, [keras_lk.SparsityTarget(0.8, end_step=end_step)],
+        epochs=6)
+
+    def callbacks():
+        target = keras_lk.SparsityTarget(0.8, end_step=end_step)
+        backup = keras.callbacks.BackupAndRestore(str(tmp_path / "backup"))
+        return [backup, target] if backup_first else [target, backup]
+
+    interrupted = mlp()
+    interrupted.set_weights(weights)
+    with pytest.raises(RuntimeError, match="boom"):
+        fit(interrupted, [FailAt(fail_at)] + callbacks(), epochs=6)
+    resumed = mlp()
+    resumed.set_weights(weights)
+    history = fit(resumed, callbacks(), epochs=6)
+    assert len(history.history["sparsity"]) == 6 - fail_at  # resumed
+    assert keras_lk.sparsity(resumed)["total"]["zeros"] == round(0.8 * 496)
+    for got, expected in zip(resumed.get_weights(),
+                             reference.get_weights()):
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_a_new_fit_with_a_new_target_starts_a_fresh_run():
+    # The state of a run that raised stays in the optimizer (unfinished);
+    # a new SparsityTarget in a fit from epoch 0, even with the same
+    # settings, starts over from the weights it finds.
+    model = mlp()
+    with pytest.raises(RuntimeError, match="boom"):
+        fit(model, [keras_lk.SparsityTarget(0.9), FailAt(1)], epochs=4)
+    start = keras_lk.sparsity(model)["total"]["fraction"]
+    history = fit(model, [keras_lk.SparsityTarget(0.9)], epochs=4)
+    # The fresh schedule: from `start` at iteration 32 to 0.9 at 32 + 48;
+    # the old run's would be at 0.9 from iteration 48 on (locked).
+    expected = 0.9 + (start - 0.9) * (1 - 16 / 48) ** 3
+    assert history.history["sparsity_target"][0] == pytest.approx(
+        expected, abs=1e-5)
+    assert expected < 0.88
+    assert keras_lk.sparsity(model)["total"]["zeros"] == round(0.9 * 496)
