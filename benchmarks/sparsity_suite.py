@@ -37,11 +37,14 @@ def main():
                         choices=["global", "uniform", "normalized"])
     parser.add_argument("--methods", nargs="+", default=list(sweep.METHODS),
                         choices=list(sweep.METHODS))
+    parser.add_argument("--warmup", type=float, default=0.0,
+                        help="fraction of the steps trained dense first")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     out = args.out or os.path.join(
         os.path.dirname(os.path.abspath(__file__)), "results",
-        f"suite_{args.allocation}_e{args.epochs or 'default'}.json")
+        f"suite_{args.allocation}_e{args.epochs or 'default'}"
+        f"{f'_w{args.warmup:g}' if args.warmup else ''}.json")
     records = []
     if os.path.exists(out):
         with open(out) as f:
@@ -51,7 +54,8 @@ def main():
         with tempfile.TemporaryDirectory() as logdir:
             results = sweep.run_sweep(
                 logdir, model, args.targets, args.seeds, args.epochs,
-                args.methods, args.allocation, stream=open(os.devnull, "w"))
+                args.methods, args.allocation, args.warmup,
+                stream=open(os.devnull, "w"))
         epochs = args.epochs or suite.MODELS[model].epochs
         for run, (accuracy, zeros) in results.items():
             records = [r for r in records if not (
@@ -61,8 +65,10 @@ def main():
                              "method": run.method, "target": run.target,
                              "seed": run.seed, "epochs": epochs,
                              "allocation": args.allocation,
+                             "warmup": args.warmup,
                              "accuracy": accuracy, "sparsity": zeros})
-        print(f"\n{model}, {epochs} epochs, allocation {args.allocation} "
+        print(f"\n{model}, {epochs} epochs, allocation {args.allocation}, "
+              f"warm-up {args.warmup:g} "
               f"({time.time() - started:.0f} s)")
         print(sweep.format_table(sweep.summarize(results), args.methods),
               flush=True)

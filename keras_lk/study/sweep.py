@@ -70,9 +70,10 @@ class MagnitudePruning(keras.callbacks.Callback):
     """
 
     def __init__(self, target, end_step, variables=suite.prunable,
-                 every=PRUNE_EVERY):
+                 every=PRUNE_EVERY, begin_step=0):
         super().__init__()
         self.target = target
+        self.begin_step = begin_step
         self.end_step = end_step
         self.variables = variables
         self.every = every
@@ -87,7 +88,7 @@ class MagnitudePruning(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         self._step += 1
         if self._step <= self.end_step and self._step % self.every == 0:
-            self._prune(polynomial(self._step, 0, self.end_step,
+            self._prune(polynomial(self._step, self.begin_step, self.end_step,
                                    self.target))
         for kernel, mask in zip(self._kernels, self._masks):
             kernel.assign(np.where(mask, kernel.numpy(), 0.0))
@@ -147,7 +148,7 @@ def _hparams_config(logdir, targets, methods):
 
 def run_sweep(logdir, model=DEFAULT_MODEL, targets=DEFAULT_TARGETS,
               seeds=DEFAULT_SEEDS, epochs=None, methods=METHODS,
-              allocation="global", stream=None):
+              allocation="global", warmup=0.0, stream=None):
     """Trains every run of the sweep; returns `{Run: (accuracy, sparsity)}`.
 
     Args:
@@ -157,6 +158,8 @@ def run_sweep(logdir, model=DEFAULT_MODEL, targets=DEFAULT_TARGETS,
         epochs: Epochs per run; None for the model's default.
         methods: A subset of `METHODS`.
         allocation: `SparsityTarget`'s allocation for the Lk methods.
+        warmup: The fraction of the steps trained dense before the
+            schedule starts (every method alike).
         stream: Where progress goes (default stdout).
     """
     stream = stream or sys.stdout
@@ -172,12 +175,14 @@ def run_sweep(logdir, model=DEFAULT_MODEL, targets=DEFAULT_TARGETS,
         x_train, y_train, x_test, y_test = data[run.seed]
         steps = math.ceil(len(x_train) / entry.batch_size) * epochs
         end = max(1, int(END_FRACTION * steps))
+        begin = min(int(warmup * steps), end - 1)
         net = build(run, model)
         pruned = suite.prunable(net)
         callbacks = [Progress(index, len(runs), run.name, epochs, stream,
                               metrics=False, width=26)]
         if run.method == "magnitude":
-            callbacks.append(MagnitudePruning(run.target, end))
+            callbacks.append(MagnitudePruning(run.target, end,
+                                              begin_step=begin))
         elif run.method != "dense":
             covered = [v for v in net.trainable_weights
                        if getattr(v, "regularizer", None) is not None]
@@ -187,7 +192,7 @@ def run_sweep(logdir, model=DEFAULT_MODEL, targets=DEFAULT_TARGETS,
                     f"{[v.path for v in covered]} but the sweep prunes "
                     f"{[v.path for v in pruned]}: the methods would not "
                     "prune the same weights")
-            callbacks.append(SparsityTarget(run.target, begin_step=0,
+            callbacks.append(SparsityTarget(run.target, begin_step=begin,
                                             end_step=end,
                                             allocation=allocation))
         net.fit(x_train, y_train, batch_size=entry.batch_size, epochs=epochs,
