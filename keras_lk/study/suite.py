@@ -15,8 +15,9 @@ Each entry builds a compiled model (every prunable weight given the same
   class is which of two token sets occurs more often;
 - `transformer`: token and position embeddings, one Transformer block
   (`MultiHeadAttention` with 2 heads, its query/key/value/output kernels
-  pruned, a 64-unit feed-forward net, LayerNorms) and a 2-class head, on
-  numpy sequences whose class is whether token 1 comes before token 2.
+  pruned, a 64-unit feed-forward net, LayerNorms) and a 6-class head, on
+  numpy sequences whose class is the order in which tokens 1, 2 and 3
+  occur.
 
 Nothing is downloaded: the data are made with numpy or ship with
 scikit-learn.
@@ -145,7 +146,7 @@ def _transformer(regularizer, seed):
                                 kernel_regularizer=regularizer)(hidden)
     x = keras.layers.LayerNormalization(name="norm_2")(x + hidden)
     x = keras.layers.GlobalAveragePooling1D()(x)
-    outputs = keras.layers.Dense(2, activation="softmax", name="output",
+    outputs = keras.layers.Dense(6, activation="softmax", name="output",
                                  kernel_regularizer=regularizer)(x)
     model = keras.Model(tokens, outputs, name="transformer")
     return _compile(model, regularizer, keras.optimizers.Adam(3e-3))

@@ -61,13 +61,17 @@ TOKENS = 50
 
 
 def order_data(seed):
-    """Class 1 when token 1 comes before token 2 (both occur once)."""
+    """6 classes: the order in which tokens 1, 2 and 3 (once each) occur."""
     rng = np.random.default_rng(3000 + seed)
     n = 4000
-    x = rng.integers(3, TOKENS, size=(n, SEQUENCE)).astype("int32")
-    positions = np.argsort(rng.random((n, SEQUENCE)), axis=1)[:, :2]
+    x = rng.integers(4, TOKENS, size=(n, SEQUENCE)).astype("int32")
+    positions = np.argsort(rng.random((n, SEQUENCE)), axis=1)[:, :3]
     rows = np.arange(n)
-    x[rows, positions[:, 0]] = 1
-    x[rows, positions[:, 1]] = 2
-    y = (positions[:, 0] < positions[:, 1]).astype("int64")
+    for token in range(3):
+        x[rows, positions[:, token]] = token + 1
+    # The permutation that sorts the positions, as a class index 0-5.
+    order = np.argsort(positions, axis=1)
+    codes = {tuple(p): i for i, p in enumerate(
+        [(0, 1, 2), (0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0)])}
+    y = np.array([codes[tuple(o)] for o in order], "int64")
     return x[:3000], y[:3000], x[3000:], y[3000:]
