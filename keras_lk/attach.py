@@ -1,35 +1,109 @@
 """Put a regularizer on (or take it off) the kernels of a built model."""
 
+import warnings
+
 import keras
 
 from keras_lk import _validation
 
 
-def iter_layers(model):
-    """Yields every layer of `model` once, depth first, nested models too.
+def _sublayers(layer):
+    """The layers `layer` holds: a model's `layers`; for any other layer,
+    the layers among its attributes (directly, or in a list, tuple or
+    dict), as Keras tracks them: MultiHeadAttention's query/key/value/
+    output projections, a wrapper's inner layer, a keras_hub block's
+    parts, a custom layer's sublayers."""
+    if isinstance(layer, keras.Model):
+        return list(layer.layers)
+    found = []
 
-    A layer shared between several places is yielded once.
+    def add(value):
+        if isinstance(value, keras.layers.Layer):
+            found.append(value)
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                if isinstance(item, keras.layers.Layer):
+                    found.append(item)
+        elif isinstance(value, dict):
+            for item in value.values():
+                if isinstance(item, keras.layers.Layer):
+                    found.append(item)
+
+    for value in vars(layer).values():
+        add(value)
+    return found
+
+
+def iter_layers(model):
+    """Yields every layer of `model` once, depth first: the layers of
+    nested models and the sublayers of layers (attention projections,
+    wrapped layers, blocks of layers).
+
+    This is keras_lk's one walk over a model: `attach`, the monitors,
+    `sparsity` and `SparsityTarget` all see the layers it yields. A layer
+    reached twice (shared) is yielded once, at its first path.
 
     Args:
         model: A `keras.Model` or a `keras.layers.Layer`.
 
     Yields:
-        `(path, layer)` pairs, `path` being the slash-joined names of the
-        enclosing models below `model` and the layer, e.g. `"encoder/dense"`.
+        `(path, layer)` pairs, `path` being the slash-joined names from
+        below `model` down to the layer, e.g. `"encoder/dense"` or
+        `"block_1/mha/query"`.
+
+    Example:
+
+    >>> import keras
+    >>> tokens = keras.Input((5, 8))
+    >>> mha = keras.layers.MultiHeadAttention(2, 4, name="mha")
+    >>> model = keras.Model(tokens, mha(tokens, tokens))
+    >>> [path for path, _ in iter_layers(model)][:3]
+    ['input_layer', 'mha', 'mha/query']
     """
-    seen = set()
+    seen = {id(model)}
 
     def walk(layer, prefix):
-        for child in getattr(layer, "layers", []):
+        for child in _sublayers(layer):
             if id(child) in seen:
                 continue
             seen.add(id(child))
             path = f"{prefix}{child.name}"
             yield path, child
-            if isinstance(child, keras.Model):
-                yield from walk(child, f"{path}/")
+            yield from walk(child, f"{path}/")
 
     yield from walk(model, "")
+
+
+def weights_by_layer(model, weights=None):
+    """`[(layer path, [(weight name, variable)])]`: each variable once,
+    under the innermost layer that holds it, in walk order.
+
+    Args:
+        model: A `keras.Model`.
+        weights: None for all the weights, or a callable
+            `(weight name, variable) -> bool` choosing some.
+    """
+    owner = {}      # variable id -> (path, name, variable)
+    order = []
+    for path, layer in iter_layers(model):
+        for variable in layer.weights:
+            if id(variable) not in owner:
+                order.append(id(variable))
+            # Later (deeper) layers take the variable over.
+            owner[id(variable)] = (path, variable.name.split("/")[-1],
+                                   variable)
+    grouped = {}
+    for key in order:
+        path, name, variable = owner[key]
+        if weights is None or weights(name, variable):
+            names = [n for n, _ in grouped.get(path, [])]
+            # Keras lets a layer give two weights one name: number the
+            # later ones, so that no two weights ever share a tag.
+            unique, count = name, 1
+            while unique in names:
+                unique, count = f"{name}_{count}", count + 1
+            grouped.setdefault(path, []).append((unique, variable))
+    return list(grouped.items())
 
 
 def _select(model, layer_types, names, predicate, weight):
@@ -63,7 +137,7 @@ def _select(model, layer_types, names, predicate, weight):
             continue
         if predicate is not None and not predicate(layer):
             continue
-        chosen.append(layer)
+        chosen.append((path, layer))
     if not chosen:
         raise ValueError(
             f"No layer of model {model.name!r} matches: weight={weight!r}, "
@@ -71,6 +145,44 @@ def _select(model, layer_types, names, predicate, weight):
             f"predicate={predicate!r}. Layers with a {weight!r}: "
             f"{[p for p, l in layers if hasattr(l, weight)]}")
     return chosen
+
+
+def _saved_in(config, serialized):
+    """Whether `serialized` (a regularizer's config) is in `config`."""
+    if config == serialized:
+        return True
+    if isinstance(config, dict):
+        return any(_saved_in(value, serialized) for value in config.values())
+    if isinstance(config, (list, tuple)):
+        return any(_saved_in(value, serialized) for value in config)
+    return False
+
+
+def _unsaved(model, chosen, regularizer):
+    """The paths of chosen sublayers whose regularizer the model's config
+    does not record (their parent's config does not carry it)."""
+    if regularizer is None:
+        return []
+    serialized = keras.saving.serialize_keras_object(regularizer)
+    top = {}
+    for path, layer in iter_layers(model):
+        top.setdefault(path, layer)
+    lost = []
+    for path, layer in chosen:
+        parts = path.split("/")
+        # The outermost layer above it that is not a model: its config is
+        # what `.keras` saving records for this part of the model.
+        outer = None
+        for depth in range(1, len(parts)):
+            candidate = top.get("/".join(parts[:depth]))
+            if candidate is not None and not isinstance(candidate,
+                                                        keras.Model):
+                outer = candidate
+                break
+        if outer is not None and not _saved_in(outer.get_config(),
+                                               serialized):
+            lost.append(path)
+    return lost
 
 
 def _config_attribute(layer, weight):
@@ -92,8 +204,8 @@ def _config_attribute(layer, weight):
     return None
 
 
-def _set_regularizer(model, layers, regularizer, weight):
-    for layer in layers:
+def _set_regularizer(model, chosen, regularizer, weight):
+    for _, layer in chosen:
         getattr(layer, weight).regularizer = regularizer
         # The layer's config is what `.keras` saving records.
         attribute = _config_attribute(layer, weight)
@@ -114,8 +226,13 @@ def attach(model, regularizer, *, layer_types=None, names=None,
     the layers' configs record it (for layers whose config has a regularizer
     for that weight), so the model saves with it. Layers are
     chosen by every filter given (all must match); with none, every layer
-    that has the weight is chosen. Nested models are searched too, and a
-    layer may be named by its own name or its path (`"encoder/dense"`).
+    that has the weight is chosen. Nested models and layers' sublayers are
+    searched too (MultiHeadAttention's `query`, `key`, `value` and
+    `attention_output` projections, an RNN's cell, a wrapper's layer), and
+    a layer may be named by its own name or its path (`"encoder/dense"`,
+    `"block_1/mha/query"`). A sublayer whose parent's config does not
+    record its regularizer (MultiHeadAttention's projections) trains with
+    it but is saved without it: a `UserWarning` says so.
 
     Args:
         model: A built `keras.Model`.
@@ -150,9 +267,19 @@ def attach(model, regularizer, *, layer_types=None, names=None,
         raise _validation.invalid(
             "regularizer", "a keras.regularizers.Regularizer instance",
             regularizer)
-    layers = _select(model, layer_types, names, predicate, weight)
-    _set_regularizer(model, layers, regularizer, weight)
-    return layers
+    chosen = _select(model, layer_types, names, predicate, weight)
+    _set_regularizer(model, chosen, regularizer, weight)
+    lost = _unsaved(model, chosen, regularizer)
+    if lost:
+        warnings.warn(
+            f"attach: the regularizer on {lost} trains and is in "
+            "model.losses, but the config of the layer that holds them "
+            "(e.g. MultiHeadAttention, whose query/key/value/output share "
+            "one kernel_regularizer argument) does not record it, so a "
+            "saved model loads without it. To save it, pass the regularizer "
+            "to that layer's constructor, or attach it again after loading.",
+            stacklevel=2)
+    return [layer for _, layer in chosen]
 
 
 def detach(model, *, layer_types=None, names=None, predicate=None,
@@ -182,7 +309,8 @@ def detach(model, *, layer_types=None, names=None, predicate=None,
     >>> len(keras_lk.detach(model)), len(model.losses)
     (1, 0)
     """
-    layers = _select(model, layer_types, names, predicate, weight)
-    layers = [l for l in layers if getattr(l, weight).regularizer is not None]
-    _set_regularizer(model, layers, None, weight)
-    return layers
+    chosen = [(path, layer) for path, layer in _select(
+        model, layer_types, names, predicate, weight)
+        if getattr(layer, weight).regularizer is not None]
+    _set_regularizer(model, chosen, None, weight)
+    return [layer for _, layer in chosen]

@@ -1,3 +1,5 @@
+import warnings
+
 import keras
 import numpy as np
 import pytest
@@ -5,6 +7,7 @@ import pytest
 import keras_lk
 from keras_lk import LkRegularizer
 from helpers import nested_model
+from keras_lk.attach import iter_layers
 
 
 def test_attach_to_every_kernel_and_fit_includes_penalty():
@@ -137,3 +140,73 @@ def test_attach_records_separable_and_embedding_regularizers(tmp_path):
     assert loaded.get_layer("embed").embeddings_regularizer.k == 1.0
     assert loaded.get_layer("sep").pointwise_regularizer.k == 3.0
     assert len(loaded.losses) == 2
+
+
+def attention_model():
+    tokens = keras.Input((6,), dtype="int32")
+    x = keras.layers.Embedding(20, 8, name="embed")(tokens)
+    x = keras.layers.MultiHeadAttention(2, 4, name="mha")(x, x)
+    x = keras.layers.GlobalAveragePooling1D()(x)
+    return keras.Model(tokens, keras.layers.Dense(2, name="head")(x))
+
+
+def test_attach_reaches_attention_projections_by_type_and_path():
+    model = attention_model()
+    reg = keras_lk.LkRegularizer(k=1, alpha=0.5)
+    with pytest.warns(UserWarning, match=r"\['mha/query', 'mha/key', "
+                      r"'mha/value', 'mha/attention_output'\] trains"):
+        layers = keras_lk.attach(model, reg,
+                                 layer_types=keras.layers.EinsumDense)
+    assert [l.name for l in layers] == ["query", "key", "value",
+                                        "attention_output"]
+    # Each projection's penalty is in model.losses, by value.
+    kernels = [model.get_layer("mha").weights[i] for i in (0, 2, 4, 6)]
+    assert [k.path for k in kernels] == [
+        f"mha/{n}/kernel" for n in ("query", "key", "value",
+                                    "attention_output")]
+    expected = sorted(0.5 * np.mean(np.abs(k.numpy())) for k in kernels)
+    np.testing.assert_allclose(sorted(float(l) for l in model.losses),
+                               expected, rtol=1e-6)
+    # One projection by its path; the others stay without.
+    keras_lk.detach(model, layer_types=keras.layers.EinsumDense)
+    with pytest.warns(UserWarning, match=r"\['mha/value'\]"):
+        keras_lk.attach(model, reg, names="mha/value")
+    assert len(model.losses) == 1
+
+
+def test_an_attached_attention_projection_trains_and_the_model_saves(
+        tmp_path):
+    model = attention_model()
+    with pytest.warns(UserWarning):
+        keras_lk.attach(model, keras_lk.LkRegularizer(k=1, alpha=0.5),
+                        names=["query", "key"])
+    keras_lk.attach(model, keras_lk.LkRegularizer(k=2, alpha=0.1),
+                    names="head")
+    model.compile(keras.optimizers.SGD(0.01), "mse")
+    x = np.random.default_rng(0).integers(0, 20, (8, 6))
+    model.fit(x, np.zeros((8, 2)), verbose=0)
+    path = tmp_path / "attention.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    # The head's regularizer was saved; the projections', as warned, not.
+    assert len(loaded.losses) == 1
+    np.testing.assert_allclose(loaded.predict(x, verbose=0),
+                               model.predict(x, verbose=0), rtol=1e-6)
+
+
+def test_attach_to_a_bidirectional_layer_saves_with_it(tmp_path):
+    # A wrapper's config holds its inner layer's: no warning, saved.
+    inputs = keras.Input((5, 3))
+    outputs = keras.layers.Bidirectional(keras.layers.LSTM(2), name="bi")(
+        inputs)
+    model = keras.Model(inputs, outputs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        layers = keras_lk.attach(model, keras_lk.LkRegularizer(k=1),
+                                 layer_types=keras.layers.LSTMCell)
+    # The cells of the forward and the backward LSTM.
+    assert [p for p, l in iter_layers(model) if l in layers] == ["bi/forward_lstm/lstm_cell",
+                                "bi/backward_lstm/lstm_cell"]
+    model.save(tmp_path / "bi.keras")
+    loaded = keras.saving.load_model(tmp_path / "bi.keras")
+    assert len(loaded.losses) == len(model.losses) == 2

@@ -5,6 +5,7 @@ keras.applications network, and a kernel larger than a statistics block."""
 import keras
 import numpy as np
 import pytest
+from keras import ops
 
 import keras_lk
 from keras_lk import LkRegularizer
@@ -31,15 +32,17 @@ def sequence_model(regularizer):
     return keras.Model(inputs, outputs)
 
 
+# Layer paths: an RNN's kernels live in its cell, a sublayer.
 KERNELS = {"embed": ["embeddings"], "conv": ["kernel"],
            "sep": ["depthwise_kernel", "pointwise_kernel"],
-           "lstm": ["kernel", "recurrent_kernel"], "head": ["kernel"]}
+           "lstm/lstm_cell": ["kernel", "recurrent_kernel"],
+           "head": ["kernel"]}
 
 
 def kernels_of(model, layer):
-    """The layer's kernels by name (an RNN's live in its cell)."""
+    """The layer's kernels by name."""
     found = {v.path.split("/")[-1]: v.numpy() for v in model.weights
-             if v.path.split("/")[0] == layer}
+             if v.path.split("/")[0] == layer.split("/")[0]}
     return [found[name] for name in KERNELS[layer]]
 
 
@@ -216,3 +219,57 @@ def test_a_kernel_larger_than_a_block_is_counted_exactly(tmp_path):
     log_histogram = events[("train", "log10_abs_weights/wide/kernel")][0]
     assert log_histogram[0, 2] == np.sum(kernel == 0)
     assert log_histogram[:, 2].sum() == kernel.size
+
+
+def test_no_two_weights_share_a_tag_in_a_transformer(tmp_path):
+    # The suite's Transformer block: MultiHeadAttention's four kernels are
+    # four layers of their own (mha/query, ...), not one "mha".
+    from keras_lk.study import suite
+    model = suite.MODELS["transformer"].build(
+        LkRegularizer(k=1, alpha=1e-3), 0)
+    x, y, _, _ = suite.MODELS["transformer"].data(0)
+    model.fit(x[:64], y[:64], verbose=0, callbacks=[
+        keras_lk.LkMonitor(tmp_path)])
+    written = tags(read(tmp_path), "train")
+    histograms = {t for t in written if t.startswith("abs_weights/")}
+    kernels = [v for v in model.weights
+               if v.path.split("/")[-1] in ("kernel", "embeddings",
+                                            "position_embeddings")]
+    assert len(histograms) == len(kernels) == 9
+    assert {"abs_weights/mha/query/kernel", "abs_weights/mha/key/kernel",
+            "abs_weights/mha/value/kernel",
+            "abs_weights/mha/attention_output/kernel"} <= histograms
+    for layer in ("mha/query", "mha/key", "mha/value",
+                  "mha/attention_output"):
+        assert f"zero_fraction/{layer}" in written
+        assert f"reg_share/{layer}" in written
+    assert "zero_fraction/mha" not in written
+    # sparsity() and SparsityTarget's dict keys use the same paths.
+    assert {"mha/query", "mha/attention_output"} <= set(
+        keras_lk.sparsity(model)["layers"])
+
+
+class TwoKernels(keras.layers.Layer):
+    """A custom layer whose two weights Keras lets share one name."""
+
+    def build(self, input_shape):
+        self.first = self.add_weight(shape=(input_shape[-1], 2),
+                                     name="kernel")
+        self.second = self.add_weight(shape=(input_shape[-1], 2),
+                                      name="kernel")
+
+    def call(self, x):
+        return ops.matmul(x, self.first) + ops.matmul(x, self.second)
+
+
+def test_two_weights_with_one_name_get_two_tags(tmp_path):
+    model = keras.Sequential([keras.Input((3,)), TwoKernels(name="two")])
+    model.layers[0].first.assign(np.zeros((3, 2)))
+    model.compile(keras.optimizers.SGD(0.0), "mse")
+    model.fit(np.ones((4, 3)), np.zeros((4, 2)), verbose=0,
+              callbacks=[keras_lk.LkMonitor(tmp_path)])
+    events = read(tmp_path)
+    assert {t for t in tags(events, "train")
+            if t.startswith("abs_weights/")} == {
+        "abs_weights/two/kernel", "abs_weights/two/kernel_1"}
+    assert events[("train", "exact_zero_count/two")][0] == 6

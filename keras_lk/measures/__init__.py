@@ -17,9 +17,7 @@ Modules: `weights` (histograms, zero counts, sign flips) and `penalty` (the
 penalty's share of the loss and its pull).
 """
 
-import keras
-
-from keras_lk.attach import iter_layers
+from keras_lk.attach import weights_by_layer
 
 WEIGHT_CHOICES = ("kernels", "all")
 _KERNEL_NAMES = ("kernel", "embeddings")
@@ -48,28 +46,17 @@ class Report:
 
 
 def layers_and_weights(model, which):
-    """`[(layer path, [(weight name, variable)])]`, each variable once.
+    """`[(layer path, [(weight name, variable)])]`, each variable once,
+    under its innermost layer (see `attach.weights_by_layer`).
 
     Args:
         model: A built `keras.Model`.
         which: `"kernels"` (kernels and embeddings) or `"all"`.
     """
-    seen = set()
-    result = []
-    for path, layer in iter_layers(model):
-        if isinstance(layer, keras.Model):
-            continue  # its layers come on their own
-        weights = []
-        for variable in layer.weights:
-            name = variable.name.split("/")[-1]
-            if id(variable) in seen or (
-                    which == "kernels" and not name.endswith(_KERNEL_NAMES)):
-                continue
-            seen.add(id(variable))
-            weights.append((name, variable))
-        if weights:
-            result.append((path, weights))
-    return result
+    if which == "kernels":
+        return weights_by_layer(
+            model, lambda name, _: name.endswith(_KERNEL_NAMES))
+    return weights_by_layer(model)
 
 
 def fraction(part, whole):

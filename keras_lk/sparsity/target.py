@@ -38,7 +38,7 @@ import tensorflow as tf
 from keras import ops
 
 from keras_lk import _validation, tags
-from keras_lk.attach import iter_layers
+from keras_lk.attach import weights_by_layer
 from keras_lk.optimizers import ProximalOptimizer, optimizer_chain
 from keras_lk.proximal import zeroing_threshold
 from keras_lk.regularizers import LkRegularizer, unwrap
@@ -554,13 +554,12 @@ class SparsityTarget(keras.callbacks.Callback):
     def _covered(self, model):
         """`[(layer path, [variables])]` of the weights it covers."""
         layers = []
-        for path, layer in iter_layers(model):
-            if isinstance(layer, keras.Model):
-                continue
+        for path, weights in weights_by_layer(model):
             covered = []
-            for variable in layer.trainable_weights:
+            for _, variable in weights:
                 regularizer = unwrap(getattr(variable, "regularizer", None))
-                if not (isinstance(regularizer, LkRegularizer)
+                if not (variable.trainable
+                        and isinstance(regularizer, LkRegularizer)
                         and regularizer.proximal):
                     continue
                 if regularizer.k > 1:
