@@ -128,3 +128,55 @@ def test_the_fused_pass_gives_exactly_the_unfused_arrays(relative, nonfinite):
     magnitude = np.abs(w[np.isfinite(w)])
     assert whole["exact_zeros"] == np.sum(magnitude == 0)
     assert whole["max_abs"] == magnitude.max()
+
+
+def test_the_packed_pass_gives_exactly_the_per_weight_statistics():
+    # Many weights in one pass (rows of 1024, padded; blocks of rows, one
+    # compiled step): to the bit what weight_statistics gives each one,
+    # with NaN, inf, all-zero, empty and block-crossing weights, absolute
+    # and relative tolerances, when both run the same arithmetic (both
+    # XLA-compiled, or neither: XLA's log10 may differ from TensorFlow's in
+    # the last bit, moving a weight on a bucket edge to the next bucket).
+    import tensorflow as tf
+    from keras_lk.measures.weights import _fuse
+    from keras_lk.stats import packed_statistics, unstack
+    rng = np.random.default_rng(0)
+    tensors = [rng.normal(size=shape).astype("float32") * scale
+               for shape, scale in [((3, 4), 1.0), ((100,), 1e-3), ((0,), 1),
+                                    ((50, 70), 10.0), ((2048,), 1e-6),
+                                    ((1024,), 0.0), ((700, 800), 0.1)]]
+    tensors[0][0, 0] = 0.0
+    tensors[1][3] = np.nan
+    tensors[3][1, 1], tensors[3][2, 2], tensors[3][3, 3] = np.inf, 0, -np.inf
+    # Compiled: sizes in whole rows, so the per-weight pass (blocks of
+    # 1024) compiles every element too.
+    whole = [rng.normal(size=shape).astype("float32") * 0.1
+             for shape in [(1024,), (512, 6), (700, 1024)]]
+    whole[1][0, 0] = np.inf
+    fused = lambda f: tf.function(f, jit_compile=True,  # noqa: E731
+                                  autograph=False)
+    for relative in (False, True):
+        for group, fuse, per_weight in ((tensors, None, {}),
+                                        (whole, fused, {"block": 1024,
+                                                        "fuse": _fuse})):
+            stacked = packed_statistics(group, 1e-3, relative, fuse=fuse)
+            packed = unstack({k: np.asarray(v) for k, v in stacked.items()})
+            assert len(packed) == len(group)
+            for tensor, got in zip(group, packed):
+                expected = weight_statistics(tensor, 1e-3, relative,
+                                             **per_weight)
+                for key, value in expected.items():
+                    np.testing.assert_array_equal(
+                        got[key], np.asarray(value), f"{key} {tensor.shape}")
+
+
+def test_packs_are_bounded_and_large_weights_go_alone():
+    from keras_lk.stats import PACK, PACK_WEIGHT, packs
+    sizes = [PACK_WEIGHT, PACK_WEIGHT + 1, 10, PACK_WEIGHT, PACK_WEIGHT,
+             PACK_WEIGHT, 5]
+    groups = packs(sizes)
+    assert [1] in groups
+    assert sorted(i for g in groups for i in g) == list(range(len(sizes)))
+    for group in groups:
+        if group != [1]:
+            assert sum(sizes[i] for i in group) <= PACK

@@ -1,5 +1,7 @@
 """Measures of the weights themselves: histograms, zeros, sign flips."""
 
+import math
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -8,8 +10,9 @@ from keras import ops
 from keras_lk import tags
 from keras_lk.measures import fraction, layers_and_weights
 from keras_lk.recording import SignWindow
-from keras_lk.stats import (histogram_buckets, log_histogram_buckets,
-                            sign_window_counts, weight_statistics)
+from keras_lk.stats import (PACK_WEIGHT, histogram_buckets,
+                            log_histogram_buckets, packed_statistics, packs,
+                            sign_window_counts, unstack, weight_statistics)
 
 
 # One XLA-compiled function per block step and setting, shared by every
@@ -28,6 +31,31 @@ def _fuse(block_step):
     return _FUSED[key]
 
 
+_FUSED_ROWS = {}
+
+
+def _fuse_rows(row_step):
+    # The packed pass's elementwise steps, XLA-compiled (one pass over the
+    # rows each); XLA compiles them once per pack shape, kept across logs.
+    key = (getattr(row_step, "func", row_step),
+           tuple(sorted(getattr(row_step, "keywords", {}).items())))
+    if key not in _FUSED_ROWS:
+        _FUSED_ROWS[key] = tf.function(row_step, jit_compile=True,
+                                       autograph=False)
+    return _FUSED_ROWS[key]
+
+
+def _plan(variables):
+    """`[[index, ...]]`: the weights packed together (float32, at most
+    PACK_WEIGHT elements each, a bounded number per pack); the others go
+    through the pass one by one."""
+    packed = [i for i, v in enumerate(variables)
+              if keras.backend.standardize_dtype(v.dtype) == "float32"]
+    sizes = [math.prod(variables[i].shape) for i in packed]
+    return [[packed[j] for j in group] for group in packs(sizes)
+            if not (len(group) == 1 and sizes[group[0]] > PACK_WEIGHT)]
+
+
 @tf.function(autograph=False)
 def _statistics(variables, signs, tol, relative, buckets):
     # Variables are arguments, not captures: one trace serves every model
@@ -35,18 +63,42 @@ def _statistics(variables, signs, tol, relative, buckets):
     # retrace. (Not `reduce_retracing`: with shapes relaxed, a variable
     # argument keeps the static shape of the first one traced.) The
     # reductions run on the device; small results come back.
-    results = []
-    for variable, sign in zip(variables, signs):
-        stats = weight_statistics(variable, tol, relative, buckets,
-                                  fuse=_fuse)
+    # Packed weights (see `_plan`) go through one pass per pack: the graph
+    # does not grow with their number (a pass per weight cost seconds per
+    # tensor to trace on models with hundreds), and small weights get the
+    # fused pass too. Returns (stacked results per pack, results of the
+    # others by index, sign counts by index).
+    plan = _plan(variables)
+    packed = {i for group in plan for i in group}
+    stacked = [packed_statistics([variables[i] for i in group], tol,
+                                 relative, buckets, fuse=_fuse_rows)
+               for group in plan]
+    single, sign_counts = {}, {}
+    for index, (variable, sign) in enumerate(zip(variables, signs)):
+        if index not in packed:
+            single[str(index)] = weight_statistics(
+                variable, tol, relative, buckets, fuse=_fuse)
         if sign is not None:
             (positive, negative), fold = sign[:2], sign[2]
             if fold is not None:
                 positive = ops.logical_or(positive, fold[0])
                 negative = ops.logical_or(negative, fold[1])
-            stats["stable_zeros"], stats["sign_flips"] = sign_window_counts(
+            sign_counts[str(index)] = sign_window_counts(
                 variable, positive, negative)
-        results.append(stats)
+    return stacked, single, sign_counts
+
+
+def _per_weight(variables, stacked, single, sign_counts):
+    """Host side: one dict of statistics per weight, in order."""
+    results = [None] * len(variables)
+    for group, stats in zip(_plan(variables), stacked):
+        for index, values in zip(group, unstack(stats)):
+            results[index] = values
+    for key, values in single.items():
+        results[int(key)] = values
+    for key, (stable, flips) in sign_counts.items():
+        results[int(key)]["stable_zeros"] = stable
+        results[int(key)]["sign_flips"] = flips
     return results
 
 
@@ -115,10 +167,10 @@ class WeightMeasure:
             tracked += 1
         tol = self.zeros.tol if self.zeros else 0.0
         relative = bool(self.zeros and self.zeros.relative_tol)
-        results = iter(keras.tree.map_structure(
+        results = iter(_per_weight(variables, *keras.tree.map_structure(
             ops.convert_to_numpy, _statistics(
                 variables, signs, np.float32(tol), relative,
-                self.buckets or 1)))
+                self.buckets or 1))))
         self.open(report.window)
         total = _Counts()
         for path, weights in self._layers:
