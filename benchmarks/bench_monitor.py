@@ -22,6 +22,11 @@ Run: `.venv/bin/python benchmarks/bench_monitor.py [--rounds R]`
    "extra MB" for a log after the first, "1st log MB" for the first one
    (tracing and XLA compilation, once). Targets: the pass <= 3x the NumPy
    reduction, its extra memory <= 64 MB whatever the size.
+4. Many tensors (200 kernels of 500x500, 50 of 1000x1000, 12 of
+   2048x2048): the first log (tracing and compiling included) and later
+   logs, against a NumPy pass (`np.abs(w).max()` per tensor) and the eager
+   `tf.summary.histogram` per weight that keras.callbacks.TensorBoard(
+   histogram_freq=1) runs. Targets: first log <= 3 s; later <= 4x NumPy.
 """
 
 import argparse
@@ -37,7 +42,7 @@ import time
 import common
 
 SIZES = (10**6, 10**7, 5 * 10**7)
-TABLES = ("fit", "sweep", "stats")
+TABLES = ("fit", "sweep", "stats", "many")
 TB_HISTOGRAM_MAX_SIZE = 10**7  # its N x 30 float64 one-hot: 2.4 GB at 1e7
 
 
@@ -51,8 +56,15 @@ def child(kind, size, repeats):
     import tensorflow as tf
 
     # The statistics function the monitors run (traced, XLA-fused blocks).
-    from keras_lk.measures.weights import _statistics
+    from keras_lk.measures.weights import _per_weight, _statistics
 
+    if kind.startswith("many_"):
+        # "many_<kind>": `size` encodes count x side (e.g. 200x500).
+        count, side = (int(x) for x in MANY[size])
+        rng = np.random.default_rng(0)
+        arrays = [rng.standard_normal((side, side)).astype("float32")
+                  for _ in range(count)]
+        return many_child(kind[5:], arrays, repeats)
     weights = np.random.default_rng(0).standard_normal(size).astype("float32")
     variable = tf.Variable(weights)
     if kind == "numpy":
@@ -62,7 +74,11 @@ def child(kind, size, repeats):
         def run():
             stats = _statistics([variable], [None], np.float32(1e-3), False,
                                 30)
-            return [t.numpy() for t in stats[0].values()]
+            return _per_weight([variable], *[
+                {k: np.asarray(v) for k, v in part.items()}
+                if isinstance(part, dict) else
+                [{k: np.asarray(v) for k, v in d.items()} for d in part]
+                for part in stats])
     else:
         writer = tf.summary.create_file_writer(tempfile.mkdtemp())
 
@@ -87,6 +103,70 @@ def child(kind, size, repeats):
                       "peak_mb": max(0.0, max_rss_mb() - first),
                       "first_mb": max(0.0, first - base),
                       "weights_mb": weights.nbytes / 2**20}))
+
+
+# The "many tensors" cases: count x (side x side) kernels.
+MANY = {0: (200, 500), 1: (50, 1000), 2: (12, 2048)}
+
+
+def many_child(kind, arrays, repeats):
+    """First log and later logs over many tensors; prints JSON."""
+    import numpy as np
+    import tensorflow as tf
+
+    from keras_lk.measures.weights import _per_weight, _statistics
+
+    variables = [tf.Variable(a) for a in arrays]
+    if kind == "numpy":
+        def run():
+            return [np.abs(v.numpy()).max() for v in variables]
+    elif kind == "keras_lk":
+        def run():
+            values = list(variables)
+            stacked, single, signs = _statistics(
+                values, [None] * len(values), np.float32(1e-3), False, 30)
+            return _per_weight(
+                values, [{k: np.asarray(x) for k, x in s.items()}
+                         for s in stacked],
+                {k: {n: np.asarray(x) for n, x in d.items()}
+                 for k, d in single.items()}, signs)
+    else:
+        # What keras.callbacks.TensorBoard(histogram_freq=1) runs at every
+        # epoch end: an eager histogram summary per weight.
+        writer = tf.summary.create_file_writer(tempfile.mkdtemp())
+
+        def run():
+            with writer.as_default():
+                for index, variable in enumerate(variables):
+                    tf.summary.histogram(f"w{index}", variable, step=0)
+            writer.flush()
+    start = time.perf_counter()
+    run()
+    first = time.perf_counter() - start
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    print(json.dumps({"first": first, "seconds": statistics.median(times)}))
+
+
+def many_tensors_table(repeats):
+    print("\nMany tensors: one log over every kernel, each case in a fresh "
+          "process (first log: tracing and compiling included; later: "
+          "median)")
+    print(f"{'kernels':>14} {'what':<26}{'1st log s':>10}{'later ms':>10}"
+          f"{'vs numpy':>10}")
+    for case, (count, side) in MANY.items():
+        numpy = measure("many_numpy", case, repeats)
+        for name, kind in (("numpy abs().max() each", "many_numpy"),
+                           ("keras_lk statistics", "many_keras_lk"),
+                           ("tf.summary.histogram each", "many_tensorboard")):
+            row = numpy if kind == "many_numpy" else measure(kind, case,
+                                                             repeats)
+            print(f"{f'{count}x{side}x{side}':>14} {name:<26}"
+                  f"{row['first']:>10.2f}{row['seconds'] * 1e3:>10.1f}"
+                  f"{row['seconds'] / numpy['seconds']:>9.2f}x")
 
 
 def measure(kind, size, repeats):
@@ -218,6 +298,8 @@ def main():
         sweep_table(args.rounds, 2, 100)
     if "stats" in args.tables:
         statistics_pass_table(args.repeats)
+    if "many" in args.tables:
+        many_tensors_table(args.repeats)
 
 
 if __name__ == "__main__":
