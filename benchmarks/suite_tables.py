@@ -1,0 +1,76 @@
+"""The README's sparsity tables, from the JSON files of benchmarks/results/.
+
+Run: `python3 benchmarks/suite_tables.py` (after `sparsity_suite.py` and
+`tfmot_peer.py`). Prints one markdown table per model: mean ± std test
+accuracy over the seeds at each target, for the full fit and the 3-epoch
+fit, every method side by side, tfmot's beside ours.
+"""
+
+import glob
+import json
+import os
+import statistics
+from collections import defaultdict
+
+HERE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+LABELS = {"L1_proximal": "L1 proximal", "L0.5_proximal": "L0.5 proximal",
+          "L0_proximal": "L0 = magnitude pruning in keras_lk",
+          "magnitude": "magnitude pruning (reference, no keras_lk)",
+          "tfmot": "tfmot `prune_low_magnitude` (tf-keras)",
+          "dense": "dense (no pruning)"}
+
+
+def load():
+    cells = defaultdict(list)   # (model, epochs, method, allocation, target)
+    for path in glob.glob(os.path.join(HERE, "*.json")):
+        with open(path) as f:
+            records = json.load(f)
+        for r in records:
+            if r.get("warmup"):
+                continue
+            allocation = r.get("allocation", "uniform")
+            if r["method"] in ("magnitude", "dense"):
+                # Run again with every allocation: count each run once.
+                if allocation != "global" and r["method"] != "tfmot":
+                    continue
+                allocation = "-" if r["method"] == "dense" else "global"
+            if r["method"] == "dense" and "allocation" not in r:
+                continue  # tfmot's own dense runs: the same model in tf-keras
+            cells[(r["model"], r["epochs"], r["method"], allocation,
+                   r["target"])].append(r["accuracy"])
+    return cells
+
+
+def cell(values):
+    if not values:
+        return ""
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.3f} ± {std:.3f}"
+
+
+def main():
+    cells = load()
+    models = sorted({key[0] for key in cells})
+    for model in models:
+        epochs = sorted({key[1] for key in cells if key[0] == model})
+        header = "| method | allocation |" + "".join(
+            f" {t:.0%}, {e} ep. |" for e in epochs for t in (0.9, 0.95))
+        print(f"\n**{model}**\n")
+        print(header)
+        print("|---|---|" + "---|" * (2 * len(epochs)))
+        rows = sorted({(key[2], key[3]) for key in cells if key[0] == model},
+                      key=lambda r: (list(LABELS).index(r[0]), r[1]))
+        for method, allocation in rows:
+            line = f"| {LABELS[method]} | {allocation} |"
+            for e in epochs:
+                if method == "dense":
+                    line += f" {cell(cells.get((model, e, method, '-', 0.0), []))} | |"
+                    continue
+                for t in (0.9, 0.95):
+                    line += (f" {cell(cells.get((model, e, method, allocation, t), []))}"
+                             " |")
+            print(line)
+
+
+if __name__ == "__main__":
+    main()
