@@ -239,7 +239,14 @@ def test_quick_sweep_on_every_model_of_the_suite(model, tmp_path, capsys):
     for run in ("L1_proximal", "L0.5_proximal", "L0_proximal", "magnitude"):
         scalars = SummaryReader(str(logdir / f"{run}_t0.9_seed0")).tensors
         values = dict(zip(scalars["tag"], scalars["value"]))
-        assert float(values["sparsity"]) == pytest.approx(0.9, abs=0.01)
+        zeros = float(values["sparsity"])
+        if run in ("L0_proximal", "magnitude"):
+            assert zeros == pytest.approx(0.9, abs=0.002), run
+        else:
+            # At least the target; on a 2-epoch fit whole ReLU units die
+            # under k = 1 and 1/2, and their inputs, released at the lock
+            # with no gradient, stay zero (up to 7 points in the suite).
+            assert 0.899 <= zeros <= 0.97, run
 
 
 def test_sweep_rejects_an_unknown_model(capsys):
