@@ -52,3 +52,30 @@ def test_proximal_sparsity_prints_the_readmes_table(tmp_path):
         if name.endswith("gradient"):
             assert rows[name][0] == 0, name  # never an exact zero
     assert sorted(os.listdir(tmp_path)) == sorted(rows)
+
+
+def test_the_readmes_transformer_example_runs_and_names_every_weight(
+        tmp_path, monkeypatch):
+    # The code block of the README's "Models" section, run as written.
+    import warnings
+
+    import keras
+    import keras_lk
+    from events import read, tags
+    readme = open(os.path.join(os.path.dirname(EXAMPLES), "README.md")).read()
+    section = readme[readme.index("### Models: regularize and watch"):]
+    code = section[section.index("```python") + 9:section.index("```\n", 10)]
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.default_rng(0)
+    namespace = {"keras": keras, "keras_lk": keras_lk,
+                 "x_tokens": rng.integers(0, 1000, (64, 16)),
+                 "y": rng.integers(0, 2, 64)}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        exec(code, namespace)
+    assert any("does not record it" in str(w.message) for w in caught)
+    written = tags(read(tmp_path / "logs"), "train")
+    for projection in ("query", "key", "value", "attention_output"):
+        assert f"abs_weights/mha/{projection}/kernel" in written
+        assert f"reg_share/mha/{projection}" in written
+    assert len(namespace["model"].losses) == 4
