@@ -27,9 +27,29 @@ _FUSED_PROX = {0.0: _compiled(hard_threshold),
                0.5: _compiled(half_threshold_newton)}
 
 
-def _proximal_update(value, t, k):
-    fused = _FUSED_PROX.get(k)
-    return fused(value, t) if fused is not None else prox(value, t, k)
+def _compiled_exempt(function):
+    return tf.function(
+        lambda y, t, exempt: ops.where(exempt, y,
+                                       function(y, ops.cast(t, y.dtype))),
+        jit_compile=True, autograph=False)
+
+
+# The same, leaving the weights where `exempt` is True as they are (what
+# SparsityTarget's protection needs), still one pass.
+_FUSED_PROX_EXEMPT = {k: _compiled_exempt(function) for k, function in (
+    (0.0, hard_threshold), (1.0, soft_threshold),
+    (0.5, half_threshold_newton))}
+
+
+def _proximal_update(value, t, k, exempt=None):
+    if exempt is None:
+        fused = _FUSED_PROX.get(k)
+        return fused(value, t) if fused is not None else prox(value, t, k)
+    fused = _FUSED_PROX_EXEMPT.get(k)
+    if fused is not None:
+        # A tensor, not the mask variable (a traced argument).
+        return fused(value, t, tf.identity(exempt))
+    return ops.where(exempt, value, prox(value, t, k))
 
 
 def optimizer_chain(optimizer):
@@ -184,10 +204,8 @@ class ProximalOptimizer(keras.optimizers.Optimizer):
             def step(value, learning_rate, *exempt):
                 t = (regularizer.proximal_strength(learning_rate, size)
                      if strength is None else strength(learning_rate))
-                update = _proximal_update(value, t, regularizer.k)
-                if exempt:
-                    update = ops.where(exempt[0], value, update)
-                return value.assign(update)
+                return value.assign(_proximal_update(
+                    value, t, regularizer.k, exempt[0] if exempt else None))
 
             args = (learning_rate,) if exempt is None else (learning_rate,
                                                             exempt)
