@@ -1,7 +1,8 @@
 """The README's sparsity tables, from the JSON files of benchmarks/results/.
 
 Run: `python3 benchmarks/suite_tables.py` (after `sparsity_suite.py` and
-`tfmot_peer.py`). Prints one markdown table per model: mean ± std test
+`tfmot_peer.py`); `.venv/bin/python benchmarks/suite_tables.py --plots
+docs/figures` draws each model's accuracy against sparsity. Prints one markdown table per model: mean ± std test
 accuracy over the seeds at each target, for the full fit and the 3-epoch
 fit, every method side by side, tfmot's beside ours.
 """
@@ -48,7 +49,37 @@ def cell(values):
     return f"{statistics.mean(values):.3f} ± {std:.3f}"
 
 
+def plots(directory):
+    """`suite_<model>.png`: accuracy against sparsity, full fits, global
+    allocation, every method (the sweep's plot)."""
+    import sys
+    sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
+    from keras_lk.study import suite, sweep
+
+    records = []
+    for path in glob.glob(os.path.join(HERE, "suite_*.json")):
+        with open(path) as f:
+            records += [r for r in json.load(f) if not r.get("warmup")
+                        and r.get("allocation") == "global"]
+    for model in sorted({r["model"] for r in records}):
+        epochs = suite.MODELS[model].epochs
+        groups = defaultdict(list)
+        for r in records:
+            if r["model"] == model and r["epochs"] == epochs:
+                groups[(r["method"], r["target"])].append(
+                    (r["accuracy"], r["sparsity"]))
+        summary = {key: (statistics.mean(a for a, _ in v),
+                         statistics.stdev(a for a, _ in v) if len(v) > 1
+                         else 0.0, statistics.mean(z for _, z in v), len(v))
+                   for key, v in groups.items()}
+        print(sweep.plot(summary, os.path.join(directory,
+                                               f"suite_{model}.png"), model))
+
+
 def main():
+    import sys
+    if len(sys.argv) == 3 and sys.argv[1] == "--plots":
+        return plots(sys.argv[2])
     cells = load()
     models = sorted({key[0] for key in cells})
     for model in models:
