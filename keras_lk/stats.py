@@ -526,8 +526,8 @@ def unstack(stats):
 
     Example:
 
-    >>> unstack({"size": np.array([3, 2])})
-    [{'size': 3}, {'size': 2}]
+    >>> [int(s["size"]) for s in unstack({"size": np.array([3, 2])})]
+    [3, 2]
     """
     count = len(stats["size"])
     return [{key: value[i] for key, value in stats.items()}
