@@ -203,15 +203,10 @@ def _bucket_index(chunk, threshold, scale, top, log_lo, per_decade, dtype,
     return near_zeros, linear * (buckets + 1) + logarithmic
 
 
-def _statistics(blocks, max_abs, min_nonzero, tol, relative, buckets,
-                sanitize):
-    """Pass 2: the counts and both histograms, from one joint `bincount`
-    per block over (linear bucket, log bucket); the exact zeros are the
-    log histogram's zero bucket. The bincount stays outside `fuse`: a
-    compiled scatter is slow."""
-    dtype = blocks.dtype
+def _bucketing(max_abs, min_nonzero, buckets, dtype):
+    """`(scale, top, log_lo, log_hi, per_decade)` of the histograms, from
+    max|w| and the smallest nonzero |w| (scalars, or one per tensor)."""
     tiny = float(np.finfo(dtype).tiny)
-    threshold = ops.multiply(tol, max_abs) if relative else ops.cast(tol, dtype)
     # buckets / max_abs, kept finite for a tiny max_abs.
     scale = buckets / ops.maximum(max_abs, buckets * tiny)
     top = ops.maximum(max_abs, tiny)
@@ -221,6 +216,19 @@ def _statistics(blocks, max_abs, min_nonzero, tol, relative, buckets,
                          log_hi - MAX_DECADES)
     log_hi = ops.maximum(log_hi, log_lo + 1)
     per_decade = buckets / (log_hi - log_lo)
+    return scale, top, log_lo, log_hi, per_decade
+
+
+def _statistics(blocks, max_abs, min_nonzero, tol, relative, buckets,
+                sanitize):
+    """Pass 2: the counts and both histograms, from one joint `bincount`
+    per block over (linear bucket, log bucket); the exact zeros are the
+    log histogram's zero bucket. The bincount stays outside `fuse`: a
+    compiled scatter is slow."""
+    dtype = blocks.dtype
+    threshold = ops.multiply(tol, max_abs) if relative else ops.cast(tol, dtype)
+    scale, top, log_lo, log_hi, per_decade = _bucketing(
+        max_abs, min_nonzero, buckets, dtype)
     width = buckets * (buckets + 1)
 
     def combine(state, partial):
@@ -468,18 +476,12 @@ def packed_statistics(tensors, tol, relative=False, buckets=DEFAULT_BUCKETS,
         (ops.zeros((segments,), "float32"),
          ops.full((segments,), float("inf"), "float32"), int_zeros,
          int_zeros))
-    # Each tensor's bucketing, as `_statistics` sets it up for one tensor.
-    tiny = float(np.finfo("float32").tiny)
+    # Each tensor's bucketing, the same as `_statistics` sets up for one.
     threshold = (ops.multiply(ops.cast(tol, "float32"), max_abs) if relative
                  else ops.zeros((segments,), "float32")
                  + ops.cast(tol, "float32"))
-    scale = buckets / ops.maximum(max_abs, buckets * tiny)
-    top = ops.maximum(max_abs, tiny)
-    log_hi = ops.ceil(ops.log10(top))
-    log_lo = ops.maximum(ops.floor(ops.log10(ops.minimum(min_nonzero, top))),
-                         log_hi - MAX_DECADES)
-    log_hi = ops.maximum(log_hi, log_lo + 1)
-    per_decade = buckets / (log_hi - log_lo)
+    scale, top, log_lo, log_hi, per_decade = _bucketing(
+        max_abs, min_nonzero, buckets, "float32")
     width = buckets * (buckets + 1)
     offsets = ops.convert_to_tensor(np.arange(segments, dtype="int32")
                                     * width)
