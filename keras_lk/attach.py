@@ -159,8 +159,9 @@ def _saved_in(config, serialized):
 
 
 def _unsaved(model, chosen, regularizer):
-    """The paths of chosen sublayers whose regularizer the model's config
-    does not record (their parent's config does not carry it)."""
+    """The paths of chosen layers whose regularizer the model's config does
+    not record: their outermost non-model ancestor's config, or for a
+    layer directly in a model its own config, does not carry it."""
     if regularizer is None:
         return []
     serialized = keras.saving.serialize_keras_object(regularizer)
@@ -179,8 +180,10 @@ def _unsaved(model, chosen, regularizer):
                                                         keras.Model):
                 outer = candidate
                 break
-        if outer is not None and not _saved_in(outer.get_config(),
-                                               serialized):
+        # With none, the layer's own config (a custom layer's may not
+        # record a regularizer for that weight).
+        holder = layer if outer is None else outer
+        if not _saved_in(holder.get_config(), serialized):
             lost.append(path)
     return lost
 
@@ -230,9 +233,11 @@ def attach(model, regularizer, *, layer_types=None, names=None,
     searched too (MultiHeadAttention's `query`, `key`, `value` and
     `attention_output` projections, an RNN's cell, a wrapper's layer), and
     a layer may be named by its own name or its path (`"encoder/dense"`,
-    `"block_1/mha/query"`). A sublayer whose parent's config does not
-    record its regularizer (MultiHeadAttention's projections) trains with
-    it but is saved without it: a `UserWarning` says so.
+    `"block_1/mha/query"`). A layer whose regularizer the saved config
+    would not record (MultiHeadAttention's projections, whose parent's
+    config has one argument for all four; a custom layer's weight its
+    `get_config` has no regularizer for) trains with it but is saved
+    without it: a `UserWarning` says so.
 
     Args:
         model: A built `keras.Model`.
