@@ -210,3 +210,20 @@ def test_attach_to_a_bidirectional_layer_saves_with_it(tmp_path):
     model.save(tmp_path / "bi.keras")
     loaded = keras.saving.load_model(tmp_path / "bi.keras")
     assert len(loaded.losses) == len(model.losses) == 2
+
+
+def test_a_custom_layers_weight_its_config_cannot_save_is_warned(tmp_path):
+    # A custom layer directly in the model whose get_config has no
+    # regularizer for the weight: it trains with it, attach says it will
+    # not be saved, and indeed it is not.
+    from zoo import PositionEmbedding
+    model = keras.Sequential([keras.Input((4, 3)),
+                              PositionEmbedding(4, name="position")])
+    reg = keras_lk.LkRegularizer(k=1, alpha=0.5)
+    with pytest.warns(UserWarning, match=r"\['position'\] trains"):
+        keras_lk.attach(model, reg, weight="position_embeddings")
+    table = model.get_layer("position").position_embeddings.numpy()
+    assert float(sum(model.losses)) == pytest.approx(
+        0.5 * np.mean(np.abs(table)), rel=1e-6)
+    model.save(tmp_path / "position.keras")
+    assert keras.saving.load_model(tmp_path / "position.keras").losses == []
