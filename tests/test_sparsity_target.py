@@ -564,3 +564,26 @@ def test_no_collapse_on_a_model_with_a_small_output_layer(k, target):
     # Every class still depends on the data: well above chance (0.36, the
     # largest class; 0.59 to 0.74 here after 8 epochs, dense 0.69 after 30).
     assert model.evaluate(x_test, y_test, verbose=0)[1] > 0.5
+
+
+def test_the_locks_selection_is_top_ks_ties_included():
+    # `lowest` replaces top_k's sort (33 s on ResNet50's weights) by a
+    # binary search; it must choose exactly what top_k chose: the count
+    # smallest, ties to the lower index, +inf (protected) last.
+    import tensorflow as tf
+    from keras_lk.sparsity.target import lowest
+    rng = np.random.default_rng(0)
+    for trial in range(30):
+        n = (1, 64, 199)[trial % 3]   # one XLA compile per length
+        if trial % 2:
+            scores = rng.choice([0.0, 1e-30, 0.5, 1.0, 2.0, np.inf], n)
+        else:
+            scores = rng.random(n)
+        scores = scores.astype("float32")
+        count = int(rng.integers(0, n + 1))
+        expected = np.zeros(n, bool)
+        if count:
+            expected[tf.math.top_k(-scores, k=count).indices.numpy()] = True
+        got = np.asarray(lowest(scores, count))
+        np.testing.assert_array_equal(got, expected, err_msg=str(trial))
+        assert got.sum() == count
