@@ -45,6 +45,17 @@ def setup():
     STAMP.write_text(wanted)
 
 
+def workers(rest):
+    """pytest-xdist's options: one test process per core, up to 4 (each
+    test's TensorFlow also uses every core, but much of a test's time is
+    Python tracing a model, one core), unless the arguments choose."""
+    if any(arg.startswith(("-n", "--numprocesses", "--dist")) or
+           arg == "no:xdist" for arg in rest):
+        return []
+    count = min(4, os.cpu_count() or 1)
+    return ["-n", str(count), "--dist", "worksteal"] if count > 1 else []
+
+
 def run(command):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     return subprocess.run(command, cwd=ROOT, env=env).returncode
@@ -60,7 +71,7 @@ def main(argv):
         return run([str(BIN / "keras-lk"), "demo"] + rest)
     if command == "test":
         return run([str(PYTHON), "-m", "pytest", "tests", "keras_lk",
-                    "--doctest-modules"] + rest)
+                    "--doctest-modules"] + workers(rest) + rest)
     return 0
 
 

@@ -178,7 +178,7 @@ ZOO = {
                                 "categorical_crossentropy", ("kernel",),
                                 False),
     "recurrent": Entry(recurrent, _classes_of_tokens, _SPARSE,
-                       ("kernel", "recurrent_kernel", "embeddings"), True),
+                       ("kernel", "recurrent_kernel", "embeddings"), False),
     "embedding_bag": Entry(embedding_bag, _classes_of_tokens, _SPARSE,
                            ("kernel", "embeddings"), True),
 }
