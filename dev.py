@@ -28,7 +28,7 @@ def extras():
     # tensorflow-cpu publishes x86_64 wheels only; elsewhere the full
     # `tensorflow` wheel is the CPU build.
     tf = "cpu" if platform.machine().lower() in ("x86_64", "amd64") else "gpu"
-    return f"{tf},study,test"
+    return f"{tf},study,test,jax"
 
 
 def setup():

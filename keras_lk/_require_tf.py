@@ -18,3 +18,23 @@ def require_tensorflow():
     """Raises ImportError with the install command if TensorFlow is absent."""
     if importlib.util.find_spec("tensorflow") is None:
         raise ImportError(INSTALL_HINT)
+
+
+EVERY_BACKEND = (
+    "LkRegularizer (as a gradient penalty), prox, attach, detach, sparsity "
+    "and strip")
+
+
+def require_tensorflow_backend(what):
+    """Raises NotImplementedError naming the backend if Keras does not run
+    on TensorFlow: `what` needs TensorFlow's stateful training steps (the
+    monitors' recorders, the proximal step, SparsityTarget's controller)."""
+    import keras
+
+    backend = keras.backend.backend()
+    if backend != "tensorflow":
+        raise NotImplementedError(
+            f"{what} needs the TensorFlow backend; this Keras runs on "
+            f"{backend!r} (KERAS_BACKEND={backend}). On {backend}, "
+            f"{EVERY_BACKEND} work; set KERAS_BACKEND=tensorflow for the "
+            "rest.")

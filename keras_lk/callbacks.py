@@ -37,6 +37,7 @@ import keras
 from keras import ops
 
 from keras_lk import _validation, tags
+from keras_lk._require_tf import require_tensorflow_backend
 from keras_lk.measures import WEIGHT_CHOICES, Report
 from keras_lk.measures.penalty import PenaltyMeasure, PullMeasure
 from keras_lk.measures.weights import WeightMeasure, ZeroOptions
@@ -87,6 +88,7 @@ class _Monitor(keras.callbacks.Callback):
     """
 
     def __init__(self, log_dir, update_freq, measures):
+        require_tensorflow_backend(f"keras_lk.{type(self).__name__}")
         super().__init__()
         self.log_dir = _check_log_dir(log_dir)
         self.update_freq = _check_update_freq(update_freq)

@@ -7,6 +7,7 @@ import tensorflow as tf
 from keras import ops
 
 from keras_lk import _validation
+from keras_lk._require_tf import require_tensorflow_backend
 from keras_lk.proximal import (half_threshold_newton, hard_threshold, prox,
                                soft_threshold)
 from keras_lk.regularizers import (LkRegularizer, mark_proximal_handled,
@@ -122,6 +123,7 @@ class ProximalOptimizer(keras.optimizers.Optimizer):
     """
 
     def __init__(self, optimizer, name=None, **kwargs):
+        require_tensorflow_backend("keras_lk.ProximalOptimizer")
         if not isinstance(optimizer, keras.optimizers.Optimizer) or isinstance(
                 optimizer, ProximalOptimizer):
             raise _validation.invalid(

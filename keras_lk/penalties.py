@@ -6,7 +6,7 @@ pass:
 
 | k            | value                               | d/dw                   |
 |--------------|-------------------------------------|------------------------|
-| 1            | `abs(w)`                            | autodiff (`sign(w)`)   |
+| 1            | `abs(w)` (`w * sign(w)` off TensorFlow) | autodiff (`sign(w)`)   |
 | 2            | `square(w)`                         | autodiff (`2w`)        |
 | integer >= 3 | `w^2` and its powers, by squaring   | `k * w * |w|^(k-2)`    |
 | 1.5          | `|w| * sqrt(|w|)`                   | `1.5 * sign(w) * sqrt|w|` |
@@ -157,6 +157,11 @@ def _abs_pow(x, k, reduce_sum):
     """`|x|^k`, or its sum, with the hand-written gradient of the table."""
     k = float(k)
     x = ops.convert_to_tensor(x)
+    if k == 1.0 and keras.backend.backend() != "tensorflow":
+        # JAX differentiates abs at 0 as 1; sign(0) = 0 is the subgradient
+        # promised. x * sign(x) = |x| exactly, and autodiff gives sign(x).
+        value = ops.multiply(x, ops.stop_gradient(ops.sign(x)))
+        return ops.sum(value) if reduce_sum else value
     if k in (1.0, 2.0):  # Keras's own L1/L2 ops: autodiff is exact and cheap
         value = ops.abs(x) if k == 1.0 else ops.square(x)
         return ops.sum(value) if reduce_sum else value

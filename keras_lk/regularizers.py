@@ -8,6 +8,7 @@ import keras
 from keras import ops
 
 from keras_lk import _validation
+from keras_lk._require_tf import require_tensorflow_backend
 from keras_lk.penalties import lk_penalty
 
 REDUCTIONS = ("mean", "sum")
@@ -143,6 +144,10 @@ class LkRegularizer(keras.regularizers.Regularizer):
         return self._proximal_penalty(x)
 
     def _proximal_penalty(self, x):
+        # Its step is ProximalOptimizer's, TensorFlow only for now: on
+        # another backend the weight would train silently unregularized.
+        require_tensorflow_backend(
+            f"{self!r} (proximal=True, applied by keras_lk.ProximalOptimizer)")
         variable = x if isinstance(x, keras.Variable) else None
         name = getattr(variable, "path", None)
 

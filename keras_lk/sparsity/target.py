@@ -38,6 +38,7 @@ import tensorflow as tf
 from keras import ops
 
 from keras_lk import _validation, tags
+from keras_lk._require_tf import require_tensorflow_backend
 from keras_lk.attach import weights_by_layer
 from keras_lk.optimizers import ProximalOptimizer, optimizer_chain
 from keras_lk.proximal import zeroing_threshold
@@ -483,6 +484,7 @@ class SparsityTarget(keras.callbacks.Callback):
 
     def __init__(self, target, begin_step=None, end_step=None,
                  allocation="global", log_dir=None):
+        require_tensorflow_backend("keras_lk.SparsityTarget")
         super().__init__()
         if isinstance(target, dict):
             if not target:

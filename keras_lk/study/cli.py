@@ -20,6 +20,7 @@ import os
 import shlex
 import sys
 
+from keras_lk._require_tf import require_tensorflow_backend
 from keras_lk.study import figures, report, runs, suite, sweep
 from keras_lk.summary import check_writable
 
@@ -166,6 +167,11 @@ def tensorboard_command(logdir):
 
 def run(args):
     _check_study_extra(args.command)
+    if args.command in ("demo", "sweep"):
+        try:  # they train with the monitors and proximal steps
+            require_tensorflow_backend(f"keras-lk {args.command}")
+        except NotImplementedError as error:
+            raise _UsageError(str(error)) from None
     if args.command == "plot":
         check_writable(args.out, "figures", "--out")
         for path in figures.plot_penalties(args.k, args.zoom, args.out):

@@ -1,0 +1,184 @@
+"""What keras_lk promises on every Keras backend, in code that names no
+backend: the penalty and its gradients, `prox`, training with the penalty,
+saving, `attach`/`detach` (attention included), `sparsity`, `strip`, and a
+clear error from each feature that needs TensorFlow.
+
+These tests run here on the backend of the suite (TensorFlow) and again
+under KERAS_BACKEND=jax in a subprocess (`test_backends.py`)."""
+
+import math
+import os
+import warnings
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+import keras_lk
+from keras_lk import LkRegularizer, lk_penalty, prox
+
+BACKEND = keras.backend.backend()
+
+
+def gradient(function, value):
+    """d function / d value, with the backend's own autodiff."""
+    value = np.asarray(value, "float32")
+    if BACKEND == "tensorflow":
+        import tensorflow as tf
+        variable = tf.Variable(value)
+        with tf.GradientTape() as tape:
+            result = function(variable)
+        return tape.gradient(result, variable).numpy()
+    if BACKEND == "jax":
+        import jax
+        return np.asarray(jax.grad(function)(jax.numpy.asarray(value)))
+    raise AssertionError(f"no gradient helper for backend {BACKEND!r}")
+
+
+def test_the_backend_is_the_one_asked_for():
+    assert BACKEND == os.environ.get("KERAS_BACKEND", "tensorflow")
+
+
+W = np.array([[0.0, -0.5, 2.0], [1e-30, 0.25, -3.0]], "float32")
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("k", [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, math.inf])
+def test_the_penalty_is_numpys(k, reduction):
+    magnitude = np.abs(W.astype("float64"))
+    if k == math.inf:
+        expected = 0.3 * magnitude.max()
+    else:
+        terms = (magnitude != 0).astype("float64") if k == 0 else (
+            magnitude ** k)
+        expected = 0.3 * (terms.mean() if reduction == "mean" else
+                          terms.sum())
+    got = float(lk_penalty(ops.convert_to_tensor(W), k, 0.3, reduction))
+    assert got == pytest.approx(expected, rel=1e-5)
+    regularizer = LkRegularizer(k=k, alpha=0.3, reduction=reduction,
+                                proximal=k == 0)
+    if k != 0:  # a proximal regularizer's call needs TensorFlow today
+        assert float(regularizer(ops.convert_to_tensor(W))) == (
+            pytest.approx(expected, rel=1e-5))
+
+
+@pytest.mark.parametrize("k", [0.5, 1.0, 1.5, 3.0])
+def test_gradients_are_exact_and_zero_at_zero(k):
+    regularizer = LkRegularizer(k=k, alpha=0.3)
+    got = gradient(lambda w: regularizer(w), W)
+    w = W.astype("float64")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        expected = np.where(w == 0, 0.0, 0.3 * k * np.abs(w) ** (k - 1)
+                            * np.sign(w) / w.size)
+    assert np.all(np.isfinite(got))
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-12)
+    assert got[0, 0] == 0.0
+
+
+@pytest.mark.parametrize("k", [0.0, 0.5, 1.0, 1.5])
+def test_prox_minimizes_the_proximal_objective(k):
+    w = np.linspace(-2.0, 2.0, 41).astype("float32")
+    t = 0.3
+    got = np.asarray(ops.convert_to_numpy(prox(w, t, k)), "float64")
+    grid = np.linspace(-2.5, 2.5, 200001)
+    penalty = (grid != 0).astype("float64") if k == 0 else np.abs(grid) ** k
+    for value, x in zip(w.astype("float64"), got):
+        objective = 0.5 * (grid - value) ** 2 + t * penalty
+        best = objective.min()
+        own = 0.5 * (x - value) ** 2 + t * (
+            float(x != 0) if k == 0 else abs(x) ** k)
+        assert own <= best + 1e-4, (k, value, x, grid[objective.argmin()])
+
+
+def model_with(regularizer, units=3):
+    return keras.Sequential([
+        keras.Input((6,)),
+        keras.layers.Dense(8, "relu", name="hidden",
+                           kernel_regularizer=regularizer),
+        keras.layers.Dense(units, name="head",
+                           kernel_regularizer=regularizer)])
+
+
+def test_a_gradient_penalty_trains_from_zeros_and_is_in_the_loss(tmp_path):
+    regularizer = LkRegularizer(k=0.5, alpha=0.1)
+    model = model_with(regularizer)
+    model.get_layer("hidden").kernel.assign(np.zeros((6, 8)))
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((64, 6)), rng.standard_normal((64, 3))
+    model.compile(keras.optimizers.SGD(0.05), "mse")
+    history = model.fit(x, y, batch_size=16, epochs=3, verbose=0)
+    assert np.all(np.isfinite(history.history["loss"]))
+    kernels = [model.get_layer(n).kernel.numpy() for n in ("hidden", "head")]
+    expected = sum(0.1 * np.mean(np.sqrt(np.abs(k))) for k in kernels)
+    assert float(sum(model.losses)) == pytest.approx(expected, rel=1e-5)
+    # Saved and loaded with no custom_objects, penalty included.
+    model.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras")
+    assert loaded.get_layer("head").kernel_regularizer.get_config() == (
+        regularizer.get_config())
+    assert float(sum(loaded.losses)) == pytest.approx(expected, rel=1e-5)
+
+
+def test_attach_reaches_attention_projections_and_detach_removes_them():
+    tokens = keras.Input((5,), dtype="int32")
+    x = keras.layers.Embedding(20, 8, name="embed")(tokens)
+    x = keras.layers.MultiHeadAttention(2, 4, name="mha")(x, x)
+    model = keras.Model(tokens, keras.layers.Dense(2, name="out")(
+        keras.layers.GlobalAveragePooling1D()(x)))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        layers = keras_lk.attach(model, LkRegularizer(k=1, alpha=0.5),
+                                 layer_types=keras.layers.EinsumDense)
+    assert [layer.name for layer in layers] == [
+        "query", "key", "value", "attention_output"]
+    assert any("does not record it" in str(w.message) for w in caught)
+    expected = sum(0.5 * np.mean(np.abs(layer.kernel.numpy()))
+                   for layer in layers)
+    assert float(sum(model.losses)) == pytest.approx(expected, rel=1e-5)
+    assert keras_lk.detach(model, layer_types=keras.layers.EinsumDense) == (
+        layers)
+    assert model.losses == []
+
+
+def test_sparsity_counts_exact_zeros_and_strip_copies_them():
+    model = model_with(LkRegularizer(k=1, alpha=0.1))
+    kernel = model.get_layer("hidden").kernel
+    kernel.assign(np.where(np.arange(48).reshape(6, 8) % 3 == 0, 0.0,
+                           kernel.numpy()))
+    report = keras_lk.sparsity(model)
+    assert report["layers"]["hidden"] == {"zeros": 16, "size": 48,
+                                          "fraction": pytest.approx(1 / 3)}
+    assert report["total"]["zeros"] == 16 + int(np.sum(
+        model.get_layer("head").kernel.numpy() == 0))
+    plain = keras_lk.strip(model)
+    assert plain.get_layer("hidden").kernel_regularizer is None
+    x = np.random.default_rng(1).standard_normal((4, 6)).astype("float32")
+    np.testing.assert_allclose(ops.convert_to_numpy(plain(x)),
+                               ops.convert_to_numpy(model(x)), rtol=1e-6)
+    assert keras_lk.sparsity(plain)["total"] == report["total"]
+
+
+def test_what_needs_tensorflow_says_so_with_the_backend(tmp_path):
+    model = model_with(LkRegularizer(k=1, alpha=0.1, proximal=True))
+    makers = {
+        "LkMonitor": lambda: keras_lk.LkMonitor(tmp_path),
+        "ZeroCounts": lambda: keras_lk.ZeroCounts(tmp_path),
+        "AbsWeightHistograms": lambda: keras_lk.AbsWeightHistograms(tmp_path),
+        "RegularizationShare": lambda: keras_lk.RegularizationShare(tmp_path),
+        "ProximalOptimizer": lambda: keras_lk.ProximalOptimizer(
+            keras.optimizers.SGD(0.1)),
+        "SparsityTarget": lambda: keras_lk.SparsityTarget(0.5),
+        "LkRegularizer(k=1.0": lambda: model.losses,
+    }
+    for name, make in makers.items():
+        if BACKEND == "tensorflow":
+            make()  # built, no error
+            continue
+        with pytest.raises(NotImplementedError) as raised:
+            make()
+        message = str(raised.value)
+        assert message.startswith(f"keras_lk.{name} needs the TensorFlow "
+                                  "backend" if "(" not in name else name)
+        assert f"runs on {BACKEND!r}" in message
+        assert "KERAS_BACKEND=tensorflow" in message
