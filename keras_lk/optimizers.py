@@ -151,14 +151,21 @@ class ProximalOptimizer(keras.optimizers.Optimizer):
         self._sparsity_run = None
         self._controller = None  # set by keras_lk.SparsityTarget
 
-    def build(self, var_list):
-        self.inner_optimizer.build(var_list)
+    def _find_proximal(self, var_list):
+        """The proximal regularizers the weights carry now: `attach` and
+        `detach` after the optimizer was built (after `compile` and a fit,
+        or after loading) reset the train step, whose next trace reads
+        them here again."""
         self._proximal = {}
         for variable in var_list:
             regularizer = _proximal_regularizer(variable)
             if regularizer is not None:
                 self._proximal[id(variable)] = regularizer
                 mark_proximal_handled(variable)
+
+    def build(self, var_list):
+        self.inner_optimizer.build(var_list)
+        self._find_proximal(var_list)
         super().build(var_list)
         # SparsityTarget's state lives here, with the optimizer's own, so
         # that BackupAndRestore and `.keras` files keep it: per proximal
@@ -182,6 +189,7 @@ class ProximalOptimizer(keras.optimizers.Optimizer):
         if not self.built:
             self.build(trainable_variables)
             self.built = True
+        self._find_proximal(trainable_variables or self._trainable_variables)
         inner = self.inner_optimizer
         # The rate of this step: read it before the step advances schedules.
         learning_rate = ops.convert_to_tensor(inner.learning_rate)

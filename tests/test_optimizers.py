@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import keras_lk
 from keras_lk import LkRegularizer, ProximalOptimizer, prox
 from helpers import linear_data as data, sparse_regression_data
 
@@ -280,3 +281,52 @@ def test_k_zero_proximal_training_is_reported_as_a_fraction_of_nonzeros(
     np.testing.assert_allclose(history.history["reg_loss"], expected,
                                rtol=1e-6)
     assert expected[0] == 3.0 and expected[-1] < 3.0
+
+
+def late_model():
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)),
+                              keras.layers.Dense(3, name="dense")])
+    model.compile(ProximalOptimizer(keras.optimizers.SGD(0.1)), "mse")
+    x, y = np.ones((8, 4)), np.zeros((8, 3))
+    model.fit(x, y, batch_size=8, verbose=0)  # the optimizer is built
+    return model, x, y
+
+
+def test_a_regularizer_attached_after_the_optimizer_was_built_is_applied():
+    # attach after compile and fit (or after loading a model, where the
+    # README says to attach again): the proximal step covers the weight.
+    model, x, y = late_model()
+    assert model.optimizer.built
+    kernel = model.get_layer("dense").kernel
+    kernel.assign(np.full((4, 3), 0.5))
+    keras_lk.attach(model, LkRegularizer(k=1, alpha=120.0, proximal=True))
+    model.fit(x, y, batch_size=8, verbose=0)
+    # One SGD step, then soft thresholding at t = 0.1 * 120 / 12 = 1 > |w|.
+    np.testing.assert_array_equal(kernel.numpy(), np.zeros((4, 3)))
+
+
+def test_a_detached_regularizer_is_no_longer_applied():
+    model, x, y = late_model()
+    keras_lk.attach(model, LkRegularizer(k=1, alpha=120.0, proximal=True))
+    model.fit(x, y, batch_size=8, verbose=0)
+    kernel = model.get_layer("dense").kernel
+    assert np.all(kernel.numpy() == 0)
+    keras_lk.detach(model)
+    kernel.assign(np.full((4, 3), 0.5))
+    plain = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    plain.set_weights(model.get_weights())
+    plain.compile(keras.optimizers.SGD(0.1), "mse")
+    model.fit(x, y, batch_size=8, verbose=0)
+    plain.fit(x, y, batch_size=8, verbose=0)
+    np.testing.assert_allclose(kernel.numpy(), plain.layers[0].kernel.numpy(),
+                               rtol=1e-6)
+    assert np.all(kernel.numpy() != 0)
+
+
+def test_sparsity_target_names_weights_attached_after_the_build():
+    model, x, y = late_model()
+    keras_lk.attach(model, LkRegularizer(k=1, alpha=1e-3, proximal=True))
+    with pytest.raises(ValueError, match=r"\['sequential/dense/kernel'\] got their "
+                       r"proximal LkRegularizer after that"):
+        model.fit(x, y, verbose=0, callbacks=[keras_lk.SparsityTarget(0.5)])

@@ -613,9 +613,25 @@ class SparsityTarget(keras.callbacks.Callback):
                 "LkRegularizer(k=1, 0.5 or 0, alpha=..., proximal=True).")
         return layers
 
+    def _check_slots(self, layers):
+        """Every covered weight has its state in the optimizer, made when
+        the optimizer was built."""
+        slots = self._optimizer._sparsity_slots
+        late = [v.path for _, variables in layers for v in variables
+                if id(v) not in slots]
+        if late:
+            raise ValueError(
+                "SparsityTarget keeps each weight's state in the "
+                "ProximalOptimizer's variables, made when it was built; "
+                f"the weights {late} got their proximal LkRegularizer after "
+                "that (attach after compile and fit, or after loading a "
+                "model). Compile again with a new keras_lk.ProximalOptimizer"
+                "(...) before this fit.")
+
     def _groups(self, model):
         """The `_Group`s of the covered weights, by allocation."""
         layers = self._covered(model)
+        self._check_slots(layers)
         if isinstance(self.target, dict):
             known = {path for path, _ in layers}
             unknown = sorted(set(self.target) - known)
