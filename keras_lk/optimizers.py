@@ -1,8 +1,10 @@
 """`ProximalOptimizer`: proximal Lk steps after any Keras optimizer's step."""
 
 import math
+import warnings
 
 import keras
+import numpy as np
 import tensorflow as tf
 from keras import ops
 
@@ -286,6 +288,57 @@ class ProximalOptimizer(keras.optimizers.Optimizer):
         self.inner_optimizer.finalize_variable_values(var_list)
         for variable, zero in zeros:
             variable.assign(ops.where(zero, ops.zeros_like(variable), variable))
+
+    # Beside Keras's "0", "1", ... entries: the variables' paths, as UTF-8
+    # bytes joined by newlines (a uint8 array, which every store keeps).
+    _PATHS = "keras_lk_paths"
+
+    def save_own_variables(self, store):
+        super().save_own_variables(store)
+        store[self._PATHS] = np.frombuffer(
+            "\n".join(v.path for v in self.variables).encode(), "uint8")
+
+    def load_own_variables(self, store):
+        """Loads the saved state, matched by variable path.
+
+        Which weights have a proximal regularizer sets how many variables
+        this optimizer has (each keeps SparsityTarget's state). A model
+        saved with regularizers its config does not record (attention
+        projections, custom layers) loads without them, hence with fewer
+        variables, and Keras's loading by position would skip all of them,
+        Adam's moments included: here every variable found by its path
+        is loaded, and a warning names the rest. With as many variables as
+        were saved, it loads by position, as Keras does.
+        """
+        keys = set(store.keys())
+        if self._PATHS not in keys:  # saved by an earlier keras_lk
+            return super().load_own_variables(store)
+        saved = bytes(np.asarray(store[self._PATHS], "uint8")).decode()
+        saved = saved.split("\n") if saved else []
+        variables = self.variables
+        if len(saved) == len(variables):
+            # By position, as Keras: a fresh model of the same build in the
+            # same process (BackupAndRestore) has other generated names.
+            for index, variable in enumerate(variables):
+                variable.assign(store[str(index)])
+            return
+        index_of = {path: index for index, path in enumerate(saved)}
+        fresh = []
+        for variable in variables:
+            index = index_of.pop(variable.path, None)
+            value = None if index is None else store[str(index)]
+            if value is None or tuple(value.shape) != tuple(variable.shape):
+                fresh.append(variable.path)
+                continue
+            variable.assign(value)
+        if fresh or index_of:
+            warnings.warn(
+                f"{self.name}: loaded {len(variables) - len(fresh)} of its "
+                f"{len(variables)} variables by path. Saved but not here "
+                f"(weights saved with a proximal regularizer the loaded "
+                f"model does not have, e.g. one `attach` warned would not be "
+                f"saved: attach it again): {sorted(index_of)}. Here but not "
+                f"saved (starting fresh): {fresh}.", stacklevel=2)
 
     def get_config(self):
         return {"name": self.name, "optimizer":

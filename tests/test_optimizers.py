@@ -330,3 +330,40 @@ def test_sparsity_target_names_weights_attached_after_the_build():
     with pytest.raises(ValueError, match=r"\['sequential/dense/kernel'\] got their "
                        r"proximal LkRegularizer after that"):
         model.fit(x, y, verbose=0, callbacks=[keras_lk.SparsityTarget(0.5)])
+
+
+def test_optimizer_state_loads_by_path_when_a_regularizer_was_not_saved(
+        tmp_path):
+    # MultiHeadAttention's projections trained with a proximal regularizer
+    # that their config cannot save: the loaded ProximalOptimizer has fewer
+    # variables (no SparsityTarget state for them). Keras's loading by
+    # position skipped every variable, Adam's moments too; by path, all but
+    # those load, and a warning names them.
+    import warnings
+    tokens = keras.Input((6,), dtype="int32")
+    x = keras.layers.Embedding(20, 8, name="embed")(tokens)
+    x = keras.layers.MultiHeadAttention(2, 4, name="mha")(x, x)
+    model = keras.Model(tokens, keras.layers.Dense(2, name="head")(
+        keras.layers.GlobalAveragePooling1D()(x)))
+    reg = LkRegularizer(k=1, alpha=1e-3, proximal=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        keras_lk.attach(model, reg, names="mha/query")
+    keras_lk.attach(model, reg, names="head")
+    model.compile(ProximalOptimizer(keras.optimizers.Adam(1e-2)), "mse")
+    data = np.random.default_rng(0).integers(0, 20, (16, 6))
+    model.fit(data, np.ones((16, 2)), verbose=0)
+    model.save(tmp_path / "m.keras")
+    with pytest.warns(UserWarning, match=r"loaded \d+ of its \d+ variables "
+                      r"by path.*mha_query_kernel_sparsity_mask"):
+        loaded = keras.saving.load_model(tmp_path / "m.keras")
+    saved = {v.path: v.numpy() for v in model.optimizer.variables}
+    here = loaded.optimizer.variables
+    assert len(here) == len(saved) - 2   # query's mask and state
+    for variable in here:
+        np.testing.assert_array_equal(variable.numpy(), saved[variable.path],
+                                      err_msg=variable.path)
+    assert int(loaded.optimizer.iterations.numpy()) == 1
+    moments = [v for v in here if "momentum" in v.path]
+    assert moments and all(np.any(v.numpy() != 0) for v in moments
+                           if "query" in v.path or "head" in v.path)

@@ -119,7 +119,24 @@ def test_a_zoo_model_end_to_end(name, tmp_path):
     # The model itself saves and loads; it keeps every regularizer attach
     # did not warn about, and loses exactly those it did.
     model.save(tmp_path / "model.keras")
-    loaded = keras.saving.load_model(tmp_path / "model.keras")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        loaded = keras.saving.load_model(tmp_path / "model.keras")
+    said = " ".join(str(w.message) for w in caught)
+    # The optimizer's state loads (by path where weights lost their
+    # regularizer, hence their SparsityTarget state): Adam's moments too.
+    assert "Skipping variable loading" not in said
+    assert ("variables by path" in said) == bool(unsaved)
+    assert int(loaded.optimizer.iterations) == int(model.optimizer.iterations)
+    if unsaved:   # fewer variables, each found by its path
+        saved_state = {v.path: v for v in model.optimizer.variables}
+        pairs = [(v, saved_state[v.path]) for v in loaded.optimizer.variables]
+    else:         # by position, as Keras
+        pairs = list(zip(loaded.optimizer.variables,
+                         model.optimizer.variables))
+        assert len(pairs) == len(model.optimizer.variables)
+    for here, there in pairs:
+        np.testing.assert_array_equal(np.asarray(here), np.asarray(there))
     np.testing.assert_allclose(_outputs(loaded, x), predictions,
                                rtol=1e-5, atol=1e-6)
     index = {id(v): i for i, v in enumerate(model.trainable_weights)}
