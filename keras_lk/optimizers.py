@@ -191,7 +191,9 @@ class ProximalOptimizer(keras.optimizers.Optimizer):
         if not self.built:
             self.build(trainable_variables)
             self.built = True
-        self._find_proximal(trainable_variables or self._trainable_variables)
+        else:  # build found them; since, attach/detach may have changed them
+            self._find_proximal(trainable_variables
+                                or self._trainable_variables)
         inner = self.inner_optimizer
         # The rate of this step: read it before the step advances schedules.
         learning_rate = ops.convert_to_tensor(inner.learning_rate)

@@ -157,13 +157,16 @@ def _abs_pow(x, k, reduce_sum):
     """`|x|^k`, or its sum, with the hand-written gradient of the table."""
     k = float(k)
     x = ops.convert_to_tensor(x)
-    if k == 1.0 and keras.backend.backend() != "tensorflow":
-        # JAX differentiates abs at 0 as 1; sign(0) = 0 is the subgradient
-        # promised. x * sign(x) = |x| exactly, and autodiff gives sign(x).
-        value = ops.multiply(x, ops.stop_gradient(ops.sign(x)))
-        return ops.sum(value) if reduce_sum else value
     if k in (1.0, 2.0):  # Keras's own L1/L2 ops: autodiff is exact and cheap
-        value = ops.abs(x) if k == 1.0 else ops.square(x)
+        if k == 2.0:
+            value = ops.square(x)
+        elif keras.backend.backend() == "tensorflow":
+            value = ops.abs(x)
+        else:
+            # JAX differentiates abs at 0 as 1; sign(0) = 0 is the
+            # subgradient promised. x * sign(x) = |x| exactly, and autodiff
+            # gives sign(x).
+            value = ops.multiply(x, ops.stop_gradient(ops.sign(x)))
         return ops.sum(value) if reduce_sum else value
     # A variable read inside a custom gradient would need a backend-specific
     # `variables` argument; `copy` reads it outside (an identity in TF).
