@@ -24,17 +24,31 @@ EVERY_BACKEND = (
     "LkRegularizer (as a gradient penalty), prox, attach, detach, sparsity "
     "and strip")
 
+# What works beyond EVERY_BACKEND, per backend keras_lk trains on.
+ON_JAX = ("LkRegularizer (as a gradient penalty and proximal), "
+          "ProximalOptimizer, prox, attach, detach, sparsity and strip")
 
-def require_tensorflow_backend(what):
+_NAMES = {"tensorflow": "TensorFlow", "jax": "JAX"}
+
+
+def require_backend(what, backends=("tensorflow",)):
     """Raises NotImplementedError naming the backend if Keras does not run
-    on TensorFlow: `what` needs TensorFlow's stateful training steps (the
-    monitors' recorders, the proximal step, SparsityTarget's controller)."""
+    on one of `backends`: `what` needs their training steps (the monitors'
+    recorders and SparsityTarget's controller need TensorFlow's stateful
+    ones; the proximal step runs on TensorFlow and JAX)."""
     import keras
 
     backend = keras.backend.backend()
-    if backend != "tensorflow":
-        raise NotImplementedError(
-            f"{what} needs the TensorFlow backend; this Keras runs on "
-            f"{backend!r} (KERAS_BACKEND={backend}). On {backend}, "
-            f"{EVERY_BACKEND} work; set KERAS_BACKEND=tensorflow for the "
-            "rest.")
+    if backend in backends:
+        return
+    works = ON_JAX if backend == "jax" else EVERY_BACKEND
+    needed = " or ".join(_NAMES.get(b, b) for b in backends)
+    raise NotImplementedError(
+        f"{what} needs the {needed} backend; this Keras runs on "
+        f"{backend!r} (KERAS_BACKEND={backend}). On {backend}, "
+        f"{works} work; set KERAS_BACKEND=tensorflow for the rest.")
+
+
+def require_tensorflow_backend(what):
+    """`require_backend(what)`: the TensorFlow backend only."""
+    require_backend(what)

@@ -9,7 +9,7 @@ import tensorflow as tf
 from keras import ops
 
 from keras_lk import _validation
-from keras_lk._require_tf import require_tensorflow_backend
+from keras_lk._require_tf import require_backend
 from keras_lk.proximal import (half_threshold_newton, hard_threshold, prox,
                                soft_threshold)
 from keras_lk.regularizers import (LkRegularizer, mark_proximal_handled,
@@ -53,6 +53,19 @@ def _proximal_update(value, t, k, exempt=None):
         # A tensor, not the mask variable (a traced argument).
         return fused(value, t, tf.identity(exempt))
     return ops.where(exempt, value, prox(value, t, k))
+
+
+# The same steps in plain keras.ops, for backends whose train step is
+# compiled as a whole (JAX: jax.jit fuses them with the rest of the step).
+_PLAIN_PROX = {0.0: hard_threshold, 1.0: soft_threshold,
+               0.5: half_threshold_newton}
+
+
+def _plain_proximal_update(value, t, k):
+    function = _PLAIN_PROX.get(k)
+    if function is None:
+        return prox(value, t, k)
+    return function(value, ops.cast(t, value.dtype))
 
 
 def optimizer_chain(optimizer):
@@ -104,8 +117,11 @@ class ProximalOptimizer(keras.optimizers.Optimizer):
 
     Weights without a proximal regularizer are trained by the wrapped
     optimizer alone. The wrapper saves to `.keras` with the model and loads
-    back (keras_lk imported), and training continues from there. Needs the
-    TensorFlow backend.
+    back (keras_lk imported), and training continues from there. Runs on
+    the TensorFlow and JAX backends; on JAX the proximal step is part of
+    the optimizer's `stateless_apply`, and `keras.distribution`'s
+    `DataParallel` gives the same zeros as one device (`SparsityTarget`
+    still needs TensorFlow).
 
     Args:
         optimizer: A `keras.optimizers.Optimizer` instance: SGD, Adam, ...
@@ -125,7 +141,7 @@ class ProximalOptimizer(keras.optimizers.Optimizer):
     """
 
     def __init__(self, optimizer, name=None, **kwargs):
-        require_tensorflow_backend("keras_lk.ProximalOptimizer")
+        require_backend("keras_lk.ProximalOptimizer", ("tensorflow", "jax"))
         if not isinstance(optimizer, keras.optimizers.Optimizer) or isinstance(
                 optimizer, ProximalOptimizer):
             raise _validation.invalid(
@@ -203,9 +219,39 @@ class ProximalOptimizer(keras.optimizers.Optimizer):
         updated = ops.greater(ops.convert_to_tensor(inner.iterations), before)
         variables = [v for v in trainable_variables or self._trainable_variables
                      if id(v) in self._proximal]
-        if variables:
+        if not variables:
+            return
+        if keras.backend.backend() == "tensorflow":
             _in_cross_replica_context(self._proximal_step, variables,
                                       learning_rate, updated)
+        else:
+            self._stateless_proximal_step(variables, learning_rate, updated)
+
+    def _stateless_proximal_step(self, variables, learning_rate, updated):
+        """`w <- prox(w, t, k)` where the step is a pure function (JAX).
+
+        Inside `stateless_apply` every read and `assign` goes through the
+        stateless scope, so the new values leave the step with the rest of
+        the optimizer's. A step that gradient accumulation does not apply
+        keeps the weights (a select, as Keras's JAX optimizer does: a cond
+        cannot assign); `keras.distribution` shards the values, and the
+        elementwise step needs no cross-device work (k = inf reduces over
+        the whole weight, which XLA handles across shards).
+        """
+        if self._controller is not None:
+            raise NotImplementedError(
+                "keras_lk.SparsityTarget needs the TensorFlow backend; "
+                f"this Keras runs on {keras.backend.backend()!r}.")
+        accumulating = bool(self.inner_optimizer.gradient_accumulation_steps)
+        for variable in variables:
+            regularizer = self._proximal[id(variable)]
+            value = variable.value
+            t = regularizer.proximal_strength(
+                learning_rate, math.prod(variable.shape))
+            new = _plain_proximal_update(value, t, regularizer.k)
+            if accumulating:
+                new = ops.where(updated, new, value)
+            variable.assign(new)
 
     def _proximal_step(self, strategy, variables, learning_rate, updated):
         """`w <- prox(w, t, k)` on every replica's copy, after real updates."""
@@ -246,11 +292,6 @@ class ProximalOptimizer(keras.optimizers.Optimizer):
         """Hands the proximal strengths to a `SparsityTarget` (or back)."""
         self._controller = controller
 
-    def stateless_apply(self, optimizer_variables, grads, trainable_variables):
-        raise NotImplementedError(
-            "ProximalOptimizer supports the TensorFlow backend only (stateful "
-            "training steps).")
-
     @property
     def variables(self):
         return self._variables + self.inner_optimizer.variables
@@ -285,11 +326,12 @@ class ProximalOptimizer(keras.optimizers.Optimizer):
     def finalize_variable_values(self, var_list):
         # With use_ema, the moving averages replace the weights here: the
         # weights training left at exactly 0 stay 0.
-        zeros = [(v, ops.equal(v, 0)) for v in var_list
+        zeros = [(v, ops.equal(v.value, 0)) for v in var_list
                  if id(v) in self._proximal] if self.inner_optimizer.use_ema else []
         self.inner_optimizer.finalize_variable_values(var_list)
         for variable, zero in zeros:
-            variable.assign(ops.where(zero, ops.zeros_like(variable), variable))
+            value = variable.value
+            variable.assign(ops.where(zero, ops.zeros_like(value), value))
 
     # Beside Keras's "0", "1", ... entries: the variables' paths, as UTF-8
     # bytes joined by newlines (a uint8 array, which every store keeps).

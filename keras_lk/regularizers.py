@@ -8,7 +8,7 @@ import keras
 from keras import ops
 
 from keras_lk import _validation
-from keras_lk._require_tf import require_tensorflow_backend
+from keras_lk._require_tf import require_backend
 from keras_lk.penalties import lk_penalty
 
 REDUCTIONS = ("mean", "sum")
@@ -17,11 +17,17 @@ REDUCTIONS = ("mean", "sum")
 # Consulted only outside `fit` (a custom training loop, where the README
 # asks for `optimizer.build(...)` before the first gradient).
 _PROXIMAL_HANDLED = {}
+# The regularizers of those weights: where the backend differentiates
+# arrays, not variables (JAX), the weight is not known at the gradient.
+_PROXIMAL_HANDLED_REGULARIZERS = weakref.WeakSet()
 
 
 def mark_proximal_handled(variable):
     """Records that an optimizer applies `variable`'s proximal step."""
     _PROXIMAL_HANDLED[id(variable)] = weakref.ref(variable)
+    regularizer = unwrap(getattr(variable, "regularizer", None))
+    if regularizer is not None:
+        _PROXIMAL_HANDLED_REGULARIZERS.add(regularizer)
 
 
 def _model_in_training():
@@ -43,18 +49,21 @@ def _model_in_training():
     return None
 
 
-def is_proximal_handled(variable):
+def is_proximal_handled(variable, regularizer=None):
     """Whether a ProximalOptimizer applies `variable`'s proximal step.
 
     In `fit` (and any train step of a model): whether the model's optimizer
     is, or wraps, a ProximalOptimizer. Elsewhere: whether a built one holds
-    the weight.
+    the weight, or, where the weight is not known (`variable` None: JAX
+    differentiates arrays), a weight with this very `regularizer`.
     """
     model = _model_in_training()
     if model is not None:
         from keras_lk.optimizers import ProximalOptimizer, optimizer_chain
         return any(isinstance(optimizer, ProximalOptimizer) for optimizer
                    in optimizer_chain(getattr(model, "optimizer", None)))
+    if variable is None:
+        return regularizer in _PROXIMAL_HANDLED_REGULARIZERS
     ref = _PROXIMAL_HANDLED.get(id(variable))
     return ref is not None and ref() is variable
 
@@ -144,17 +153,19 @@ class LkRegularizer(keras.regularizers.Regularizer):
         return self._proximal_penalty(x)
 
     def _proximal_penalty(self, x):
-        # Its step is ProximalOptimizer's, TensorFlow only for now: on
+        # Its step is ProximalOptimizer's, on TensorFlow and JAX: on
         # another backend the weight would train silently unregularized.
-        require_tensorflow_backend(
-            f"{self!r} (proximal=True, applied by keras_lk.ProximalOptimizer)")
+        require_backend(
+            f"{self!r} (proximal=True, applied by keras_lk.ProximalOptimizer)",
+            ("tensorflow", "jax"))
         variable = x if isinstance(x, keras.Variable) else None
         name = getattr(variable, "path", None)
 
         def check():
-            if variable is not None and not is_proximal_handled(variable):
+            if not is_proximal_handled(variable, self):
+                weight = f" on weight {name!r}" if name else ""
                 raise ValueError(
-                    f"{self!r} on weight {name!r} is applied as a proximal "
+                    f"{self!r}{weight} is applied as a proximal "
                     "step, and no keras_lk.ProximalOptimizer applies it: "
                     "without one the weight would train unregularized. "
                     "Compile with optimizer=keras_lk.ProximalOptimizer("

@@ -159,6 +159,127 @@ def test_sparsity_counts_exact_zeros_and_strip_copies_them():
     assert keras_lk.sparsity(plain)["total"] == report["total"]
 
 
+def numpy_prox(w, t, k):
+    """NumPy closed forms for k = 0 and 1; keras_lk's own `prox` (checked
+    against a brute-force grid above) for the others."""
+    if k == 0:
+        return np.where(w * w > 2 * t, w, 0.0)
+    if k == 1:
+        return np.sign(w) * np.maximum(np.abs(w) - t, 0.0)
+    return np.asarray(ops.convert_to_numpy(prox(w.astype("float32"), t, k)),
+                      "float64")
+
+
+# alpha per k: a strength that zeroes part of the kernel within 3 steps.
+ALPHAS = {0.0: 8.0, 0.5: 15.0, 1.0: 40.0, 1.5: 8.0, math.inf: 1.5}
+
+
+@pytest.mark.parametrize("accumulate", [None, 2])
+@pytest.mark.parametrize("k", sorted(ALPHAS))
+def test_proximal_training_is_numpys_sgd_then_prox(k, accumulate):
+    """Full-batch fits of a linear layer under ProximalOptimizer(SGD) with a
+    decaying learning rate, against the same steps in NumPy: the gradient
+    step, then `prox(w, lr_i * alpha / n, k)` (k = inf: `lr_i * alpha`).
+    With gradient accumulation every second step is the real update, and
+    the proximal step runs with it, at its learning rate."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((32, 6)).astype("float32")
+    y = rng.standard_normal((32, 4)).astype("float32")
+    w0 = rng.standard_normal((6, 4)).astype("float32") * 0.5
+    alpha = ALPHAS[k]
+    regularizer = LkRegularizer(k=k, alpha=alpha, proximal=True)
+    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(
+        4, use_bias=False, kernel_regularizer=regularizer)])
+    model.layers[0].kernel.assign(w0)
+    schedule = keras.optimizers.schedules.ExponentialDecay(0.1, 1, 0.8)
+    model.compile(keras_lk.ProximalOptimizer(keras.optimizers.SGD(
+        schedule, gradient_accumulation_steps=accumulate)), "mse")
+    updates = 3
+    model.fit(x, y, batch_size=32, epochs=updates * (accumulate or 1),
+              shuffle=False, verbose=0)
+    w = w0.astype("float64")
+    for i in range(updates):
+        # Keras evaluates the schedule at its raw step count: the update
+        # that ends an accumulation of 2 runs at steps 1, 3, 5.
+        rate = 0.1 * 0.8 ** (i if not accumulate else
+                             accumulate * i + accumulate - 1)
+        w = w - rate * 2.0 * x.T.astype("float64") @ (x @ w - y) / y.size
+        t = rate * alpha / (1 if math.isinf(k) else w.size)
+        w = numpy_prox(w, t, k)
+    got = model.layers[0].kernel.numpy()
+    zeros = np.sum(w == 0) if k <= 1 else 0
+    if k <= 1:
+        assert zeros >= 3, f"the test's alpha zeroes too few: {zeros}"
+    np.testing.assert_array_equal(got == 0, w == 0)
+    np.testing.assert_allclose(got, w, rtol=2e-4, atol=2e-5)
+    # The penalty enters the loss (k = 0: alpha x fraction of nonzeros).
+    assert float(sum(model.losses)) == pytest.approx(
+        float(lk_penalty(got, k, alpha)), rel=1e-5)
+
+
+def proximal_fit(setup):
+    """A k = 1 proximal fit (2 epochs of 4 steps) in a Keras setup; returns
+    the model."""
+    policy = keras.config.dtype_policy()
+    if setup == "mixed_float16":
+        keras.config.set_dtype_policy("mixed_float16")
+    try:
+        rng = np.random.default_rng(5)
+        x = rng.standard_normal((64, 6)).astype("float32")
+        y = rng.standard_normal((64, 3)).astype("float32")
+        model = model_with(LkRegularizer(k=1, alpha=20.0, proximal=True))
+        model.set_weights([rng.standard_normal(w.shape).astype("float32")
+                           * 0.4 for w in model.get_weights()])
+        inner = keras.optimizers.SGD(0.1, use_ema=setup == "use_ema",
+                                     ema_momentum=0.5)
+        model.compile(keras_lk.ProximalOptimizer(inner), "mse",
+                      jit_compile=setup != "jit_compile=False",
+                      steps_per_execution=4 if setup == "steps_per_execution"
+                      else 1)
+        history = model.fit(x, y, batch_size=16, epochs=2, shuffle=False,
+                            verbose=0)
+        assert np.all(np.isfinite(history.history["loss"]))
+        return model
+    finally:
+        keras.config.set_dtype_policy(policy)
+
+
+def kernels(model):
+    return [ops.convert_to_numpy(layer.kernel) for layer in model.layers]
+
+
+@pytest.mark.parametrize("setup", ["steps_per_execution", "jit_compile=False",
+                                   "use_ema", "mixed_float16"])
+def test_proximal_training_in_keras_setups(setup):
+    reference = kernels(proximal_fit("plain"))
+    assert all(np.mean(k == 0) > 0.1 for k in reference)
+    model = proximal_fit(setup)
+    got = kernels(model)
+    if setup in ("steps_per_execution", "jit_compile=False"):
+        for ours, theirs in zip(got, reference):  # the same steps
+            np.testing.assert_array_equal(ours == 0, theirs == 0)
+            np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-6)
+    elif setup == "use_ema":
+        # The moving averages replace the weights at the end of fit; the
+        # weights training left at exactly 0 stay 0 (an average of
+        # earlier nonzero values would not be).
+        assert all(np.mean(k == 0) > 0.1 for k in got)
+    else:  # float16 compute, float32 weights, loss scaling around the step
+        assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+        assert all(np.mean(k == 0) > 0.1 for k in got)
+        agree = np.mean(np.concatenate([(a == 0).ravel() == (b == 0).ravel()
+                                        for a, b in zip(got, reference)]))
+        assert agree > 0.9, agree
+
+
+def test_a_proximal_penalty_without_proximal_optimizer_refuses_to_train():
+    model = model_with(LkRegularizer(k=1, alpha=0.1, proximal=True))
+    model.compile(keras.optimizers.SGD(0.1), "mse")
+    x = np.ones((8, 6), "float32")
+    with pytest.raises(ValueError, match="no keras_lk.ProximalOptimizer"):
+        model.fit(x, np.zeros((8, 3)), verbose=0)
+
+
 def test_what_needs_tensorflow_says_so_with_the_backend(tmp_path):
     model = model_with(LkRegularizer(k=1, alpha=0.1, proximal=True))
     makers = {
@@ -166,11 +287,19 @@ def test_what_needs_tensorflow_says_so_with_the_backend(tmp_path):
         "ZeroCounts": lambda: keras_lk.ZeroCounts(tmp_path),
         "AbsWeightHistograms": lambda: keras_lk.AbsWeightHistograms(tmp_path),
         "RegularizationShare": lambda: keras_lk.RegularizationShare(tmp_path),
+        "SparsityTarget": lambda: keras_lk.SparsityTarget(0.5),
+    }
+    # The proximal step runs on TensorFlow and JAX.
+    proximal = {
         "ProximalOptimizer": lambda: keras_lk.ProximalOptimizer(
             keras.optimizers.SGD(0.1)),
-        "SparsityTarget": lambda: keras_lk.SparsityTarget(0.5),
         "LkRegularizer(k=1.0": lambda: model.losses,
     }
+    if BACKEND in ("tensorflow", "jax"):
+        for make in proximal.values():
+            make()  # built, no error
+    else:
+        makers.update(proximal)
     for name, make in makers.items():
         if BACKEND == "tensorflow":
             make()  # built, no error
@@ -178,7 +307,8 @@ def test_what_needs_tensorflow_says_so_with_the_backend(tmp_path):
         with pytest.raises(NotImplementedError) as raised:
             make()
         message = str(raised.value)
-        assert message.startswith(f"keras_lk.{name} needs the TensorFlow "
+        needed = ("TensorFlow or JAX" if name in proximal else "TensorFlow")
+        assert message.startswith(f"keras_lk.{name} needs the {needed} "
                                   "backend" if "(" not in name else name)
         assert f"runs on {BACKEND!r}" in message
         assert "KERAS_BACKEND=tensorflow" in message

@@ -1,0 +1,75 @@
+"""A proximal fit on whatever backend KERAS_BACKEND names, for the
+cross-backend tests (`test_backends.py`): every number comes from NumPy
+(data, initial weights), so TensorFlow and JAX start from the same state.
+
+    python tests/proximal_run.py OUT.npz [--data-parallel]
+
+Writes, per k in KS, the kernels after the fit, the per-epoch losses and
+the penalty in `model.losses`. With --data-parallel (JAX, several devices)
+it trains once on one device and once under keras.distribution's
+DataParallel over every CPU device, and writes both.
+"""
+
+import sys
+
+import keras
+import numpy as np
+
+import keras_lk
+
+KS = (0.0, 0.5, 1.0)
+ALPHAS = {0.0: 0.25, 0.5: 0.05, 1.0: 0.1}
+
+
+def data(seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((256, 20)).astype("float32")
+    teacher = rng.standard_normal((20, 3)).astype("float32")
+    y = np.argmax(x @ teacher, axis=1)
+    return x, y
+
+
+def fit(k, seed=0):
+    rng = np.random.default_rng(seed + 1)
+    regularizer = keras_lk.LkRegularizer(k=k, alpha=ALPHAS[k], reduction="sum",
+                                         proximal=True)
+    model = keras.Sequential([
+        keras.Input((20,)),
+        keras.layers.Dense(32, "relu", kernel_regularizer=regularizer),
+        keras.layers.Dense(16, "relu", kernel_regularizer=regularizer),
+        # A tiny output layer: 48 weights.
+        keras.layers.Dense(3, kernel_regularizer=regularizer)])
+    model.set_weights([rng.standard_normal(w.shape).astype("float32") * 0.3
+                       for w in model.get_weights()])
+    model.compile(keras_lk.ProximalOptimizer(keras.optimizers.Adam(0.02)),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    x, y = data(seed)
+    history = model.fit(x, y, batch_size=32, epochs=4, shuffle=False,
+                        verbose=0)
+    results = {f"k{k}_kernel{i}": layer.kernel.numpy()
+               for i, layer in enumerate(model.layers)} | {
+        f"k{k}_loss": np.asarray(history.history["loss"]),
+        f"k{k}_penalty": np.asarray(float(sum(model.losses)))}
+    if keras.backend.backend() == "jax":  # the devices holding the kernel
+        results[f"k{k}_devices"] = np.asarray(len(
+            model.layers[0].kernel.value.sharding.device_set))
+    return results
+
+
+def main(out, data_parallel=False):
+    results = {"backend": np.asarray(keras.backend.backend())}
+    for k in KS:
+        results |= fit(k)
+    if data_parallel:
+        devices = keras.distribution.list_devices("cpu")
+        results["devices"] = np.asarray(len(devices))
+        keras.distribution.set_distribution(
+            keras.distribution.DataParallel(devices=devices))
+        for k in KS:
+            results |= {f"parallel_{key}": value
+                        for key, value in fit(k).items()}
+    np.savez(out, **results)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], "--data-parallel" in sys.argv[2:])
