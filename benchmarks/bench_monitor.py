@@ -46,6 +46,16 @@ TABLES = ("fit", "sweep", "stats", "many")
 TB_HISTOGRAM_MAX_SIZE = 10**7  # its N x 30 float64 one-hot: 2.4 GB at 1e7
 
 
+def on_device(array):
+    """What the monitors pass on this backend: a tf.Variable's value on
+    TensorFlow, a device array on JAX."""
+    import keras
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+        return tf.Variable(array)
+    return keras.ops.convert_to_tensor(array)
+
+
 def max_rss_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -56,7 +66,7 @@ def child(kind, size, repeats):
     import tensorflow as tf
 
     # The statistics function the monitors run (traced, XLA-fused blocks).
-    from keras_lk.measures.weights import _per_weight, _statistics
+    from keras_lk.measures.weights import _compiled_statistics, _per_weight
 
     if kind.startswith("many_"):
         # "many_<kind>": `size` encodes count x side (e.g. 200x500).
@@ -66,14 +76,15 @@ def child(kind, size, repeats):
                   for _ in range(count)]
         return many_child(kind[5:], arrays, repeats)
     weights = np.random.default_rng(0).standard_normal(size).astype("float32")
-    variable = tf.Variable(weights)
+    variable = on_device(weights)
     if kind == "numpy":
         def run():
             return np.abs(weights).max()
     elif kind == "keras_lk":
         def run():
-            stats = _statistics([variable], [None], np.float32(1e-3), False,
-                                30)
+            stats = _compiled_statistics()(
+                [variable], [None], np.float32(1e-3), relative=False,
+                buckets=30)
             return _per_weight([variable], *[
                 {k: np.asarray(v) for k, v in part.items()}
                 if isinstance(part, dict) else
@@ -114,17 +125,18 @@ def many_child(kind, arrays, repeats):
     import numpy as np
     import tensorflow as tf
 
-    from keras_lk.measures.weights import _per_weight, _statistics
+    from keras_lk.measures.weights import _compiled_statistics, _per_weight
 
-    variables = [tf.Variable(a) for a in arrays]
+    variables = [on_device(a) for a in arrays]
     if kind == "numpy":
         def run():
-            return [np.abs(v.numpy()).max() for v in variables]
+            return [np.abs(np.asarray(v)).max() for v in variables]
     elif kind == "keras_lk":
         def run():
             values = list(variables)
-            stacked, single, signs = _statistics(
-                values, [None] * len(values), np.float32(1e-3), False, 30)
+            stacked, single, signs = _compiled_statistics()(
+                values, [None] * len(values), np.float32(1e-3),
+                relative=False, buckets=30)
             return _per_weight(
                 values, [{k: np.asarray(x) for k, x in s.items()}
                          for s in stacked],

@@ -26,7 +26,8 @@ EVERY_BACKEND = (
 
 # What works beyond EVERY_BACKEND, per backend keras_lk trains on.
 ON_JAX = ("LkRegularizer (as a gradient penalty and proximal), "
-          "ProximalOptimizer, prox, attach, detach, sparsity and strip")
+          "ProximalOptimizer, AbsWeightHistograms, ZeroCounts (without "
+          "step_stats), prox, attach, detach, sparsity and strip")
 
 _NAMES = {"tensorflow": "TensorFlow", "jax": "JAX"}
 

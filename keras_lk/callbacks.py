@@ -37,7 +37,7 @@ import keras
 from keras import ops
 
 from keras_lk import _validation, tags
-from keras_lk._require_tf import require_tensorflow_backend
+from keras_lk._require_tf import require_backend
 from keras_lk.measures import WEIGHT_CHOICES, Report
 from keras_lk.measures.penalty import PenaltyMeasure, PullMeasure
 from keras_lk.measures.weights import WeightMeasure, ZeroOptions
@@ -88,12 +88,19 @@ class _Monitor(keras.callbacks.Callback):
     """
 
     def __init__(self, log_dir, update_freq, measures):
-        require_tensorflow_backend(f"keras_lk.{type(self).__name__}")
+        self._measures = list(measures)
+        self._records = any(m.records for m in self._measures)
+        # The weights are read at each log, on any backend that trains;
+        # recording at every step (the penalty, signs) wraps regularizers
+        # whose state TensorFlow's stateful steps keep.
+        require_backend(
+            f"keras_lk.{type(self).__name__}" + (
+                " (it records the penalty or the signs at every training "
+                "step)" if self._records else ""),
+            ("tensorflow",) if self._records else ("tensorflow", "jax"))
         super().__init__()
         self.log_dir = _check_log_dir(log_dir)
         self.update_freq = _check_update_freq(update_freq)
-        self._measures = list(measures)
-        self._records = any(m.records for m in self._measures)
         self._tracks_signs = any(m.tracks_signs for m in self._measures)
         self._recording = None
         self._writers = {}
@@ -140,6 +147,9 @@ class _Monitor(keras.callbacks.Callback):
             measure.open(window)
 
     def _measure(self, report):
+        # On JAX, reading `model` puts the running fit's current weights
+        # back into the variables (Keras's Callback does it).
+        self.model  # noqa: B018
         for measure in self._measures:
             measure.measure(report)
         return report

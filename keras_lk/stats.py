@@ -77,6 +77,18 @@ def weight_statistics(w, tol, relative=False, buckets=DEFAULT_BUCKETS,
         lambda: _statistics_with_nonfinite(blocks, tol, relative, buckets))
 
 
+def count_indices(index, width):
+    """How often each of `0 .. width - 1` occurs in the int32 `index`
+    (larger values are not counted): `width` int32 counts.
+
+    `bincount` on TensorFlow; on JAX, whose bincount needs its length
+    known when traced, a segment sum of ones (the same counts).
+    """
+    if keras.backend.backend() == "jax":
+        return ops.segment_sum(ops.ones_like(index), index, width)
+    return ops.bincount(index, minlength=width)[:width]
+
+
 # Elements per block: the pass runs over the weights in blocks of this many
 # (2 MB of float32), so that its temporaries (a few arrays of one block
 # each) stay in cache and small whatever the weight's size. Measured on
@@ -234,7 +246,7 @@ def _statistics(blocks, max_abs, min_nonzero, tol, relative, buckets,
     def combine(state, partial):
         near_zeros, index = partial
         return (state[0] + near_zeros,
-                state[1] + ops.bincount(index, minlength=width)[:width])
+                state[1] + count_indices(index, width))
 
     near_zeros, joint = blocks.reduce(
         functools.partial(_bucket_index, dtype=dtype, buckets=buckets,
@@ -490,9 +502,8 @@ def packed_statistics(tensors, tol, relative=False, buckets=DEFAULT_BUCKETS,
         near, index = partial
         # The bincount stays outside `fuse`: a compiled scatter is slow.
         return (state[0] + ops.segment_sum(near, owners, segments),
-                state[1] + ops.bincount(ops.reshape(index, (-1,)),
-                                        minlength=segments * width)[
-                                            :segments * width])
+                state[1] + count_indices(ops.reshape(index, (-1,)),
+                                         segments * width))
 
     near_zeros, joint = over_blocks(
         functools.partial(_row_buckets, buckets=buckets), combine_buckets,

@@ -556,8 +556,8 @@ def test_the_statistics_graph_is_traced_once_across_fits(tmp_path):
         model.fit(x, y, epochs=1, verbose=0, callbacks=[monitor])
     # Private on purpose: only the tracing count proves there is no retrace.
     from keras_lk.measures import weights as measures
-    traced = measures._statistics.experimental_get_tracing_count()
+    traced = measures._compiled_statistics().experimental_get_tracing_count()
     for _ in range(3):
         model.fit(x, y, epochs=1, verbose=0, callbacks=[
             keras_lk.LkMonitor(tmp_path, step_stats=True)])
-    assert measures._statistics.experimental_get_tracing_count() == traced
+    assert measures._compiled_statistics().experimental_get_tracing_count() == traced

@@ -140,7 +140,7 @@ def test_ten_fresh_monitors_grow_nothing_and_never_retrace(tmp_path, caplog):
             # Values, not only structure: this fit's logs are its own.
             assert_logged_penalties_follow(tmp_path / str(fit), trace, 3)
             functions.add((id(model.train_function), id(model.test_function)))
-            count = measures._statistics.experimental_get_tracing_count()
+            count = measures._compiled_statistics().experimental_get_tracing_count()
             if fit == 1:  # both settings of the statistics pass seen
                 traced = count
             assert fit < 2 or count == traced

@@ -280,35 +280,94 @@ def test_a_proximal_penalty_without_proximal_optimizer_refuses_to_train():
         model.fit(x, np.zeros((8, 3)), verbose=0)
 
 
-def test_what_needs_tensorflow_says_so_with_the_backend(tmp_path):
+class KernelsAtBatchEnd(keras.callbacks.Callback):
+    """Copies of the kernels after every step (reading `self.model` gives
+    the running step's weights on JAX too)."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.seen.append([ops.convert_to_numpy(layer.kernel)
+                          for layer in self.model.layers])
+
+
+def test_zero_counts_and_histograms_show_the_weights_of_their_step(tmp_path):
+    from events import read
+    rng = np.random.default_rng(7)
+    model = model_with(LkRegularizer(k=1, alpha=30.0, proximal=True))
+    model.set_weights([rng.standard_normal(w.shape).astype("float32") * 0.4
+                       for w in model.get_weights()])
+    model.compile(keras_lk.ProximalOptimizer(keras.optimizers.SGD(0.05)),
+                  "mse")
+    kernels = KernelsAtBatchEnd()
+    # 2 epochs of 4 steps; zero counts every 2 steps, histograms per epoch.
+    history = model.fit(
+        rng.standard_normal((64, 6)), rng.standard_normal((64, 3)),
+        batch_size=16, epochs=2, shuffle=False, verbose=0, callbacks=[
+            # The monitors first: no other callback syncs for them.
+            keras_lk.ZeroCounts(tmp_path, update_freq=2, tol=0.05),
+            keras_lk.AbsWeightHistograms(tmp_path / "h"), kernels])
+    events = read(tmp_path)
+    counts = events[("train", "zero_count/(all layers)")]
+    exact = events[("train", "exact_zero_count/hidden")]
+    assert sorted(counts) == [2, 4, 6, 8]  # the optimizer's step
+    for step in (2, 4, 6, 8):
+        hidden, head = kernels.seen[step - 1]
+        assert counts[step] == np.sum(np.abs(hidden) <= 0.05) + np.sum(
+            np.abs(head) <= 0.05)
+        assert exact[step] == np.sum(hidden == 0)
+    # Zeros grow, so a stale read (the weights of an earlier step) differs.
+    assert exact[2] < exact[8]
+    assert history.history["zero_frac"][-1] == pytest.approx(
+        counts[8] / (48 + 24))
+    histograms = read(tmp_path / "h")
+    for name, kernel in zip(("hidden", "head"), kernels.seen[-1]):
+        buckets = histograms[("train", f"abs_weights/{name}/kernel")][1]
+        assert buckets[:, 2].sum() == kernel.size
+        assert buckets[-1, 1] == pytest.approx(np.abs(kernel).max())
+        log_buckets = histograms[("train",
+                                  f"log10_abs_weights/{name}/kernel")][1]
+        assert log_buckets[0, 2] == np.sum(kernel == 0)
+
+
+def test_what_needs_another_backend_says_so_with_the_backend(tmp_path):
     model = model_with(LkRegularizer(k=1, alpha=0.1, proximal=True))
-    makers = {
-        "LkMonitor": lambda: keras_lk.LkMonitor(tmp_path),
-        "ZeroCounts": lambda: keras_lk.ZeroCounts(tmp_path),
-        "AbsWeightHistograms": lambda: keras_lk.AbsWeightHistograms(tmp_path),
-        "RegularizationShare": lambda: keras_lk.RegularizationShare(tmp_path),
-        "SparsityTarget": lambda: keras_lk.SparsityTarget(0.5),
-    }
-    # The proximal step runs on TensorFlow and JAX.
-    proximal = {
-        "ProximalOptimizer": lambda: keras_lk.ProximalOptimizer(
-            keras.optimizers.SGD(0.1)),
-        "LkRegularizer(k=1.0": lambda: model.losses,
-    }
-    if BACKEND in ("tensorflow", "jax"):
-        for make in proximal.values():
-            make()  # built, no error
-    else:
-        makers.update(proximal)
-    for name, make in makers.items():
-        if BACKEND == "tensorflow":
+    records = " (it records the penalty or the signs at every training step)"
+    tf_only, tf_or_jax = ("tensorflow",), ("tensorflow", "jax")
+    # (what the message starts with, how to make it, where it works)
+    entries = [
+        ("keras_lk.LkMonitor" + records,
+         lambda: keras_lk.LkMonitor(tmp_path), tf_only),
+        ("keras_lk.RegularizationShare" + records,
+         lambda: keras_lk.RegularizationShare(tmp_path), tf_only),
+        ("keras_lk.ZeroCounts" + records,
+         lambda: keras_lk.ZeroCounts(tmp_path, step_stats=True), tf_only),
+        ("keras_lk.SparsityTarget",
+         lambda: keras_lk.SparsityTarget(0.5), tf_only),
+        # The proximal step, and the monitors that read the weights at
+        # each log, run on JAX too.
+        ("keras_lk.ZeroCounts", lambda: keras_lk.ZeroCounts(tmp_path),
+         tf_or_jax),
+        ("keras_lk.AbsWeightHistograms",
+         lambda: keras_lk.AbsWeightHistograms(tmp_path), tf_or_jax),
+        ("keras_lk.ProximalOptimizer", lambda: keras_lk.ProximalOptimizer(
+            keras.optimizers.SGD(0.1)), tf_or_jax),
+        ("LkRegularizer(k=1.0, alpha=0.1, reduction='mean', proximal=True) "
+         "(proximal=True, applied by keras_lk.ProximalOptimizer)",
+         lambda: model.losses, tf_or_jax),
+    ]
+    for start, make, backends in entries:
+        if BACKEND in backends:
             make()  # built, no error
             continue
         with pytest.raises(NotImplementedError) as raised:
             make()
         message = str(raised.value)
-        needed = ("TensorFlow or JAX" if name in proximal else "TensorFlow")
-        assert message.startswith(f"keras_lk.{name} needs the {needed} "
-                                  "backend" if "(" not in name else name)
+        needed = " or ".join({"tensorflow": "TensorFlow", "jax": "JAX"}[b]
+                             for b in backends)
+        assert message.startswith(f"{start} needs the {needed} backend;"), (
+            message)
         assert f"runs on {BACKEND!r}" in message
         assert "KERAS_BACKEND=tensorflow" in message

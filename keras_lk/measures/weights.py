@@ -23,7 +23,13 @@ from keras_lk.stats import (PACK_WEIGHT, histogram_buckets,
 _FUSED = {}
 
 
+def _on_tensorflow():
+    return keras.backend.backend() == "tensorflow"
+
+
 def _fuse(block_step):
+    if not _on_tensorflow():  # jax.jit compiles the whole pass (_compiled)
+        return block_step
     key = (block_step.func, tuple(sorted(block_step.keywords.items())))
     if key not in _FUSED:
         _FUSED[key] = tf.function(block_step, jit_compile=True,
@@ -37,6 +43,8 @@ _FUSED_ROWS = {}
 def _fuse_rows(row_step):
     # The packed pass's elementwise steps, XLA-compiled (one pass over the
     # rows each); XLA compiles them once per pack shape, kept across logs.
+    if not _on_tensorflow():
+        return row_step
     key = (getattr(row_step, "func", row_step),
            tuple(sorted(getattr(row_step, "keywords", {}).items())))
     if key not in _FUSED_ROWS:
@@ -56,7 +64,6 @@ def _plan(variables):
             if not (len(group) == 1 and sizes[group[0]] > PACK_WEIGHT)]
 
 
-@tf.function(autograph=False)
 def _statistics(variables, signs, tol, relative, buckets):
     # Variables are arguments, not captures: one trace serves every model
     # of the same shapes and every callback, and fresh callbacks never
@@ -86,6 +93,24 @@ def _statistics(variables, signs, tol, relative, buckets):
             sign_counts[str(index)] = sign_window_counts(
                 variable, positive, negative)
     return stacked, single, sign_counts
+
+
+_COMPILED = {}
+
+
+def _compiled_statistics():
+    """`_statistics`, compiled by the backend: a tf.function on TensorFlow
+    (its block steps XLA-compiled inside), jax.jit on JAX (XLA compiles
+    the whole pass; one compile per set of shapes, kept across logs)."""
+    backend = keras.backend.backend()
+    if backend not in _COMPILED:
+        if backend == "tensorflow":
+            _COMPILED[backend] = tf.function(_statistics, autograph=False)
+        else:
+            import jax
+            _COMPILED[backend] = jax.jit(
+                _statistics, static_argnames=("relative", "buckets"))
+    return _COMPILED[backend]
 
 
 def _per_weight(variables, stacked, single, sign_counts):
@@ -168,9 +193,9 @@ class WeightMeasure:
         tol = self.zeros.tol if self.zeros else 0.0
         relative = bool(self.zeros and self.zeros.relative_tol)
         results = iter(_per_weight(variables, *keras.tree.map_structure(
-            ops.convert_to_numpy, _statistics(
-                variables, signs, np.float32(tol), relative,
-                self.buckets or 1))))
+            ops.convert_to_numpy, _compiled_statistics()(
+                variables, signs, np.float32(tol), relative=relative,
+                buckets=self.buckets or 1))))
         self.open(report.window)
         total = _Counts()
         for path, weights in self._layers:
