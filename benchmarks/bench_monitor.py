@@ -62,6 +62,7 @@ def max_rss_mb():
 
 def child(kind, size, repeats):
     """Times `kind` over `size` weights; prints JSON."""
+    import keras
     import numpy as np
     import tensorflow as tf
 
@@ -85,11 +86,10 @@ def child(kind, size, repeats):
             stats = _compiled_statistics()(
                 [variable], [None], np.float32(1e-3), relative=False,
                 buckets=30)
-            return _per_weight([variable], *[
-                {k: np.asarray(v) for k, v in part.items()}
-                if isinstance(part, dict) else
-                [{k: np.asarray(v) for k, v in d.items()} for d in part]
-                for part in stats])
+            # To the host, as the monitors do (on JAX this also waits for
+            # the asynchronous dispatch to finish).
+            return _per_weight([variable], *keras.tree.map_structure(
+                keras.ops.convert_to_numpy, stats))
     else:
         writer = tf.summary.create_file_writer(tempfile.mkdtemp())
 
@@ -122,6 +122,7 @@ MANY = {0: (200, 500), 1: (50, 1000), 2: (12, 2048)}
 
 def many_child(kind, arrays, repeats):
     """First log and later logs over many tensors; prints JSON."""
+    import keras
     import numpy as np
     import tensorflow as tf
 
@@ -137,11 +138,8 @@ def many_child(kind, arrays, repeats):
             stacked, single, signs = _compiled_statistics()(
                 values, [None] * len(values), np.float32(1e-3),
                 relative=False, buckets=30)
-            return _per_weight(
-                values, [{k: np.asarray(x) for k, x in s.items()}
-                         for s in stacked],
-                {k: {n: np.asarray(x) for n, x in d.items()}
-                 for k, d in single.items()}, signs)
+            return _per_weight(values, *keras.tree.map_structure(
+                keras.ops.convert_to_numpy, (stacked, single, signs)))
     else:
         # What keras.callbacks.TensorBoard(histogram_freq=1) runs at every
         # epoch end: an eager histogram summary per weight.

@@ -4,13 +4,16 @@ cross-backend tests (`test_backends.py`): every number comes from NumPy
 
     python tests/proximal_run.py OUT.npz [--data-parallel]
 
-Writes, per k in KS, the kernels after the fit, the per-epoch losses and
-the penalty in `model.losses`. With --data-parallel (JAX, several devices)
+Writes, per k in KS, the kernels after the fit, the per-epoch losses, the
+penalty in `model.losses`, the zero fractions ZeroCounts logged and the
+event files the monitors wrote. With --data-parallel (JAX, several devices)
 it trains once on one device and once under keras.distribution's
 DataParallel over every CPU device, and writes both.
 """
 
+import os
 import sys
+import tempfile
 
 import keras
 import numpy as np
@@ -44,12 +47,20 @@ def fit(k, seed=0):
     model.compile(keras_lk.ProximalOptimizer(keras.optimizers.Adam(0.02)),
                   keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     x, y = data(seed)
+    log_dir = tempfile.mkdtemp()
     history = model.fit(x, y, batch_size=32, epochs=4, shuffle=False,
-                        verbose=0)
+                        verbose=0, callbacks=[
+                            keras_lk.ZeroCounts(log_dir, update_freq=4),
+                            keras_lk.AbsWeightHistograms(log_dir)])
     results = {f"k{k}_kernel{i}": layer.kernel.numpy()
                for i, layer in enumerate(model.layers)} | {
         f"k{k}_loss": np.asarray(history.history["loss"]),
-        f"k{k}_penalty": np.asarray(float(sum(model.losses)))}
+        f"k{k}_penalty": np.asarray(float(sum(model.losses))),
+        # The monitors: zero fractions every 4 steps, histograms per epoch.
+        f"k{k}_zero_frac": np.asarray(history.history["zero_frac"]),
+        f"k{k}_events": np.asarray(sorted(
+            os.path.relpath(os.path.join(root, name), log_dir)
+            for root, _, names in os.walk(log_dir) for name in names))}
     if keras.backend.backend() == "jax":  # the devices holding the kernel
         results[f"k{k}_devices"] = np.asarray(len(
             model.layers[0].kernel.value.sharding.device_set))

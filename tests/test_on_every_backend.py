@@ -272,6 +272,30 @@ def test_proximal_training_in_keras_setups(setup):
         assert agree > 0.9, agree
 
 
+def test_proximal_training_saves_loads_and_continues_the_same(tmp_path):
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((64, 6)).astype("float32")
+    y = rng.standard_normal((64, 3)).astype("float32")
+    model = model_with(LkRegularizer(k=0.5, alpha=20.0, proximal=True))
+    model.compile(keras_lk.ProximalOptimizer(keras.optimizers.Adam(0.02)),
+                  "mse")
+    model.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0)
+    model.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras")
+    assert isinstance(loaded.optimizer, keras_lk.ProximalOptimizer)
+    # Adam's moments and the step count came back with the weights.
+    for ours, theirs in zip(model.optimizer.variables,
+                            loaded.optimizer.variables):
+        np.testing.assert_array_equal(ops.convert_to_numpy(ours),
+                                      ops.convert_to_numpy(theirs))
+    for each in (model, loaded):
+        each.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0)
+    for ours, theirs in zip(kernels(model), kernels(loaded)):
+        assert np.mean(ours == 0) > 0.1
+        np.testing.assert_array_equal(ours == 0, theirs == 0)
+        np.testing.assert_allclose(ours, theirs, rtol=1e-6, atol=1e-7)
+
+
 def test_a_proximal_penalty_without_proximal_optimizer_refuses_to_train():
     model = model_with(LkRegularizer(k=1, alpha=0.1, proximal=True))
     model.compile(keras.optimizers.SGD(0.1), "mse")
