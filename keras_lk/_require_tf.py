@@ -26,8 +26,9 @@ EVERY_BACKEND = (
 
 # What works beyond EVERY_BACKEND, per backend keras_lk trains on.
 ON_JAX = ("LkRegularizer (as a gradient penalty and proximal), "
-          "ProximalOptimizer, AbsWeightHistograms, ZeroCounts (without "
-          "step_stats), prox, attach, detach, sparsity and strip")
+          "ProximalOptimizer, SparsityTarget, AbsWeightHistograms, "
+          "ZeroCounts (without step_stats), prox, attach, detach, sparsity "
+          "and strip")
 
 _NAMES = {"tensorflow": "TensorFlow", "jax": "JAX"}
 
@@ -35,8 +36,8 @@ _NAMES = {"tensorflow": "TensorFlow", "jax": "JAX"}
 def require_backend(what, backends=("tensorflow",)):
     """Raises NotImplementedError naming the backend if Keras does not run
     on one of `backends`: `what` needs their training steps (the monitors'
-    recorders and SparsityTarget's controller need TensorFlow's stateful
-    ones; the proximal step runs on TensorFlow and JAX)."""
+    recorders need TensorFlow's stateful ones; the proximal step and
+    SparsityTarget's controller run on TensorFlow and JAX)."""
     import keras
 
     backend = keras.backend.backend()

@@ -118,10 +118,10 @@ class ProximalOptimizer(keras.optimizers.Optimizer):
     Weights without a proximal regularizer are trained by the wrapped
     optimizer alone. The wrapper saves to `.keras` with the model and loads
     back (keras_lk imported), and training continues from there. Runs on
-    the TensorFlow and JAX backends; on JAX the proximal step is part of
-    the optimizer's `stateless_apply`, and `keras.distribution`'s
-    `DataParallel` gives the same zeros as one device (`SparsityTarget`
-    still needs TensorFlow).
+    the TensorFlow and JAX backends; on JAX the proximal step (and
+    `SparsityTarget`'s controller) is part of the optimizer's
+    `stateless_apply`, and `keras.distribution`'s `DataParallel` gives the
+    same zeros as one device.
 
     Args:
         optimizer: A `keras.optimizers.Optimizer` instance: SGD, Adam, ...
@@ -202,6 +202,12 @@ class ProximalOptimizer(keras.optimizers.Optimizer):
         if proximal:
             self._sparsity_run = self.add_variable(
                 (5,), "zeros", "int64", name="sparsity_run")
+        self._sparsity_heartbeat = None
+        if proximal and keras.backend.backend() != "tensorflow":
+            # SparsityTarget's heartbeat (see its controller): on JAX the
+            # step sees only state it carries, the optimizer's included.
+            self._sparsity_heartbeat = self.add_variable(
+                (), "zeros", "int64", name="sparsity_heartbeat")
 
     def apply(self, grads, trainable_variables=None):
         if not self.built:
@@ -232,26 +238,40 @@ class ProximalOptimizer(keras.optimizers.Optimizer):
 
         Inside `stateless_apply` every read and `assign` goes through the
         stateless scope, so the new values leave the step with the rest of
-        the optimizer's. A step that gradient accumulation does not apply
-        keeps the weights (a select, as Keras's JAX optimizer does: a cond
-        cannot assign); `keras.distribution` shards the values, and the
-        elementwise step needs no cross-device work (k = inf reduces over
-        the whole weight, which XLA handles across shards).
+        the optimizer's. Branches (a step that gradient accumulation does
+        not apply, SparsityTarget's controller) are conds that return
+        values, assigned after them: a JAX cond cannot assign.
+        `keras.distribution` shards the values; the elementwise step needs
+        no cross-device work (k = inf reduces over the whole weight, which
+        XLA handles across shards).
         """
-        if self._controller is not None:
-            raise NotImplementedError(
-                "keras_lk.SparsityTarget needs the TensorFlow backend; "
-                f"this Keras runs on {keras.backend.backend()!r}.")
-        accumulating = bool(self.inner_optimizer.gradient_accumulation_steps)
-        for variable in variables:
+        def proximal(variable, value, strength=None, exempt=None):
             regularizer = self._proximal[id(variable)]
-            value = variable.value
-            t = regularizer.proximal_strength(
+            t = (regularizer.proximal_strength(
                 learning_rate, math.prod(variable.shape))
+                if strength is None else strength(learning_rate))
             new = _plain_proximal_update(value, t, regularizer.k)
-            if accumulating:
-                new = ops.where(updated, new, value)
-            variable.assign(new)
+            return new if exempt is None else ops.where(exempt, value, new)
+
+        def step_all():
+            if self._controller is None:
+                return [proximal(v, v.value) for v in variables]
+            return self._controller.step_values(
+                variables, proximal,
+                ops.convert_to_tensor(self.inner_optimizer.iterations))
+
+        before = [v.value for v in variables]
+        if not self.inner_optimizer.gradient_accumulation_steps:
+            new = step_all()
+        else:
+            new = ops.cond(updated, step_all, lambda: before)
+        for variable, value in zip(variables, new):
+            variable.assign(value)
+        if self._controller is not None:
+            self._controller.after_step_values(
+                variables, ops.convert_to_tensor(
+                    self.inner_optimizer.iterations), updated if
+                self.inner_optimizer.gradient_accumulation_steps else None)
 
     def _proximal_step(self, strategy, variables, learning_rate, updated):
         """`w <- prox(w, t, k)` on every replica's copy, after real updates."""

@@ -4,7 +4,8 @@ cross-backend tests (`test_backends.py`): every number comes from NumPy
 
     python tests/proximal_run.py OUT.npz [--data-parallel]
 
-Writes, per k in KS, the kernels after the fit, the per-epoch losses, the
+Writes, per k in KS (and per (k, target) in TARGETED, with
+SparsityTarget), the kernels after the fit, the per-epoch losses, the
 penalty in `model.losses`, the zero fractions ZeroCounts logged and the
 event files the monitors wrote. With --data-parallel (JAX, several devices)
 it trains once on one device and once under keras.distribution's
@@ -21,6 +22,11 @@ import numpy as np
 import keras_lk
 
 KS = (0.0, 0.5, 1.0)
+# SparsityTarget runs: (k, target).
+TARGETED = ((0.0, 0.8), (0.5, 0.8))
+# Every run's key prefix.
+RUNS = tuple(str(k) for k in KS) + tuple(f"{k}_target{t}"
+                                          for k, t in TARGETED)
 ALPHAS = {0.0: 0.25, 0.5: 0.05, 1.0: 0.1}
 
 
@@ -32,7 +38,7 @@ def data(seed=0):
     return x, y
 
 
-def fit(k, seed=0):
+def fit(k, seed=0, target=None):
     rng = np.random.default_rng(seed + 1)
     regularizer = keras_lk.LkRegularizer(k=k, alpha=ALPHAS[k], reduction="sum",
                                          proximal=True)
@@ -51,7 +57,10 @@ def fit(k, seed=0):
     history = model.fit(x, y, batch_size=32, epochs=4, shuffle=False,
                         verbose=0, callbacks=[
                             keras_lk.ZeroCounts(log_dir, update_freq=4),
-                            keras_lk.AbsWeightHistograms(log_dir)])
+                            keras_lk.AbsWeightHistograms(log_dir)] + (
+                            [] if target is None else
+                            [keras_lk.SparsityTarget(target)]))
+    k = k if target is None else f"{k}_target{target}"
     results = {f"k{k}_kernel{i}": layer.kernel.numpy()
                for i, layer in enumerate(model.layers)} | {
         f"k{k}_loss": np.asarray(history.history["loss"]),
@@ -71,6 +80,8 @@ def main(out, data_parallel=False):
     results = {"backend": np.asarray(keras.backend.backend())}
     for k in KS:
         results |= fit(k)
+    for k, target in TARGETED:
+        results |= fit(k, target=target)
     if data_parallel:
         devices = keras.distribution.list_devices("cpu")
         results["devices"] = np.asarray(len(devices))
@@ -79,6 +90,9 @@ def main(out, data_parallel=False):
         for k in KS:
             results |= {f"parallel_{key}": value
                         for key, value in fit(k).items()}
+        for k, target in TARGETED:
+            results |= {f"parallel_{key}": value for key, value in
+                        fit(k, target=target).items()}
     np.savez(out, **results)
 
 

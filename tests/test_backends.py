@@ -41,6 +41,30 @@ def test_the_backend_neutral_tests_pass_on_jax():
     assert "deselected" not in summary, summary
 
 
+# Tests of test_sparsity_target.py whose preconditions hold for the
+# weights TensorFlow's seeded initializers draw, not JAX's (other numbers
+# from the same seed): the zeros running ahead of the schedule at the lock,
+# a raising fit's sparsity, and the accuracy after 8 epochs at k = 1, 0.95
+# (which TensorFlow misses on other seeds too; see that test).
+INIT_DEPENDENT = ("begin_step_holds or new_target_starts_a_fresh_run or "
+                  "(small_output_layer and 0.95-1.0)")
+
+
+@pytest.mark.slow
+def test_sparsity_target_tests_pass_on_jax():
+    env = dict(os.environ, KERAS_BACKEND="jax", TF_CPP_MIN_LOG_LEVEL="2")
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:xdist",
+         "-p", "no:cacheprovider", "-rs",
+         os.path.join(HERE, "test_sparsity_target.py"),
+         "-k", f"not ({INIT_DEPENDENT})"],
+        cwd=os.path.dirname(HERE), env=env, capture_output=True, text=True,
+        check=False)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    summary = result.stdout.strip().splitlines()[-1]
+    assert re.match(r"4\d passed, 3 deselected", summary), summary
+
+
 @pytest.mark.slow
 def test_another_backend_gets_the_clear_error_not_a_failure_in_fit():
     # Keras's inference-only "numpy" backend stands in for the backends
@@ -71,9 +95,12 @@ def proximal_run(tmp_path, backend, *args, devices=1):
 
 def assert_same_fit(got, expected, prefix=""):
     """The same zeros, weights within float32 round-off, the same losses,
-    penalty and monitored zero fractions, for every k of proximal_run.py."""
+    penalty and monitored zero fractions, for every run of proximal_run.py
+    (SparsityTarget's included)."""
     import numpy as np
-    for k in (0.0, 0.5, 1.0):
+    sys.path.insert(0, HERE)
+    from proximal_run import KS, RUNS, TARGETED
+    for k in RUNS:
         for i in range(3):
             key = f"k{k}_kernel{i}"
             ours, theirs = got[prefix + key], expected[key]
@@ -91,15 +118,26 @@ def assert_same_fit(got, expected, prefix=""):
         events = got[f"{prefix}k{k}_events"]
         assert len(events) == 2 and all(
             str(name).startswith("train/") for name in events), events
-    # The fits make zeros in every layer (the comparison is not vacuous).
+    # The plain fits make zeros in every layer (the comparison is not
+    # vacuous; under one global target a layer may keep all its weights).
     assert all(np.mean(expected[f"k{k}_kernel{i}"] == 0) > 0.02
-               for k in (0.0, 0.5, 1.0) for i in range(3))
+               for k in KS for i in range(3))
+    # SparsityTarget met its target (the lock; a ReLU unit that died
+    # keeps the zeros the lock released, as on TensorFlow).
+    for k, target in TARGETED:
+        kernels = [expected[f"k{k}_target{target}_kernel{i}"]
+                   for i in range(3)]
+        size = sum(kernel.size for kernel in kernels)
+        zeros = sum(np.sum(kernel == 0) for kernel in kernels)
+        assert round(target * size) <= zeros <= round((target + 0.005)
+                                                      * size)
 
 
 @pytest.mark.slow
 def test_the_same_seed_gives_the_same_zeros_on_tensorflow_and_jax(tmp_path):
-    # ProximalOptimizer(Adam), k = 0, 1/2, 1, an MLP with a 48-weight
-    # output layer, 32 steps from the same NumPy-made weights and data.
+    # ProximalOptimizer(Adam), k = 0, 1/2, 1, and SparsityTarget(0.8) with
+    # k = 0 and 1/2, an MLP with a 48-weight output layer, 32 steps from
+    # the same NumPy-made weights and data.
     on_tf = proximal_run(tmp_path, "tensorflow")
     on_jax = proximal_run(tmp_path, "jax")
     assert_same_fit(on_jax, on_tf)
@@ -112,7 +150,8 @@ def test_data_parallel_on_two_host_devices_gives_one_devices_zeros(tmp_path):
     # the proximal step runs on the replicated weights.
     results = proximal_run(tmp_path, "jax", "--data-parallel", devices=2)
     assert int(results["devices"]) == 2
-    assert all(int(results[f"parallel_k{k}_devices"]) == 2
-               for k in (0.0, 0.5, 1.0))
-    assert all(int(results[f"k{k}_devices"]) == 1 for k in (0.0, 0.5, 1.0))
+    sys.path.insert(0, HERE)
+    from proximal_run import RUNS
+    assert all(int(results[f"parallel_k{k}_devices"]) == 2 for k in RUNS)
+    assert all(int(results[f"k{k}_devices"]) == 1 for k in RUNS)
     assert_same_fit(results, results, prefix="parallel_")

@@ -368,10 +368,10 @@ def test_what_needs_another_backend_says_so_with_the_backend(tmp_path):
          lambda: keras_lk.RegularizationShare(tmp_path), tf_only),
         ("keras_lk.ZeroCounts" + records,
          lambda: keras_lk.ZeroCounts(tmp_path, step_stats=True), tf_only),
+        # The proximal step, SparsityTarget, and the monitors that read
+        # the weights at each log, run on JAX too.
         ("keras_lk.SparsityTarget",
-         lambda: keras_lk.SparsityTarget(0.5), tf_only),
-        # The proximal step, and the monitors that read the weights at
-        # each log, run on JAX too.
+         lambda: keras_lk.SparsityTarget(0.5), tf_or_jax),
         ("keras_lk.ZeroCounts", lambda: keras_lk.ZeroCounts(tmp_path),
          tf_or_jax),
         ("keras_lk.AbsWeightHistograms",

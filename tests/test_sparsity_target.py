@@ -563,6 +563,10 @@ def test_no_collapse_on_a_model_with_a_small_output_layer(k, target):
         assert (kernel != 0).any(axis=0).all(), name  # every unit has input
     # Every class still depends on the data: well above chance (0.36, the
     # largest class; 0.59 to 0.74 here after 8 epochs, dense 0.69 after 30).
+    # That holds for this seed only: with seeds 1, 2, 3, k = 1 at 0.95
+    # ends at 0.39, 0.53, 0.36 (TensorFlow; JAX's initializers 0.37, 0.56,
+    # 0.36), the short-fit weakness of Lk steering the README describes.
+    # The structure (target met, every unit keeps an input) holds for all.
     assert model.evaluate(x_test, y_test, verbose=0)[1] > 0.5
 
 

@@ -38,7 +38,7 @@ import tensorflow as tf
 from keras import ops
 
 from keras_lk import _validation, tags
-from keras_lk._require_tf import require_tensorflow_backend
+from keras_lk._require_tf import require_backend
 from keras_lk.attach import weights_by_layer
 from keras_lk.optimizers import ProximalOptimizer, optimizer_chain
 from keras_lk.proximal import zeroing_threshold
@@ -94,6 +94,7 @@ BEGIN, END, LOCKED, UNFINISHED, SETTINGS = range(5)
 
 def _with(vector, field, value):
     """`vector` with `vector[field] = value` (a tensor)."""
+    vector = ops.convert_to_tensor(vector)
     index = ops.arange(vector.shape[0])
     return ops.where(ops.equal(index, field),
                      ops.cast(value, vector.dtype), vector)
@@ -127,8 +128,12 @@ class _Controller:
         # last hook runs in a fit without that callback (one that raised
         # left the controller in the traced step): it is plain proximal
         # training there, untouched by the controller.
-        self.heartbeat = keras.Variable(np.array(-1, "int64"), dtype="int64",
-                                        trainable=False)
+        self.heartbeat = optimizer._sparsity_heartbeat
+        if self.heartbeat is None:  # TensorFlow: a variable of its own
+            self.heartbeat = keras.Variable(np.array(-1, "int64"),
+                                            dtype="int64", trainable=False)
+        else:  # JAX: the optimizer's, which the stateless step carries
+            self.heartbeat.assign(-1)
         self.window = 1
         rng = np.random.default_rng(0)
         self.samples = {}  # variable id -> flat indices, or None for all
@@ -229,6 +234,111 @@ class _Controller:
 
         tf.cond(self.engaged(iterations), steered, plain)
 
+    # The same step where it is a pure function (JAX): conds return values,
+    # and the assignments come after them (a JAX cond cannot assign).
+    def step_values(self, variables, proximal, iterations):
+        """The new values of `variables` (not assigned): `proximal(variable,
+        value, strength=None, exempt=None)` returns a weight's proximal
+        step."""
+        values = [v.value for v in variables]
+
+        def plain():
+            return [proximal(v, x) for v, x in zip(variables, values)]
+
+        def steering():
+            return [proximal(v, x, self.strength(v),
+                             self.masks[id(v)].value)
+                    if self.controls(v) else proximal(v, x)
+                    for v, x in zip(variables, values)]
+
+        def locked():
+            return [ops.where(self.masks[id(v)].value, x, ops.zeros_like(x))
+                    if self.controls(v) else proximal(v, x)
+                    for v, x in zip(variables, values)]
+
+        return ops.cond(self.engaged(iterations), lambda: ops.cond(
+            self.locked, locked, steering), plain)
+
+    def after_step_values(self, variables, iterations, updated=None):
+        """`after_step` for the step `step_values` took (its values already
+        assigned): strengths, protection and the lock, each a cond that
+        returns values."""
+        active = self.engaged(iterations)
+        if updated is not None:
+            active = ops.logical_and(active, updated)
+        steering = ops.logical_and(active, ops.logical_not(self.locked))
+        groups_fields = (LOG_SCALE, TAU)
+        current = [self.field(f) for f in groups_fields]
+
+        def control():
+            scheduled = self.scheduled(iterations)
+            error = scheduled - self.zero_fractions()
+            step = ops.clip(GAIN * error, -MAX_MOVE, MAX_MOVE)
+            log_scale = ops.clip(current[0] + step, -MAX_LOG_SCALE,
+                                 MAX_LOG_SCALE)
+            tau = current[1]
+            if any(group.k == 0 for group in self.groups):
+                tau = ops.stack([
+                    ops.maximum(tau[index], self.quantile(
+                        index, scheduled[index])) if group.k == 0
+                    else tau[index]
+                    for index, group in enumerate(self.groups)])
+            return [log_scale, tau]
+
+        fields = ops.cond(ops.logical_and(steering, ops.equal(
+            iterations % CONTROL_EVERY, 0)), control, lambda: current)
+        for field, values in zip(groups_fields, fields):
+            self.set_field(field, values)
+
+        covered = [v for g in self.groups for v in g.variables]
+        masks = [self.masks[id(v)].value for v in covered]
+        masks = ops.cond(ops.logical_and(steering, ops.equal(
+            iterations % PROTECT_EVERY, 0)),
+            lambda: [protected(v.value) for v in covered], lambda: masks)
+        lock = ops.logical_and(steering, ops.greater_equal(
+            ops.cast(iterations, "int64"), self.run[END]))
+        weights = [v.value for v in covered]
+        masks, weights = ops.cond(
+            lock, lambda: self._lock_values(covered),
+            lambda: (masks, weights))
+        for variable, mask, weight in zip(covered, masks, weights):
+            self.masks[id(variable)].assign(mask)
+            variable.assign(weight)
+        self.run.assign(_with(self.run, LOCKED, ops.logical_or(
+            self.locked, lock)))
+
+    def _lock_values(self, covered):
+        """`_lock`'s masks and masked weights of `covered`, as values."""
+        masks, weights = {}, {}
+        for group in self.groups:
+            for variable, mask in zip(group.variables,
+                                      self._kept(group)):
+                masks[id(variable)] = mask
+                value = variable.value
+                weights[id(variable)] = ops.where(mask, value,
+                                                  ops.zeros_like(value))
+        return ([masks[id(v)] for v in covered],
+                [weights[id(v)] for v in covered])
+
+    def _kept(self, group):
+        """The lock's mask of each weight of `group`: the weights kept."""
+        exempt = [protected(v.value) for v in group.variables]
+        # Protected weights rank last: never zeroed by the lock.
+        scores = ops.concatenate([
+            ops.reshape(ops.where(keep, np.inf, ops.abs(ops.cast(
+                v.value, "float32")) / self.unit(v)), (-1,))
+            for v, keep in zip(group.variables, exempt)])
+        count = int(round(group.target * group.size))
+        # The zeros first (|w| = 0), then the smallest |w| / u.
+        kept = ops.logical_not(lowest(scores, count))
+        masks, start = [], 0
+        for variable, keep in zip(group.variables, exempt):
+            n = math.prod(variable.shape)
+            masks.append(ops.logical_or(ops.reshape(
+                kept[start:start + n], variable.shape), keep))
+            start += n
+        return masks
+
     def engaged(self, iterations):
         """Whether the step that brought the count to `iterations` runs in
         the owning callback's fit (see `heartbeat`)."""
@@ -309,21 +419,7 @@ class _Controller:
 
     def _lock(self, strategy):
         for group in self.groups:
-            exempt = [protected(v) for v in group.variables]
-            # Protected weights rank last: never zeroed by the lock.
-            scores = ops.concatenate([
-                ops.reshape(ops.where(keep, np.inf, ops.abs(ops.cast(
-                    v, "float32")) / self.unit(v)), (-1,))
-                for v, keep in zip(group.variables, exempt)])
-            count = int(round(group.target * group.size))
-            # The zeros first (|w| = 0), then the smallest |w| / u.
-            kept = ops.logical_not(lowest(scores, count))
-            start = 0
-            for variable, keep in zip(group.variables, exempt):
-                n = math.prod(variable.shape)
-                mask = ops.logical_or(ops.reshape(
-                    kept[start:start + n], variable.shape), keep)
-                start += n
+            for variable, mask in zip(group.variables, self._kept(group)):
                 self.masks[id(variable)].assign(mask)
                 _assign_masked(strategy, variable, mask)
         self.run.assign(_with(self.run, LOCKED, 1))
@@ -349,10 +445,38 @@ def lowest(scores, count):
     counting passes, compiled by XLA: 1.4 s for ResNet50's 23.5M kernel
     weights on 2 CPU cores, where `top_k` with k = half of them takes 33 s.
     """
+    if keras.backend.backend() != "tensorflow":
+        # In keras.ops, inside the step that jax.jit compiles.
+        scores = ops.cast(scores, "float32")
+        if count <= 0:
+            return ops.zeros(ops.shape(scores), "bool")
+        return _lowest_ops(scores, count)
     if count <= 0:
         return tf.zeros(tf.shape(scores), tf.bool)
     return _lowest(tf.convert_to_tensor(scores, tf.float32),
                    tf.constant(count, tf.int64))
+
+
+def _lowest_ops(scores, count):
+    """`_lowest` in keras.ops (int32 counts: up to 2^31 weights)."""
+    bits = ops.view(scores, "int32")
+
+    def narrow(low, high):
+        middle = low + (high - low) // 2
+        enough = ops.greater_equal(ops.sum(ops.cast(
+            ops.less_equal(bits, middle), "int32")), count)
+        return (ops.where(enough, low, middle + 1),
+                ops.where(enough, middle, high))
+
+    _, value = ops.while_loop(
+        lambda low, high: ops.less(low, high), narrow,
+        (ops.convert_to_tensor(0, "int32"),
+         ops.convert_to_tensor(2 ** 31 - 1, "int32")))
+    below = ops.less(bits, value)
+    ties = ops.equal(bits, value)
+    needed = count - ops.sum(ops.cast(below, "int32"))
+    rank = ops.cumsum(ops.cast(ties, "int32"))
+    return ops.logical_or(below, ops.logical_and(ties, rank <= needed))
 
 
 @tf.function(jit_compile=True, autograph=False)
@@ -447,6 +571,12 @@ class SparsityTarget(keras.callbacks.Callback):
     `(all layers)` for a `"global"` or `"normalized"` target, else the
     layer's path.
 
+    Runs on the TensorFlow and JAX backends, with the same zeros from the
+    same starting weights (tested). On JAX the controller's state is among
+    the optimizer's variables, which the stateless step carries, and each
+    batch's start reads the running fit's state back (as every Keras
+    callback that reads the model does on JAX).
+
     Args:
         target: The fraction of zeros, strictly between 0 and 1, or a dict
             `{layer path: fraction}`.
@@ -484,7 +614,7 @@ class SparsityTarget(keras.callbacks.Callback):
 
     def __init__(self, target, begin_step=None, end_step=None,
                  allocation="global", log_dir=None):
-        require_tensorflow_backend("keras_lk.SparsityTarget")
+        require_backend("keras_lk.SparsityTarget", ("tensorflow", "jax"))
         super().__init__()
         if isinstance(target, dict):
             if not target:
@@ -547,8 +677,10 @@ class SparsityTarget(keras.callbacks.Callback):
         """A number that identifies this callback's settings."""
         groups = [(g.name, g.target, g.k, g.size)
                   for g in self._controller.groups]
+        # 31 bits: on JAX (no 64-bit integers by default) the run's state
+        # is int32.
         return zlib.crc32(repr((groups, self.begin_step, self.end_step,
-                                self.allocation)).encode())
+                                self.allocation)).encode()) & 0x7FFFFFFF
 
     def _start_run(self):
         controller = self._controller
@@ -663,8 +795,13 @@ class SparsityTarget(keras.callbacks.Callback):
         return groups
 
     def on_train_batch_begin(self, batch, logs=None):
+        iterations = self.model.optimizer.iterations  # (JAX: synced)
+        if keras.backend.backend() != "tensorflow":
+            # A copy: JAX's step donates its state's buffers, and two
+            # variables must not share one.
+            iterations = np.array(ops.convert_to_numpy(iterations), "int64")
         self._controller.heartbeat.assign(
-            ops.convert_to_tensor(self.model.optimizer.iterations, "int64"))
+            ops.convert_to_tensor(iterations, "int64"))
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs if logs is not None else {}
