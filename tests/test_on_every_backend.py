@@ -395,3 +395,27 @@ def test_what_needs_another_backend_says_so_with_the_backend(tmp_path):
             message)
         assert f"runs on {BACKEND!r}" in message
         assert "KERAS_BACKEND=tensorflow" in message
+
+
+def test_keras_lk_sweep_runs_and_demo_says_what_it_needs(tmp_path, capsys):
+    from tbparse import SummaryReader
+
+    from keras_lk.study import cli
+    logdir = tmp_path / "sweep"
+    assert cli.main(["sweep", "--logdir", str(logdir), "--targets", "0.5",
+                     "--seeds", "0", "--epochs", "2", "--methods",
+                     "L0_proximal", "magnitude"]) == 0
+    assert "[3/3]" in capsys.readouterr().out
+    for run in ("L0_proximal_t0.5_seed0", "magnitude_t0.5_seed0"):
+        scalars = SummaryReader(str(logdir / run)).tensors
+        values = dict(zip(scalars["tag"], scalars["value"]))
+        assert float(values["sparsity"]) == pytest.approx(0.5, abs=0.01)
+        assert float(values["test_accuracy"]) > 0.5, run  # chance: 0.1
+    if BACKEND == "tensorflow":
+        return  # the demo itself: test_cli.py
+    # The demo logs with LkMonitor, whose recording needs TensorFlow.
+    assert cli.main(["demo", "--logdir", str(tmp_path / "demo")]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("keras-lk: error: keras-lk demo needs the "
+                            "TensorFlow backend;"), error
+    assert len(error.splitlines()) == 1

@@ -239,25 +239,39 @@ class _Controller:
     def step_values(self, variables, proximal, iterations):
         """The new values of `variables` (not assigned): `proximal(variable,
         value, strength=None, exempt=None)` returns a weight's proximal
-        step."""
-        values = [v.value for v in variables]
+        step.
 
-        def plain():
-            return [proximal(v, x) for v, x in zip(variables, values)]
+        No cond: one proximal step whose strength and exemptions are
+        selected (the controller's while it steers, the regularizer's
+        outside the owning fit), or, once locked, the lock's mask alone. A
+        JAX cond around the step measured 20% slower on 2.1M weights.
+        """
+        engaged = self.engaged(iterations)
+        steer = ops.logical_and(engaged, ops.logical_not(self.locked))
+        apply_lock = ops.logical_and(engaged, self.locked)
+        new = []
+        for variable in variables:
+            value = variable.value
+            if not self.controls(variable):
+                new.append(proximal(variable, value))
+                continue
+            mask = self.masks[id(variable)].value
+            controlled = self.strength(variable)
+            regular = unwrap(variable.regularizer).proximal_strength
+            size = math.prod(variable.shape)
 
-        def steering():
-            return [proximal(v, x, self.strength(v),
-                             self.masks[id(v)].value)
-                    if self.controls(v) else proximal(v, x)
-                    for v, x in zip(variables, values)]
+            def strength(learning_rate, controlled=controlled,
+                         regular=regular, size=size):
+                return ops.where(steer, controlled(learning_rate),
+                                 ops.cast(regular(learning_rate, size),
+                                          "float32"))
 
-        def locked():
-            return [ops.where(self.masks[id(v)].value, x, ops.zeros_like(x))
-                    if self.controls(v) else proximal(v, x)
-                    for v, x in zip(variables, values)]
-
-        return ops.cond(self.engaged(iterations), lambda: ops.cond(
-            self.locked, locked, steering), plain)
+            stepped = proximal(variable, value, strength,
+                               ops.logical_and(mask, steer))
+            # Locked: no proximal step; the pruned weights stay 0.
+            locked = ops.where(mask, value, ops.zeros_like(value))
+            new.append(ops.where(apply_lock, locked, stepped))
+        return new
 
     def after_step_values(self, variables, iterations, updated=None):
         """`after_step` for the step `step_values` took (its values already
@@ -291,16 +305,24 @@ class _Controller:
             self.set_field(field, values)
 
         covered = [v for g in self.groups for v in g.variables]
-        masks = [self.masks[id(v)].value for v in covered]
-        masks = ops.cond(ops.logical_and(steering, ops.equal(
-            iterations % PROTECT_EVERY, 0)),
-            lambda: [protected(v.value) for v in covered], lambda: masks)
+        protect = ops.logical_and(steering, ops.equal(
+            iterations % PROTECT_EVERY, 0))
         lock = ops.logical_and(steering, ops.greater_equal(
             ops.cast(iterations, "int64"), self.run[END]))
-        weights = [v.value for v in covered]
+
+        def protect_or_lock():
+            # The lock re-finds the protected weights itself.
+            return ops.cond(lock, lambda: self._lock_values(covered),
+                            lambda: ([protected(v.value) for v in covered],
+                                     [v.value for v in covered]))
+
+        # One cond for both: every PROTECT_EVERY steps and at the lock (a
+        # JAX cond costs a copy of the arrays it passes through; measured
+        # faster than a cond for the masks and a select for the weights).
         masks, weights = ops.cond(
-            lock, lambda: self._lock_values(covered),
-            lambda: (masks, weights))
+            ops.logical_or(protect, lock), protect_or_lock,
+            lambda: ([self.masks[id(v)].value for v in covered],
+                     [v.value for v in covered]))
         for variable, mask, weight in zip(covered, masks, weights):
             self.masks[id(variable)].assign(mask)
             variable.assign(weight)

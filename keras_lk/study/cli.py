@@ -20,7 +20,7 @@ import os
 import shlex
 import sys
 
-from keras_lk._require_tf import require_tensorflow_backend
+from keras_lk._require_tf import require_backend
 from keras_lk.study import figures, report, runs, suite, sweep
 from keras_lk.summary import check_writable
 
@@ -168,8 +168,12 @@ def tensorboard_command(logdir):
 def run(args):
     _check_study_extra(args.command)
     if args.command in ("demo", "sweep"):
-        try:  # they train with the monitors and proximal steps
-            require_tensorflow_backend(f"keras-lk {args.command}")
+        # demo logs with LkMonitor (its recording needs TensorFlow); the
+        # sweep trains with the proximal steps and SparsityTarget.
+        try:
+            require_backend(f"keras-lk {args.command}", (
+                ("tensorflow",) if args.command == "demo"
+                else ("tensorflow", "jax")))
         except NotImplementedError as error:
             raise _UsageError(str(error)) from None
     if args.command == "plot":

@@ -86,6 +86,9 @@ class MagnitudePruning(keras.callbacks.Callback):
         self._step = 0
 
     def on_train_batch_end(self, batch, logs=None):
+        # On JAX, reading `model` puts the running step's weights back into
+        # the variables, and makes the next step take the masked ones.
+        self.model  # noqa: B018
         self._step += 1
         if self._step <= self.end_step and self._step % self.every == 0:
             self._prune(polynomial(self._step, self.begin_step, self.end_step,
