@@ -419,3 +419,29 @@ def test_keras_lk_sweep_runs_and_demo_says_what_it_needs(tmp_path, capsys):
     assert error.startswith("keras-lk: error: keras-lk demo needs the "
                             "TensorFlow backend;"), error
     assert len(error.splitlines()) == 1
+
+
+@pytest.mark.parametrize("k", [0.0, 0.5])
+def test_sparsity_target_under_gradient_accumulation_reaches_its_target(k):
+    # The schedule counts the optimizer's updates (one per 2 batches here):
+    # the default end_step is 3/4 of the fit's updates, not of its batches,
+    # so the pattern locks at the target (it ended at 0.75 of 0.8 before).
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((256, 20)).astype("float32")
+    y = np.argmax(x[:, :3] @ rng.standard_normal((3, 3)), axis=1)
+    regularizer = LkRegularizer(k=k, alpha=1e-3, proximal=True)
+    model = keras.Sequential([
+        keras.Input((20,)),
+        keras.layers.Dense(64, "relu", kernel_regularizer=regularizer),
+        keras.layers.Dense(3, kernel_regularizer=regularizer)])
+    model.set_weights([rng.standard_normal(w.shape).astype("float32") * 0.3
+                       for w in model.get_weights()])
+    model.compile(keras_lk.ProximalOptimizer(keras.optimizers.SGD(
+        0.1, gradient_accumulation_steps=2)),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    history = model.fit(x, y, batch_size=32, epochs=6, shuffle=False,
+                        verbose=0, callbacks=[keras_lk.SparsityTarget(0.8)])
+    assert history.history["sparsity_target"][-1] == pytest.approx(0.8)
+    zeros = keras_lk.sparsity(model)["total"]
+    assert round(0.8 * zeros["size"]) <= zeros["zeros"] <= round(
+        0.805 * zeros["size"])

@@ -606,7 +606,9 @@ class SparsityTarget(keras.callbacks.Callback):
             Defaults to None: the iteration at the start of `fit`.
         end_step: The iteration at which the target is reached and the
             pattern locked. Defaults to None: `begin_step` plus 3/4 of the
-            fit's steps, leaving the last quarter to fine-tune.
+            fit's updates (its batches, divided by the wrapped optimizer's
+            `gradient_accumulation_steps`), leaving the last quarter to
+            fine-tune.
         allocation: `"global"`, `"uniform"` or `"normalized"`. Defaults to
             `"global"`.
         log_dir: None, or a directory for TensorBoard logs (run `train`).
@@ -712,7 +714,11 @@ class SparsityTarget(keras.callbacks.Callback):
         if end is None:
             steps = (self.params or {}).get("steps") or 1
             epochs = (self.params or {}).get("epochs") or 1
-            end = begin + max(1, int(0.75 * steps * epochs))
+            # Steps are batches; the schedule counts the optimizer's
+            # updates, one per `gradient_accumulation_steps` batches.
+            per_update = (self._optimizer.inner_optimizer
+                          .gradient_accumulation_steps or 1)
+            end = begin + max(1, int(0.75 * steps * epochs / per_update))
         if end <= begin:
             raise _validation.invalid(
                 "end_step", f"an iteration after begin_step={begin}", end)
