@@ -26,9 +26,10 @@ EVERY_BACKEND = (
 
 # What works beyond EVERY_BACKEND, per backend keras_lk trains on.
 ON_JAX = ("LkRegularizer (as a gradient penalty and proximal), "
-          "ProximalOptimizer, SparsityTarget, AbsWeightHistograms, "
-          "ZeroCounts (without step_stats), prox, attach, detach, sparsity, "
-          "strip and keras-lk sweep")
+          "ProximalOptimizer, SparsityTarget, LkMonitor, "
+          "RegularizationShare, AbsWeightHistograms and ZeroCounts (without "
+          "step_stats or pull_batch), prox, attach, detach, sparsity, strip "
+          "and keras-lk sweep")
 
 _NAMES = {"tensorflow": "TensorFlow", "jax": "JAX"}
 

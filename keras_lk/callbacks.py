@@ -90,14 +90,16 @@ class _Monitor(keras.callbacks.Callback):
     def __init__(self, log_dir, update_freq, measures):
         self._measures = list(measures)
         self._records = any(m.records for m in self._measures)
-        # The weights are read at each log, on any backend that trains;
-        # recording at every step (the penalty, signs) wraps regularizers
-        # whose state TensorFlow's stateful steps keep.
+        # The weights are read at each log and the penalty recorded at
+        # every step on any backend that trains (on JAX through a host
+        # callback); the signs of every weight at every step are masks
+        # that only TensorFlow's stateful steps keep.
+        signs = any(m.tracks_signs for m in self._measures)
         require_backend(
             f"keras_lk.{type(self).__name__}" + (
-                " (it records the penalty or the signs at every training "
-                "step)" if self._records else ""),
-            ("tensorflow",) if self._records else ("tensorflow", "jax"))
+                " with step_stats=True (it tracks every weight's sign at "
+                "every training step)" if signs else ""),
+            ("tensorflow",) if signs else ("tensorflow", "jax"))
         super().__init__()
         self.log_dir = _check_log_dir(log_dir)
         self.update_freq = _check_update_freq(update_freq)
@@ -383,8 +385,10 @@ class RegularizationShare(_Monitor):
     mean |d penalty / dw| over the layer's regularized weights (for a
     proximal LkRegularizer, the pull the same penalty would have as a
     gradient) and, with `pull_batch`, `penalty_pull_ratio/<layer>`: that
-    over the mean |d data loss / dw| on the given batch. Needs the
-    TensorFlow backend.
+    over the mean |d data loss / dw| on the given batch. Runs on
+    TensorFlow and JAX; on JAX each step sends its penalty values to the
+    host (`jax.debug.callback`) instead, and `pull_batch` needs
+    TensorFlow.
 
     Args:
         log_dir: Directory of the TensorBoard logs.

@@ -51,6 +51,30 @@ def _strategy_scope(model):
     return strategy.scope() if strategy is not None else contextlib.nullcontext()
 
 
+def _on_tensorflow():
+    return keras.backend.backend() == "tensorflow"
+
+
+class _HostSums:
+    """An accumulator on the host, with a variable's `numpy()`: where the
+    step is a pure function (JAX), the recorders add to it from the step
+    through a host callback."""
+
+    def __init__(self):
+        self.values = np.zeros(2)
+
+    def numpy(self):
+        return self.values.copy()
+
+
+def wait_for_recorded_steps():
+    """On JAX, waits until every dispatched step's host callbacks ran (so
+    the accumulators hold every step before they are read)."""
+    if not _on_tensorflow():
+        import jax
+        jax.effects_barrier()
+
+
 def _new_variable(value, dtype, synchronization="auto"):
     # Updated from every replica's step; one replica's value is the value.
     return keras.Variable(value, dtype=dtype, trainable=False,
@@ -74,8 +98,11 @@ class Recorder:
     def __init__(self, regularizer, control):
         self.regularizer = regularizer
         self.control = control
-        self.sums = _new_variable(np.zeros(2), "float64")
-        self.counts = _new_variable(np.zeros(2), "float64")
+        if _on_tensorflow():
+            self.sums = _new_variable(np.zeros(2), "float64")
+            self.counts = _new_variable(np.zeros(2), "float64")
+        else:  # `control` is the Recording's host state [mode, signs]
+            self.sums, self.counts = _HostSums(), _HostSums()
         self.seen_positive = self.seen_negative = None
 
     def track_signs(self, variable):
@@ -92,6 +119,12 @@ class Recorder:
 
     def __call__(self, x):
         value = self.regularizer(x)
+        if not _on_tensorflow():
+            # JAX's step is a pure function: the value goes to the host,
+            # where the mode at that time decides (read as the step runs).
+            import jax
+            jax.debug.callback(self._record_on_host, value)
+            return value
         mode, signs = self.control[0], self.control[1]
         # OFF gives a zero one-hot: the adds cost nothing and change nothing.
         one_hot = ops.one_hot(mode, 2, dtype="float64")
@@ -102,6 +135,13 @@ class Recorder:
                                      ops.equal(signs, 1)),
                      lambda: self._see_signs(x), lambda: None)
         return value
+
+    def _record_on_host(self, value):
+        mode = self.control[0]
+        if mode == OFF:
+            return
+        self.sums.values[mode] += float(value)
+        self.counts.values[mode] += 1.0
 
     def _see_signs(self, x):
         self.seen_positive.assign(
@@ -188,7 +228,10 @@ class Recording:
         changed = False
         with _strategy_scope(model):
             if self._control is None:
-                self._control = _new_variable(np.array([OFF, 0]), "int32")
+                # On JAX the host state itself (the step calls back to it).
+                self._control = (
+                    _new_variable(np.array([OFF, 0]), "int32")
+                    if _on_tensorflow() else self._state)
             for variable in _regularized_weights(model):
                 current = variable.regularizer
                 recorder = self.recorder(variable)
@@ -212,6 +255,12 @@ class Recording:
         self._set([TRAIN, signs])
 
     def _set(self, state):
+        if not _on_tensorflow():
+            # The steps dispatched so far record under the mode they ran
+            # with; then the mode changes in place (the recorders hold it).
+            wait_for_recorded_steps()
+            self._state[:] = list(state)
+            return
         self._state = list(state)
         self._control.assign(self._state)
 

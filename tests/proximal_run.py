@@ -6,8 +6,9 @@ cross-backend tests (`test_backends.py`): every number comes from NumPy
 
 Writes, per k in KS (and per (k, target) in TARGETED, with
 SparsityTarget), the kernels after the fit, the per-epoch losses, the
-penalty in `model.losses`, the zero fractions ZeroCounts logged and the
-event files the monitors wrote. With --data-parallel (JAX, several devices)
+penalty in `model.losses`, the zero fractions ZeroCounts logged, the
+penalty and share RegularizationShare recorded, and the event files the
+monitors wrote. With --data-parallel (JAX, several devices)
 it trains once on one device and once under keras.distribution's
 DataParallel over every CPU device, and writes both.
 """
@@ -57,7 +58,8 @@ def fit(k, seed=0, target=None):
     history = model.fit(x, y, batch_size=32, epochs=4, shuffle=False,
                         verbose=0, callbacks=[
                             keras_lk.ZeroCounts(log_dir, update_freq=4),
-                            keras_lk.AbsWeightHistograms(log_dir)] + (
+                            keras_lk.AbsWeightHistograms(log_dir),
+                            keras_lk.RegularizationShare(log_dir)] + (
                             [] if target is None else
                             [keras_lk.SparsityTarget(target)]))
     k = k if target is None else f"{k}_target{target}"
@@ -67,6 +69,9 @@ def fit(k, seed=0, target=None):
         f"k{k}_penalty": np.asarray(float(sum(model.losses))),
         # The monitors: zero fractions every 4 steps, histograms per epoch.
         f"k{k}_zero_frac": np.asarray(history.history["zero_frac"]),
+        # The penalty each epoch's steps added, and its share of the loss.
+        f"k{k}_reg_loss": np.asarray(history.history["reg_loss"]),
+        f"k{k}_reg_share": np.asarray(history.history["reg_share"]),
         f"k{k}_events": np.asarray(sorted(
             os.path.relpath(os.path.join(root, name), log_dir)
             for root, _, names in os.walk(log_dir) for name in names))}

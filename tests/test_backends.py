@@ -65,6 +65,33 @@ def test_sparsity_target_tests_pass_on_jax():
     assert re.match(r"4\d passed, 3 deselected", summary), summary
 
 
+# What needs TensorFlow in the monitors' tests: sign tracking
+# (step_stats), pull_batch, and TensorFlow's own trace count.
+MONITORS_TF_ONLY = (
+    "lk_monitor_writes_exact_tags or logs_keys_reach_history or "
+    "stable_zeros or sign_flips or penalty_pull_and_its_ratio or "
+    "statistics_graph_is_traced_once or different_step_stats")
+
+
+@pytest.mark.slow
+def test_the_monitors_tests_pass_on_jax():
+    # The recording (the penalty each step adds, in train and validation
+    # steps, windows, several callbacks, a raising fit, fresh callbacks per
+    # fit) checked by value on JAX, as on TensorFlow.
+    env = dict(os.environ, KERAS_BACKEND="jax", TF_CPP_MIN_LOG_LEVEL="2")
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:xdist",
+         "-p", "no:cacheprovider", "-rs",
+         os.path.join(HERE, "test_callbacks.py"),
+         os.path.join(HERE, "test_no_trace.py"),
+         "-k", f"not ({MONITORS_TF_ONLY})"],
+        cwd=os.path.dirname(HERE), env=env, capture_output=True, text=True,
+        check=False)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    summary = result.stdout.strip().splitlines()[-1]
+    assert re.match(r"6\d passed, 1\d deselected", summary), summary
+
+
 @pytest.mark.slow
 def test_another_backend_gets_the_clear_error_not_a_failure_in_fit():
     # Keras's inference-only "numpy" backend stands in for the backends
@@ -95,8 +122,8 @@ def proximal_run(tmp_path, backend, *args, devices=1):
 
 def assert_same_fit(got, expected, prefix=""):
     """The same zeros, weights within float32 round-off, the same losses,
-    penalty and monitored zero fractions, for every run of proximal_run.py
-    (SparsityTarget's included)."""
+    penalty, monitored zero fractions and penalty share, for every run of
+    proximal_run.py (SparsityTarget's included)."""
     import numpy as np
     sys.path.insert(0, HERE)
     from proximal_run import KS, RUNS, TARGETED
@@ -113,10 +140,13 @@ def assert_same_fit(got, expected, prefix=""):
                                    expected[f"k{k}_penalty"], rtol=1e-5)
         np.testing.assert_array_equal(got[f"{prefix}k{k}_zero_frac"],
                                       expected[f"k{k}_zero_frac"])
-        # Two monitors, one event file each in the train run: one writer
+        for name in ("reg_loss", "reg_share"):
+            np.testing.assert_allclose(got[f"{prefix}k{k}_{name}"],
+                                       expected[f"k{k}_{name}"], rtol=1e-5)
+        # Three monitors, one event file each in the train run: one writer
         # each, not one per device.
         events = got[f"{prefix}k{k}_events"]
-        assert len(events) == 2 and all(
+        assert len(events) == 3 and all(
             str(name).startswith("train/") for name in events), events
     # The plain fits make zeros in every layer (the comparison is not
     # vacuous; under one global target a layer may keep all its weights).

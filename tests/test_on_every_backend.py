@@ -358,16 +358,25 @@ def test_zero_counts_and_histograms_show_the_weights_of_their_step(tmp_path):
 
 def test_what_needs_another_backend_says_so_with_the_backend(tmp_path):
     model = model_with(LkRegularizer(k=1, alpha=0.1, proximal=True))
-    records = " (it records the penalty or the signs at every training step)"
+    signs = (" with step_stats=True (it tracks every weight's sign at every "
+             "training step)")
     tf_only, tf_or_jax = ("tensorflow",), ("tensorflow", "jax")
     # (what the message starts with, how to make it, where it works)
     entries = [
-        ("keras_lk.LkMonitor" + records,
-         lambda: keras_lk.LkMonitor(tmp_path), tf_only),
-        ("keras_lk.RegularizationShare" + records,
-         lambda: keras_lk.RegularizationShare(tmp_path), tf_only),
-        ("keras_lk.ZeroCounts" + records,
+        ("keras_lk.LkMonitor" + signs,
+         lambda: keras_lk.LkMonitor(tmp_path, step_stats=True), tf_only),
+        ("keras_lk.ZeroCounts" + signs,
          lambda: keras_lk.ZeroCounts(tmp_path, step_stats=True), tf_only),
+        ("keras_lk's pull_batch (the penalty's pull against the data "
+         "loss's)", lambda: keras_lk.LkMonitor(
+             tmp_path, pull_batch=(np.ones((2, 6)), np.ones((2, 3)))),
+         tf_only),
+        # The monitors record the penalty at every step on JAX too (through
+        # a host callback).
+        ("keras_lk.LkMonitor", lambda: keras_lk.LkMonitor(tmp_path),
+         tf_or_jax),
+        ("keras_lk.RegularizationShare",
+         lambda: keras_lk.RegularizationShare(tmp_path), tf_or_jax),
         # The proximal step, SparsityTarget, and the monitors that read
         # the weights at each log, run on JAX too.
         ("keras_lk.SparsityTarget",

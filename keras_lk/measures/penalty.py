@@ -10,7 +10,9 @@ from keras import ops
 from keras_lk import _validation, tags
 from keras_lk.measures import fraction, layers_and_weights
 from keras_lk.penalties import lk_penalty
-from keras_lk.recording import EVAL, TRAIN, user_regularizer
+from keras_lk._require_tf import require_backend
+from keras_lk.recording import (EVAL, TRAIN, user_regularizer,
+                                wait_for_recorded_steps)
 from keras_lk.regularizers import LkRegularizer
 
 
@@ -45,6 +47,7 @@ class PenaltyMeasure:
 
     def _totals(self):
         """`{path: (sums[2], counts[2])}` so far, as host arrays."""
+        wait_for_recorded_steps()
         # Copies: a mark must not follow the variable.
         return {path: (sum(np.array(r.sums.numpy()) for r in recorders),
                        np.array(recorders[0].counts.numpy()))
@@ -113,6 +116,38 @@ def _lk_gradient_sums(variables, alphas, exponents):
     return sums
 
 
+_JAX_SUMS = {}
+
+
+def _jax_gradient_sums(weights):
+    """sum |d penalty / dw| of `[(variable, regularizer)]` on JAX, one
+    jitted function per set of shapes and exponents (alphas are
+    arguments). An LkRegularizer's pull is that of `lk_penalty` (see
+    `_lk_gradient_sums`); other regularizers are differentiated as they
+    are."""
+    import jax
+
+    def penalty(regularizer):
+        if isinstance(regularizer, LkRegularizer):
+            k, reduction = regularizer.k, regularizer.reduction
+            return (("lk", k, reduction),
+                    lambda w, alpha: lk_penalty(w, k, alpha, reduction),
+                    np.float32(regularizer.alpha))
+        return (("other", id(regularizer)),
+                lambda w, alpha: regularizer(w), np.float32(0.0))
+
+    keys, functions, alphas = zip(*(penalty(r) for _, r in weights))
+    key = (keys, tuple(tuple(v.shape) for v, _ in weights))
+    if key not in _JAX_SUMS:
+        def sums(values, alphas):
+            return [ops.sum(ops.abs(jax.grad(function)(value, alpha)))
+                    for function, value, alpha in zip(functions, values,
+                                                      alphas)]
+        _JAX_SUMS[key] = jax.jit(sums)
+    return [float(value) for value in _JAX_SUMS[key](
+        [v.value for v, _ in weights], list(alphas))]
+
+
 def _mean_abs(grads):
     total = sum(ops.sum(ops.abs(g)) for g in grads if g is not None)
     size = sum(math.prod(g.shape) for g in grads if g is not None)
@@ -131,6 +166,11 @@ class PullMeasure:
 
     def __init__(self, pull_batch=None):
         self.pull_batch = check_pull_batch(pull_batch)
+        if self.pull_batch is not None:
+            # The data loss's gradient on that batch, taken outside the
+            # train step, uses TensorFlow's tape.
+            require_backend("keras_lk's pull_batch (the penalty's pull "
+                            "against the data loss's)")
         self._model = None
         self._layers = []
         self._loss = None
@@ -174,6 +214,8 @@ class PullMeasure:
         lk = [(i, v, reg) for i, (v, reg) in enumerate(weights)
               if isinstance(reg, LkRegularizer)]
         sums = [None] * len(weights)
+        if keras.backend.backend() != "tensorflow":
+            return _jax_gradient_sums(weights)
         if lk:
             # Traced once per set of shapes and exponents, whatever the
             # model or alpha: a sweep's fresh models and callbacks reuse it.
