@@ -28,8 +28,8 @@ EVERY_BACKEND = (
 ON_JAX = ("LkRegularizer (as a gradient penalty and proximal), "
           "ProximalOptimizer, SparsityTarget, LkMonitor, "
           "RegularizationShare, AbsWeightHistograms and ZeroCounts (without "
-          "step_stats or pull_batch), prox, attach, detach, sparsity, strip "
-          "and keras-lk sweep")
+          "pull_batch), prox, attach, detach, sparsity, strip and the "
+          "keras-lk commands")
 
 _NAMES = {"tensorflow": "TensorFlow", "jax": "JAX"}
 

@@ -90,16 +90,11 @@ class _Monitor(keras.callbacks.Callback):
     def __init__(self, log_dir, update_freq, measures):
         self._measures = list(measures)
         self._records = any(m.records for m in self._measures)
-        # The weights are read at each log and the penalty recorded at
-        # every step on any backend that trains (on JAX through a host
-        # callback); the signs of every weight at every step are masks
-        # that only TensorFlow's stateful steps keep.
-        signs = any(m.tracks_signs for m in self._measures)
-        require_backend(
-            f"keras_lk.{type(self).__name__}" + (
-                " with step_stats=True (it tracks every weight's sign at "
-                "every training step)" if signs else ""),
-            ("tensorflow",) if signs else ("tensorflow", "jax"))
+        # The weights are read at each log, and the penalty (and, with
+        # step_stats, the signs) recorded at every step, on any backend that
+        # trains: on JAX through a host callback.
+        require_backend(f"keras_lk.{type(self).__name__}",
+                        ("tensorflow", "jax"))
         super().__init__()
         self.log_dir = _check_log_dir(log_dir)
         self.update_freq = _check_update_freq(update_freq)
@@ -386,9 +381,9 @@ class RegularizationShare(_Monitor):
     proximal LkRegularizer, the pull the same penalty would have as a
     gradient) and, with `pull_batch`, `penalty_pull_ratio/<layer>`: that
     over the mean |d data loss / dw| on the given batch. Runs on
-    TensorFlow and JAX; on JAX each step sends its penalty values to the
-    host (`jax.debug.callback`) instead, and `pull_batch` needs
-    TensorFlow.
+    TensorFlow and JAX; on JAX each step sends its penalty values (and,
+    with `step_stats`, the weights) to the host (`jax.debug.callback`)
+    instead, and `pull_batch` needs TensorFlow.
 
     Args:
         log_dir: Directory of the TensorBoard logs.

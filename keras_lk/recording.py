@@ -67,6 +67,21 @@ class _HostSums:
         return self.values.copy()
 
 
+class _HostMask:
+    """A sign mask on the host (JAX), with what the code reads of a
+    variable: `value` (the array) and `assign`."""
+
+    def __init__(self, array):
+        self.array = np.asarray(array, bool)
+
+    @property
+    def value(self):
+        return self.array
+
+    def assign(self, array):
+        self.array = np.array(array, bool)
+
+
 def wait_for_recorded_steps():
     """On JAX, waits until every dispatched step's host callbacks ran (so
     the accumulators hold every step before they are read)."""
@@ -113,6 +128,10 @@ class Recorder:
         # masks): inside the step's `cond`, a mirrored update would need a
         # cross-replica merge, which a `cond` in a replica cannot hold.
         value = ops.convert_to_numpy(variable)
+        if not _on_tensorflow():  # ORed on the host, from the step
+            self.seen_positive = _HostMask(value > 0)
+            self.seen_negative = _HostMask(value < 0)
+            return True
         self.seen_positive = _new_variable(value > 0, "bool", "on_read")
         self.seen_negative = _new_variable(value < 0, "bool", "on_read")
         return True
@@ -123,7 +142,11 @@ class Recorder:
             # JAX's step is a pure function: the value goes to the host,
             # where the mode at that time decides (read as the step runs).
             import jax
-            jax.debug.callback(self._record_on_host, value)
+            if self.seen_positive is None:
+                jax.debug.callback(self._record_on_host, value)
+            else:  # the weight too, for its signs (a copy per step)
+                jax.debug.callback(self._record_on_host, value,
+                                   ops.convert_to_tensor(x))
             return value
         mode, signs = self.control[0], self.control[1]
         # OFF gives a zero one-hot: the adds cost nothing and change nothing.
@@ -136,12 +159,16 @@ class Recorder:
                      lambda: self._see_signs(x), lambda: None)
         return value
 
-    def _record_on_host(self, value):
-        mode = self.control[0]
+    def _record_on_host(self, value, x=None):
+        mode, signs = self.control[0], self.control[1]
         if mode == OFF:
             return
         self.sums.values[mode] += float(value)
         self.counts.values[mode] += 1.0
+        if x is not None and mode == TRAIN and signs == 1:
+            x = np.asarray(x)
+            self.seen_positive.array |= x > 0
+            self.seen_negative.array |= x < 0
 
     def _see_signs(self, x):
         self.seen_positive.assign(
@@ -165,8 +192,8 @@ class SignWindow:
 
 
 # Two graphs of a fixed structure per model (one per weight list), so that
-# windows coming and going never retrace.
-@tf.function(autograph=False)
+# windows coming and going never retrace (on JAX the masks are on the host,
+# and these run as plain functions).
 def _or_masks(shared, fold):
     """`fold | shared` per weight and sign (`shared` alone if `fold` is None).
 
@@ -180,12 +207,23 @@ def _or_masks(shared, fold):
             in zip(shared, fold)]
 
 
-@tf.function(autograph=False)
 def _reset_signs(variables, shared):
     """Restarts the shared masks from the signs of the weights now."""
     for variable, (positive, negative) in zip(variables, shared):
         positive.assign(ops.greater(variable, 0))
         negative.assign(ops.less(variable, 0))
+
+
+_COMPILED_MASKS = {}
+
+
+def _masks_function(function):
+    """`function` as a tf.function on TensorFlow, as is elsewhere."""
+    if not _on_tensorflow():
+        return function
+    if function not in _COMPILED_MASKS:
+        _COMPILED_MASKS[function] = tf.function(function, autograph=False)
+    return _COMPILED_MASKS[function]
 
 
 def user_regularizer(regularizer):
@@ -317,14 +355,32 @@ class Recording:
         window.positive = window.negative = None
         if not tracked:
             return
+        wait_for_recorded_steps()
+        if not _on_tensorflow():  # the host masks themselves
+            shared = [(r.seen_positive, r.seen_negative) for _, r in tracked]
+            for other in others:
+                fold = (None if other.positive is None else
+                        list(zip(other.positive, other.negative)))
+                other.positive = [p.array | (False if fold is None
+                                             else fold[i][0])
+                                  for i, (p, _) in enumerate(shared)]
+                other.negative = [n.array | (False if fold is None
+                                             else fold[i][1])
+                                  for i, (_, n) in enumerate(shared)]
+            for (variable, _), (positive, negative) in zip(tracked, shared):
+                value = ops.convert_to_numpy(variable.value)
+                positive.assign(value > 0)
+                negative.assign(value < 0)
+            return
         shared = [(r.seen_positive.value, r.seen_negative.value)
                   for _, r in tracked]
         for other in others:
-            masks = _or_masks(shared, None if other.positive is None else
+            masks = _masks_function(_or_masks)(
+                shared, None if other.positive is None else
                               list(zip(other.positive, other.negative)))
             other.positive = [p for p, _ in masks]
             other.negative = [n for _, n in masks]
-        _reset_signs([v.value for v, _ in tracked], shared)
+        _masks_function(_reset_signs)([v.value for v, _ in tracked], shared)
 
     def recorder(self, variable):
         """The `Recorder` of `variable`, or None."""

@@ -14,11 +14,10 @@ from events import read
 from helpers import (FailAt, PenaltyTrace, by_hand_penalties,
                      regression_data, regularizers_of, two_layer_model)
 
-# These tests also run under JAX (test_backends.py), where the sign
-# tracking of step_stats and pull_batch need TensorFlow: there they run
-# with the rest of what the monitors record.
+# These tests also run under JAX (test_backends.py), where pull_batch
+# needs TensorFlow: there they run with the rest of what the monitors do.
 ON_TENSORFLOW = keras.backend.backend() == "tensorflow"
-STEP_STATS = ON_TENSORFLOW
+STEP_STATS = True
 
 
 def pull_batch(batch):

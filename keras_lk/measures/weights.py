@@ -9,7 +9,7 @@ from keras import ops
 
 from keras_lk import tags
 from keras_lk.measures import fraction, layers_and_weights
-from keras_lk.recording import SignWindow
+from keras_lk.recording import SignWindow, wait_for_recorded_steps
 from keras_lk.stats import (PACK_WEIGHT, histogram_buckets,
                             log_histogram_buckets, packed_statistics, packs,
                             sign_window_counts, unstack, weight_statistics)
@@ -179,6 +179,8 @@ class WeightMeasure:
         if report.run != tags.TRAIN or not self._layers:
             return
         variables = [v.value for _, weights in self._layers for _, v in weights]
+        if self.tracks_signs:  # (JAX: the masks are ORed on the host)
+            wait_for_recorded_steps()
         window = self._windows.get(report.window)
         signs, tracked = [], 0
         for recorder in self._recorders:

@@ -168,12 +168,11 @@ def tensorboard_command(logdir):
 def run(args):
     _check_study_extra(args.command)
     if args.command in ("demo", "sweep"):
-        # demo logs with LkMonitor (its recording needs TensorFlow); the
-        # sweep trains with the proximal steps and SparsityTarget.
+        # They train with the monitors, the proximal steps and
+        # SparsityTarget: TensorFlow or JAX.
         try:
-            require_backend(f"keras-lk {args.command}", (
-                ("tensorflow",) if args.command == "demo"
-                else ("tensorflow", "jax")))
+            require_backend(f"keras-lk {args.command}",
+                            ("tensorflow", "jax"))
         except NotImplementedError as error:
             raise _UsageError(str(error)) from None
     if args.command == "plot":
