@@ -27,9 +27,8 @@ EVERY_BACKEND = (
 # What works beyond EVERY_BACKEND, per backend keras_lk trains on.
 ON_JAX = ("LkRegularizer (as a gradient penalty and proximal), "
           "ProximalOptimizer, SparsityTarget, LkMonitor, "
-          "RegularizationShare, AbsWeightHistograms and ZeroCounts (without "
-          "pull_batch), prox, attach, detach, sparsity, strip and the "
-          "keras-lk commands")
+          "RegularizationShare, AbsWeightHistograms, ZeroCounts, prox, "
+          "attach, detach, sparsity, strip and the keras-lk commands")
 
 _NAMES = {"tensorflow": "TensorFlow", "jax": "JAX"}
 

@@ -383,7 +383,7 @@ class RegularizationShare(_Monitor):
     over the mean |d data loss / dw| on the given batch. Runs on
     TensorFlow and JAX; on JAX each step sends its penalty values (and,
     with `step_stats`, the weights) to the host (`jax.debug.callback`)
-    instead, and `pull_batch` needs TensorFlow.
+    instead.
 
     Args:
         log_dir: Directory of the TensorBoard logs.

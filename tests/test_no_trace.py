@@ -14,20 +14,15 @@ from events import read
 from helpers import (FailAt, PenaltyTrace, by_hand_penalties,
                      regression_data, regularizers_of, two_layer_model)
 
-# These tests also run under JAX (test_backends.py), where pull_batch
-# needs TensorFlow: there they run with the rest of what the monitors do.
+# These tests also run under JAX (test_backends.py).
 ON_TENSORFLOW = keras.backend.backend() == "tensorflow"
 STEP_STATS = True
 
 
-def pull_batch(batch):
-    return batch if ON_TENSORFLOW else None
-
-
 CALLBACKS = [
     lambda d: keras_lk.LkMonitor(d, step_stats=STEP_STATS),
-    lambda d: keras_lk.LkMonitor(d, update_freq=2, pull_batch=pull_batch(
-        regression_data(16))),
+    lambda d: keras_lk.LkMonitor(d, update_freq=2, pull_batch=regression_data(
+        16)),
     lambda d: keras_lk.ZeroCounts(d, step_stats=STEP_STATS),
     lambda d: keras_lk.RegularizationShare(d),
     lambda d: keras_lk.AbsWeightHistograms(d),
@@ -142,7 +137,7 @@ def test_ten_fresh_monitors_grow_nothing_and_never_retrace(tmp_path, caplog):
         for fit in range(10):
             callbacks = [keras_lk.LkMonitor(
                 tmp_path / str(fit), update_freq=3, step_stats=STEP_STATS,
-                pull_batch=pull_batch((x[:16], y[:16]))), probe, trace]
+                pull_batch=(x[:16], y[:16])), probe, trace]
             if fit % 2:
                 callbacks.insert(0, keras_lk.ZeroCounts(tmp_path / f"z{fit}"))
             model.fit(x, y, epochs=2, batch_size=16, validation_split=0.25,

@@ -365,10 +365,9 @@ def test_what_needs_another_backend_says_so_with_the_backend(tmp_path):
          lambda: keras_lk.LkMonitor(tmp_path, step_stats=True), tf_or_jax),
         ("keras_lk.ZeroCounts",
          lambda: keras_lk.ZeroCounts(tmp_path, step_stats=True), tf_or_jax),
-        ("keras_lk's pull_batch (the penalty's pull against the data "
-         "loss's)", lambda: keras_lk.LkMonitor(
-             tmp_path, pull_batch=(np.ones((2, 6)), np.ones((2, 3)))),
-         tf_only),
+        ("keras_lk.LkMonitor", lambda: keras_lk.LkMonitor(
+            tmp_path, pull_batch=(np.ones((2, 6)), np.ones((2, 3)))),
+         tf_or_jax),
         # The monitors record the penalty (and signs) at every step on JAX
         # too, through a host callback.
         ("keras_lk.LkMonitor", lambda: keras_lk.LkMonitor(tmp_path),

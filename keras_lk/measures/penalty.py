@@ -10,7 +10,6 @@ from keras import ops
 from keras_lk import _validation, tags
 from keras_lk.measures import fraction, layers_and_weights
 from keras_lk.penalties import lk_penalty
-from keras_lk._require_tf import require_backend
 from keras_lk.recording import (EVAL, TRAIN, user_regularizer,
                                 wait_for_recorded_steps)
 from keras_lk.regularizers import LkRegularizer
@@ -166,11 +165,6 @@ class PullMeasure:
 
     def __init__(self, pull_batch=None):
         self.pull_batch = check_pull_batch(pull_batch)
-        if self.pull_batch is not None:
-            # The data loss's gradient on that batch, taken outside the
-            # train step, uses TensorFlow's tape.
-            require_backend("keras_lk's pull_batch (the penalty's pull "
-                            "against the data loss's)")
         self._model = None
         self._layers = []
         self._loss = None
@@ -239,14 +233,36 @@ class PullMeasure:
             return []
         x, y = (ops.convert_to_tensor(part) for part in self.pull_batch)
         variables = [v for _, layer in self._layers for v, _ in layer]
-        with tf.GradientTape() as tape:
-            data_loss = ops.mean(self._loss(y, self._model(x, training=False)))
-        grads = tape.gradient(data_loss, variables)
+        if keras.backend.backend() == "tensorflow":
+            with tf.GradientTape() as tape:
+                data_loss = ops.mean(self._loss(
+                    y, self._model(x, training=False)))
+            grads = tape.gradient(data_loss, variables)
+        else:
+            grads = self._jax_data_gradients(x, y, variables)
         pulls, start = [], 0
         for _, layer in self._layers:
             pulls.append(float(_mean_abs(grads[start:start + len(layer)])))
             start += len(layer)
         return pulls
+
+    def _jax_data_gradients(self, x, y, variables):
+        """d data loss / dw of `variables` on JAX (None where a weight is
+        not trainable), through the model's stateless call."""
+        import jax
+        model = self._model
+        trainable = model.trainable_variables
+        non_trainable = [v.value for v in model.non_trainable_variables]
+
+        def data_loss(values):
+            outputs, _ = model.stateless_call(values, non_trainable, x,
+                                              training=False)
+            return ops.mean(self._loss(y, outputs))
+
+        grads = jax.grad(data_loss)([v.value for v in trainable])
+        index = {id(v): i for i, v in enumerate(trainable)}
+        return [grads[index[id(v)]] if id(v) in index else None
+                for v in variables]
 
     def layout(self):
         return {}
