@@ -420,9 +420,10 @@ def test_keras_lk_sweep_runs(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_keras_lk_demo_runs_every_setting(tmp_path, capsys):
-    # On TensorFlow test_cli.py runs the demo (and checks its logs); here
-    # it runs on the other backends: every setting, a table, a chart.
+def test_keras_lk_demo_report_and_plot_run(tmp_path, capsys):
+    # On TensorFlow test_cli.py runs the commands (and checks the demo's
+    # logs); here they run on the other backends: every setting, a table,
+    # the charts.
     if BACKEND == "tensorflow":
         return
     from keras_lk.study import cli, report
@@ -442,6 +443,15 @@ def test_keras_lk_demo_runs_every_setting(tmp_path, capsys):
     assert runs["L0.5"]["sign flips"] > runs["L0.5_proximal"]["sign flips"]
     assert 0 < runs["L1"]["penalty share"] < 1
     assert (tmp_path / "comparison.png").read_bytes()[:4] == b"\x89PNG"
+    # The other two commands on this backend: the report of those logs,
+    # and the article's charts.
+    capsys.readouterr()
+    assert cli.main(["report", str(tmp_path)]) == 0
+    table = capsys.readouterr().out
+    assert all(name in table for name in runs)
+    assert cli.main(["plot", "--out", str(tmp_path / "plots")]) == 0
+    charts = sorted((tmp_path / "plots").glob("*.png"))
+    assert charts and all(c.read_bytes()[:4] == b"\x89PNG" for c in charts)
 
 
 @pytest.mark.parametrize("k", [0.0, 0.5])
