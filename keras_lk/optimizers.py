@@ -25,9 +25,10 @@ def _compiled(function):
 # (TensorFlow otherwise runs one kernel, one pass, per elementwise op):
 # 2.1M weights, k = 1 in 0.75 ms instead of 1.5; k = 1/2 by Newton's method
 # in 2.5 ms instead of 9 (the closed form's arccos is slower under XLA).
-_FUSED_PROX = {0.0: _compiled(hard_threshold),
-               1.0: _compiled(soft_threshold),
-               0.5: _compiled(half_threshold_newton)}
+# The proximal steps with a fast form: k -> function(y, t).
+_FAST_PROX = {0.0: hard_threshold, 1.0: soft_threshold,
+              0.5: half_threshold_newton}
+_FUSED_PROX = {k: _compiled(function) for k, function in _FAST_PROX.items()}
 
 
 def _compiled_exempt(function):
@@ -39,9 +40,8 @@ def _compiled_exempt(function):
 
 # The same, leaving the weights where `exempt` is True as they are (what
 # SparsityTarget's protection needs), still one pass.
-_FUSED_PROX_EXEMPT = {k: _compiled_exempt(function) for k, function in (
-    (0.0, hard_threshold), (1.0, soft_threshold),
-    (0.5, half_threshold_newton))}
+_FUSED_PROX_EXEMPT = {k: _compiled_exempt(function)
+                      for k, function in _FAST_PROX.items()}
 
 
 def _proximal_update(value, t, k, exempt=None):
@@ -55,14 +55,10 @@ def _proximal_update(value, t, k, exempt=None):
     return ops.where(exempt, value, prox(value, t, k))
 
 
-# The same steps in plain keras.ops, for backends whose train step is
-# compiled as a whole (JAX: jax.jit fuses them with the rest of the step).
-_PLAIN_PROX = {0.0: hard_threshold, 1.0: soft_threshold,
-               0.5: half_threshold_newton}
-
-
 def _plain_proximal_update(value, t, k):
-    function = _PLAIN_PROX.get(k)
+    """The same steps in plain keras.ops, for backends whose train step is
+    compiled as a whole (JAX: jax.jit fuses them with the rest of it)."""
+    function = _FAST_PROX.get(k)
     if function is None:
         return prox(value, t, k)
     return function(value, ops.cast(t, value.dtype))
@@ -253,12 +249,13 @@ class ProximalOptimizer(keras.optimizers.Optimizer):
             new = _plain_proximal_update(value, t, regularizer.k)
             return new if exempt is None else ops.where(exempt, value, new)
 
+        iterations = ops.convert_to_tensor(self.inner_optimizer.iterations)
+
         def step_all():
             if self._controller is None:
                 return [proximal(v, v.value) for v in variables]
-            return self._controller.step_values(
-                variables, proximal,
-                ops.convert_to_tensor(self.inner_optimizer.iterations))
+            return self._controller.step_values(variables, proximal,
+                                                iterations)
 
         before = [v.value for v in variables]
         if not self.inner_optimizer.gradient_accumulation_steps:
@@ -269,8 +266,7 @@ class ProximalOptimizer(keras.optimizers.Optimizer):
             variable.assign(value)
         if self._controller is not None:
             self._controller.after_step_values(
-                variables, ops.convert_to_tensor(
-                    self.inner_optimizer.iterations), updated if
+                variables, iterations, updated if
                 self.inner_optimizer.gradient_accumulation_steps else None)
 
     def _proximal_step(self, strategy, variables, learning_rate, updated):

@@ -283,24 +283,9 @@ class _Controller:
         steering = ops.logical_and(active, ops.logical_not(self.locked))
         groups_fields = (LOG_SCALE, TAU)
         current = [self.field(f) for f in groups_fields]
-
-        def control():
-            scheduled = self.scheduled(iterations)
-            error = scheduled - self.zero_fractions()
-            step = ops.clip(GAIN * error, -MAX_MOVE, MAX_MOVE)
-            log_scale = ops.clip(current[0] + step, -MAX_LOG_SCALE,
-                                 MAX_LOG_SCALE)
-            tau = current[1]
-            if any(group.k == 0 for group in self.groups):
-                tau = ops.stack([
-                    ops.maximum(tau[index], self.quantile(
-                        index, scheduled[index])) if group.k == 0
-                    else tau[index]
-                    for index, group in enumerate(self.groups)])
-            return [log_scale, tau]
-
         fields = ops.cond(ops.logical_and(steering, ops.equal(
-            iterations % CONTROL_EVERY, 0)), control, lambda: current)
+            iterations % CONTROL_EVERY, 0)),
+            lambda: list(self._controlled(iterations)), lambda: current)
         for field, values in zip(groups_fields, fields):
             self.set_field(field, values)
 
@@ -328,6 +313,28 @@ class _Controller:
             variable.assign(weight)
         self.run.assign(_with(self.run, LOCKED, ops.logical_or(
             self.locked, lock)))
+
+    def _controlled(self, iterations):
+        """The groups' next `(log strength, threshold)`, from their zeros
+        against the schedule (both backends' control step)."""
+        scheduled = self.scheduled(iterations)
+        error = scheduled - self.zero_fractions()
+        # Bounded moves: the zeros follow the strength with a lag, and a
+        # ReLU network whose weights all went to zero cannot recover.
+        step = ops.clip(GAIN * error, -MAX_MOVE, MAX_MOVE)
+        log_scale = ops.clip(self.field(LOG_SCALE) + step, -MAX_LOG_SCALE,
+                             MAX_LOG_SCALE)
+        tau = self.field(TAU)
+        if any(group.k == 0 for group in self.groups):
+            # Never lower: once the zeros run ahead of the schedule the
+            # quantile is 0, and a lower threshold would let every pruned
+            # weight grow back (magnitude pruning keeps them).
+            tau = ops.stack([
+                ops.maximum(tau[index], self.quantile(
+                    index, scheduled[index])) if group.k == 0
+                else tau[index]
+                for index, group in enumerate(self.groups)])
+        return log_scale, tau
 
     def _lock_values(self, covered):
         """`_lock`'s masks and masked weights of `covered`, as values."""
@@ -408,23 +415,10 @@ class _Controller:
         steering = ops.logical_not(self.locked)
 
         def control():
-            scheduled = self.scheduled(iterations)
-            error = scheduled - self.zero_fractions()
-            # Bounded moves: the zeros follow the strength with a lag, and
-            # a ReLU network whose weights all went to zero cannot recover.
-            step = ops.clip(GAIN * error, -MAX_MOVE, MAX_MOVE)
-            self.set_field(LOG_SCALE, ops.clip(
-                self.field(LOG_SCALE) + step, -MAX_LOG_SCALE, MAX_LOG_SCALE))
+            log_scale, tau = self._controlled(iterations)
+            self.set_field(LOG_SCALE, log_scale)
             if any(group.k == 0 for group in self.groups):
-                # Never lower: once the zeros run ahead of the schedule the
-                # quantile is 0, and a lower threshold would let every
-                # pruned weight grow back (magnitude pruning keeps them).
-                tau = self.field(TAU)
-                self.set_field(TAU, ops.stack([
-                    ops.maximum(tau[index], self.quantile(
-                        index, scheduled[index])) if group.k == 0
-                    else tau[index]
-                    for index, group in enumerate(self.groups)]))
+                self.set_field(TAU, tau)
 
         def protect():
             for group in self.groups:
@@ -468,57 +462,43 @@ def lowest(scores, count):
     weights on 2 CPU cores, where `top_k` with k = half of them takes 33 s.
     """
     if keras.backend.backend() != "tensorflow":
-        # In keras.ops, inside the step that jax.jit compiles.
+        # Inside the step that jax.jit compiles.
         scores = ops.cast(scores, "float32")
         if count <= 0:
             return ops.zeros(ops.shape(scores), "bool")
-        return _lowest_ops(scores, count)
+        return _lowest_ops(scores, count, "int32")
     if count <= 0:
         return tf.zeros(tf.shape(scores), tf.bool)
     return _lowest(tf.convert_to_tensor(scores, tf.float32),
                    tf.constant(count, tf.int64))
 
 
-def _lowest_ops(scores, count):
-    """`_lowest` in keras.ops (int32 counts: up to 2^31 weights)."""
+def _lowest_ops(scores, count, dtype="int64"):
+    """`lowest`'s search in keras.ops; counts in `dtype` (JAX keeps no
+    64-bit integers by default: int32 there, up to 2^31 weights)."""
     bits = ops.view(scores, "int32")
 
     def narrow(low, high):
         middle = low + (high - low) // 2
         enough = ops.greater_equal(ops.sum(ops.cast(
-            ops.less_equal(bits, middle), "int32")), count)
+            ops.less_equal(bits, middle), dtype)), count)
         return (ops.where(enough, low, middle + 1),
                 ops.where(enough, middle, high))
 
+    # The smallest bit pattern b with at least `count` values <= b.
     _, value = ops.while_loop(
         lambda low, high: ops.less(low, high), narrow,
         (ops.convert_to_tensor(0, "int32"),
          ops.convert_to_tensor(2 ** 31 - 1, "int32")))
     below = ops.less(bits, value)
     ties = ops.equal(bits, value)
-    needed = count - ops.sum(ops.cast(below, "int32"))
-    rank = ops.cumsum(ops.cast(ties, "int32"))
+    needed = count - ops.sum(ops.cast(below, dtype))
+    rank = ops.cumsum(ops.cast(ties, dtype))
     return ops.logical_or(below, ops.logical_and(ties, rank <= needed))
 
 
-@tf.function(jit_compile=True, autograph=False)
-def _lowest(scores, count):
-    bits = tf.bitcast(scores, tf.int32)
-
-    def narrow(low, high):
-        middle = low + (high - low) // 2
-        enough = tf.reduce_sum(tf.cast(bits <= middle, tf.int64)) >= count
-        return (tf.where(enough, low, middle + 1),
-                tf.where(enough, middle, high))
-
-    # The smallest bit pattern b with at least `count` values <= b.
-    _, value = tf.while_loop(lambda low, high: low < high, narrow,
-                             (tf.constant(0), tf.constant(2 ** 31 - 1)))
-    below = bits < value
-    ties = tf.equal(bits, value)
-    needed = count - tf.reduce_sum(tf.cast(below, tf.int64))
-    rank = tf.cumsum(tf.cast(ties, tf.int64))
-    return tf.logical_or(below, tf.logical_and(ties, rank <= needed))
+# On TensorFlow, XLA-compiled on its own (on JAX it is part of the step).
+_lowest = tf.function(_lowest_ops, jit_compile=True, autograph=False)
 
 
 def _assign_masked(strategy, variable, mask):
