@@ -206,6 +206,25 @@ def statistics_pass_table(repeats):
                   f"{row['first_mb']:>12.0f}{row['weights_mb']:>12.0f}")
 
 
+def _fit_times(variants, x, y, reg, epochs, rounds):
+    """Fit wall times of `{name: callbacks}`, each on its own MLP, traced
+    first, then alternated for `rounds` rounds."""
+    runs = {name: (common.make_mlp(reg), callbacks)
+            for name, callbacks in variants.items()}
+    for model, callbacks in runs.values():  # trace; not timed
+        model.fit(x, y, batch_size=common.BATCH, epochs=1, verbose=0,
+                  callbacks=callbacks)
+
+    def run_once(run):
+        model, callbacks = run
+        start = time.perf_counter()
+        model.fit(x, y, batch_size=common.BATCH, epochs=epochs, verbose=0,
+                  callbacks=callbacks)
+        return [time.perf_counter() - start]
+
+    return common.alternate(runs, run_once, rounds)
+
+
 def fit_table(rounds, epochs, steps):
     import keras
 
@@ -226,20 +245,7 @@ def fit_table(rounds, epochs, steps):
         "keras TensorBoard hist=1": [keras.callbacks.TensorBoard(
             f"{log_root}/keras", histogram_freq=1)],
     }
-    runs = {name: (common.make_mlp(reg), callbacks)
-            for name, callbacks in variants.items()}
-    for model, callbacks in runs.values():  # trace; not timed
-        model.fit(x, y, batch_size=common.BATCH, epochs=1, verbose=0,
-                  callbacks=callbacks)
-
-    def run_once(run):
-        model, callbacks = run
-        start = time.perf_counter()
-        model.fit(x, y, batch_size=common.BATCH, epochs=epochs, verbose=0,
-                  callbacks=callbacks)
-        return [time.perf_counter() - start]
-
-    samples = common.alternate(runs, run_once, rounds)
+    samples = _fit_times(variants, x, y, reg, epochs, rounds)
     print(f"fit wall time: {epochs} epochs x {steps} steps, batch "
           f"{common.BATCH}, {rounds} rounds alternated")
     common.report(samples, "no monitor", {"LkMonitor epoch": 1.03,
@@ -262,20 +268,7 @@ def jax_fit_table(rounds, epochs, x, y, reg, log_root):
                 "histograms + zeros epoch": weights("epoch"),
                 "histograms + zeros every 10": weights("ten",
                                                        update_freq=10)}
-    runs = {name: (common.make_mlp(reg), callbacks)
-            for name, callbacks in variants.items()}
-    for model, callbacks in runs.values():  # trace; not timed
-        model.fit(x, y, batch_size=common.BATCH, epochs=1, verbose=0,
-                  callbacks=callbacks)
-
-    def run_once(run):
-        model, callbacks = run
-        start = time.perf_counter()
-        model.fit(x, y, batch_size=common.BATCH, epochs=epochs, verbose=0,
-                  callbacks=callbacks)
-        return [time.perf_counter() - start]
-
-    samples = common.alternate(runs, run_once, rounds)
+    samples = _fit_times(variants, x, y, reg, epochs, rounds)
     print(f"fit wall time on JAX: {epochs} epochs x {len(x) // common.BATCH}"
           f" steps, batch {common.BATCH}, {rounds} rounds alternated")
     common.report(samples, "no monitor", {

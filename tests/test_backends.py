@@ -12,14 +12,14 @@ import pytest
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def run_on(backend, *selection):
-    """Runs test_on_every_backend.py (or the tests `-k` selects) under
-    `backend` in a fresh process; returns pytest's last line."""
+def run_on(backend, *selection, files=("test_on_every_backend.py",)):
+    """Runs `files` (or the tests `-k` selects) under `backend` in a fresh
+    process; returns pytest's last line."""
     env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="2")
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:xdist",
          "-p", "no:cacheprovider", "-rs",
-         os.path.join(HERE, "test_on_every_backend.py"), *selection],
+         *(os.path.join(HERE, name) for name in files), *selection],
         cwd=os.path.dirname(HERE), env=env, capture_output=True, text=True,
         check=False)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
@@ -52,16 +52,8 @@ INIT_DEPENDENT = ("begin_step_holds or new_target_starts_a_fresh_run or "
 
 @pytest.mark.slow
 def test_sparsity_target_tests_pass_on_jax():
-    env = dict(os.environ, KERAS_BACKEND="jax", TF_CPP_MIN_LOG_LEVEL="2")
-    result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:xdist",
-         "-p", "no:cacheprovider", "-rs",
-         os.path.join(HERE, "test_sparsity_target.py"),
-         "-k", f"not ({INIT_DEPENDENT})"],
-        cwd=os.path.dirname(HERE), env=env, capture_output=True, text=True,
-        check=False)
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
-    summary = result.stdout.strip().splitlines()[-1]
+    summary = run_on("jax", "-k", f"not ({INIT_DEPENDENT})",
+                     files=("test_sparsity_target.py",))
     assert re.match(r"4\d passed, 3 deselected", summary), summary
 
 
@@ -75,17 +67,8 @@ def test_the_monitors_tests_pass_on_jax():
     # steps, windows, stable zeros and sign flips, several callbacks, a
     # raising fit, fresh callbacks per fit) checked by value on JAX, as on
     # TensorFlow.
-    env = dict(os.environ, KERAS_BACKEND="jax", TF_CPP_MIN_LOG_LEVEL="2")
-    result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:xdist",
-         "-p", "no:cacheprovider", "-rs",
-         os.path.join(HERE, "test_callbacks.py"),
-         os.path.join(HERE, "test_no_trace.py"),
-         "-k", f"not ({MONITORS_TF_ONLY})"],
-        cwd=os.path.dirname(HERE), env=env, capture_output=True, text=True,
-        check=False)
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
-    summary = result.stdout.strip().splitlines()[-1]
+    summary = run_on("jax", "-k", f"not ({MONITORS_TF_ONLY})",
+                     files=("test_callbacks.py", "test_no_trace.py"))
     assert re.match(r"7\d passed, 1 deselected", summary), summary
 
 
