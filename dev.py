@@ -28,12 +28,18 @@ def extras():
     # tensorflow-cpu publishes x86_64 wheels only; elsewhere the full
     # `tensorflow` wheel is the CPU build.
     tf = "cpu" if platform.machine().lower() in ("x86_64", "amd64") else "gpu"
-    return f"{tf},study,test,jax"
+    return f"{tf},study,test,jax,torch"
+
+
+# The PyTorch the tests were run with. Pinned: pip would otherwise take the
+# newest release, on Linux a CUDA build of several GB; where pip finds a
+# CPU build of this version (in its find-links), it takes that one.
+TORCH = "torch==2.13.0"
 
 
 def setup():
     wanted = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
-    wanted += f" {extras()}"
+    wanted += f" {extras()} {TORCH}"
     if STAMP.exists() and STAMP.read_text() == wanted and PYTHON.exists():
         return
     if not PYTHON.exists():
@@ -41,7 +47,7 @@ def setup():
         venv.EnvBuilder(with_pip=True).create(VENV)
     pip = [str(PYTHON), "-m", "pip", "install", "--disable-pip-version-check"]
     subprocess.run(pip + ["--upgrade", "pip"], check=True)
-    subprocess.run(pip + ["-e", f"{ROOT}[{extras()}]"], check=True)
+    subprocess.run(pip + ["-e", f"{ROOT}[{extras()}]", TORCH], check=True)
     STAMP.write_text(wanted)
 
 

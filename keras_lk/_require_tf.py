@@ -24,33 +24,32 @@ EVERY_BACKEND = (
     "LkRegularizer (as a gradient penalty), prox, attach, detach, sparsity "
     "and strip")
 
-# What works beyond EVERY_BACKEND, per backend keras_lk trains on.
-ON_JAX = ("LkRegularizer (as a gradient penalty and proximal), "
-          "ProximalOptimizer, SparsityTarget, LkMonitor, "
-          "RegularizationShare, AbsWeightHistograms, ZeroCounts, prox, "
-          "attach, detach, sparsity, strip and the keras-lk commands")
+# The backends whose training steps keras_lk runs in: every feature works
+# on each of them.
+TRAINING_BACKENDS = ("tensorflow", "jax", "torch")
 
-_NAMES = {"tensorflow": "TensorFlow", "jax": "JAX"}
+_NAMES = {"tensorflow": "TensorFlow", "jax": "JAX", "torch": "PyTorch"}
 
 
-def require_backend(what, backends=("tensorflow",)):
+def backend_names(backends):
+    """`("tensorflow", "jax", "torch")` -> "TensorFlow, JAX or PyTorch"."""
+    names = [_NAMES.get(b, b) for b in backends]
+    return " or ".join(names) if len(names) < 3 else (
+        ", ".join(names[:-1]) + " or " + names[-1])
+
+
+def require_backend(what, backends=TRAINING_BACKENDS):
     """Raises NotImplementedError naming the backend if Keras does not run
     on one of `backends`: `what` needs their training steps (the monitors'
-    recorders need TensorFlow's stateful ones; the proximal step and
-    SparsityTarget's controller run on TensorFlow and JAX)."""
+    recorders, the proximal step and SparsityTarget's controller run
+    inside them)."""
     import keras
 
     backend = keras.backend.backend()
     if backend in backends:
         return
-    works = ON_JAX if backend == "jax" else EVERY_BACKEND
-    needed = " or ".join(_NAMES.get(b, b) for b in backends)
     raise NotImplementedError(
-        f"{what} needs the {needed} backend; this Keras runs on "
-        f"{backend!r} (KERAS_BACKEND={backend}). On {backend}, "
-        f"{works} work; set KERAS_BACKEND=tensorflow for the rest.")
-
-
-def require_tensorflow_backend(what):
-    """`require_backend(what)`: the TensorFlow backend only."""
-    require_backend(what)
+        f"{what} needs the {backend_names(backends)} backend; this Keras "
+        f"runs on {backend!r} (KERAS_BACKEND={backend}). On {backend}, "
+        f"{EVERY_BACKEND} work; set KERAS_BACKEND=tensorflow (or jax, or "
+        f"torch) for the rest.")

@@ -92,9 +92,9 @@ class _Monitor(keras.callbacks.Callback):
         self._records = any(m.records for m in self._measures)
         # The weights are read at each log, and the penalty (and, with
         # step_stats, the signs) recorded at every step, on any backend that
-        # trains: on JAX through a host callback.
-        require_backend(f"keras_lk.{type(self).__name__}",
-                        ("tensorflow", "jax"))
+        # trains: on JAX through a host callback, on PyTorch from the eager
+        # step.
+        require_backend(f"keras_lk.{type(self).__name__}")
         super().__init__()
         self.log_dir = _check_log_dir(log_dir)
         self.update_freq = _check_update_freq(update_freq)

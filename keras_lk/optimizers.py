@@ -137,7 +137,7 @@ class ProximalOptimizer(keras.optimizers.Optimizer):
     """
 
     def __init__(self, optimizer, name=None, **kwargs):
-        require_backend("keras_lk.ProximalOptimizer", ("tensorflow", "jax"))
+        require_backend("keras_lk.ProximalOptimizer")
         if not isinstance(optimizer, keras.optimizers.Optimizer) or isinstance(
                 optimizer, ProximalOptimizer):
             raise _validation.invalid(

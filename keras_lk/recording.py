@@ -58,7 +58,7 @@ def _on_tensorflow():
 class _HostSums:
     """An accumulator on the host, with a variable's `numpy()`: where the
     step is a pure function (JAX), the recorders add to it from the step
-    through a host callback."""
+    through a host callback; on PyTorch, from the eager step."""
 
     def __init__(self):
         self.values = np.zeros(2)
@@ -68,7 +68,7 @@ class _HostSums:
 
 
 class _HostMask:
-    """A sign mask on the host (JAX), with what the code reads of a
+    """A sign mask on the host (JAX, PyTorch), with what the code reads of a
     variable: `value` (the array) and `assign`."""
 
     def __init__(self, array):
@@ -84,8 +84,9 @@ class _HostMask:
 
 def wait_for_recorded_steps():
     """On JAX, waits until every dispatched step's host callbacks ran (so
-    the accumulators hold every step before they are read)."""
-    if not _on_tensorflow():
+    the accumulators hold every step before they are read). PyTorch's
+    steps record as they run."""
+    if keras.backend.backend() == "jax":
         import jax
         jax.effects_barrier()
 
@@ -141,12 +142,15 @@ class Recorder:
         if not _on_tensorflow():
             # JAX's step is a pure function: the value goes to the host,
             # where the mode at that time decides (read as the step runs).
-            import jax
-            if self.seen_positive is None:
-                jax.debug.callback(self._record_on_host, value)
-            else:  # the weight too, for its signs (a copy per step)
-                jax.debug.callback(self._record_on_host, value,
-                                   ops.convert_to_tensor(x))
+            # PyTorch runs the step eagerly: the host records it at once.
+            args = (value,) if self.seen_positive is None else (
+                value, ops.convert_to_tensor(x))  # the weight, for its signs
+            if keras.backend.backend() == "jax":
+                import jax
+                jax.debug.callback(self._record_on_host, *args)
+            else:
+                self._record_on_host(*(ops.convert_to_numpy(a)
+                                       for a in args))
             return value
         mode, signs = self.control[0], self.control[1]
         # OFF gives a zero one-hot: the adds cost nothing and change nothing.

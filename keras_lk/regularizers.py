@@ -153,11 +153,10 @@ class LkRegularizer(keras.regularizers.Regularizer):
         return self._proximal_penalty(x)
 
     def _proximal_penalty(self, x):
-        # Its step is ProximalOptimizer's, on TensorFlow and JAX: on
-        # another backend the weight would train silently unregularized.
+        # Its step is ProximalOptimizer's, on TensorFlow, JAX and PyTorch:
+        # on another backend the weight would train silently unregularized.
         require_backend(
-            f"{self!r} (proximal=True, applied by keras_lk.ProximalOptimizer)",
-            ("tensorflow", "jax"))
+            f"{self!r} (proximal=True, applied by keras_lk.ProximalOptimizer)")
         variable = x if isinstance(x, keras.Variable) else None
         name = getattr(variable, "path", None)
 

@@ -1,6 +1,7 @@
 """The backend-neutral tests (`test_on_every_backend.py`) again, under
-KERAS_BACKEND=jax in a fresh process (a backend is chosen once per
-process). jax comes with the development set-up (`keras-lk[jax]`)."""
+KERAS_BACKEND=jax and KERAS_BACKEND=torch, each in a fresh process (a
+backend is chosen once per process). jax and torch come with the
+development set-up (`keras-lk[jax,torch]`)."""
 
 import os
 import re
@@ -29,12 +30,13 @@ def run_on(backend, *selection, files=("test_on_every_backend.py",)):
 
 
 @pytest.mark.slow
-def test_the_backend_neutral_tests_pass_on_jax():
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_the_backend_neutral_tests_pass_on(backend):
     import importlib.util
-    assert importlib.util.find_spec("jax") is not None, (
-        "jax is not installed: `pip install -e '.[jax]'` (python3 dev.py "
-        "setup installs it)")
-    summary = run_on("jax")
+    assert importlib.util.find_spec(backend) is not None, (
+        f"{backend} is not installed: `pip install -e '.[{backend}]'` "
+        "(python3 dev.py setup installs it)")
+    summary = run_on(backend)
     # Every test ran (none skipped or deselected), the backend check too.
     passed = re.search(r"(\d+) passed", summary)
     assert passed and int(passed.group(1)) >= 44, summary
@@ -45,16 +47,25 @@ def test_the_backend_neutral_tests_pass_on_jax():
 # weights TensorFlow's seeded initializers draw, not JAX's (other numbers
 # from the same seed): the zeros running ahead of the schedule at the lock,
 # a raising fit's sparsity, and the accuracy after 8 epochs at k = 1, 0.95
-# (which TensorFlow misses on other seeds too; see that test).
-INIT_DEPENDENT = ("begin_step_holds or new_target_starts_a_fresh_run or "
-                  "(small_output_layer and 0.95-1.0)")
+# (which TensorFlow misses on other seeds too; see that test). PyTorch's
+# draws meet all but the raising fit's.
+INIT_DEPENDENT = {
+    "jax": ("begin_step_holds or new_target_starts_a_fresh_run or "
+            "(small_output_layer and 0.95-1.0)"),
+    "torch": "new_target_starts_a_fresh_run"}
+# Keras's PyTorch backend refuses steps_per_execution > 1 before any step
+# (test_on_every_backend.py checks that it does).
+STEPS_PER_EXECUTION = "steps_per_execution"
 
 
 @pytest.mark.slow
-def test_sparsity_target_tests_pass_on_jax():
-    summary = run_on("jax", "-k", f"not ({INIT_DEPENDENT})",
+@pytest.mark.parametrize("backend, left_out", [("jax", 3), ("torch", 2)])
+def test_sparsity_target_tests_pass_on(backend, left_out):
+    selection = INIT_DEPENDENT[backend] + (
+        f" or {STEPS_PER_EXECUTION}" if backend == "torch" else "")
+    summary = run_on(backend, "-k", f"not ({selection})",
                      files=("test_sparsity_target.py",))
-    assert re.match(r"4\d passed, 3 deselected", summary), summary
+    assert re.match(rf"4\d passed, {left_out} deselected", summary), summary
 
 
 # What needs TensorFlow in the monitors' tests: its own trace count.
@@ -62,22 +73,25 @@ MONITORS_TF_ONLY = "statistics_graph_is_traced_once"
 
 
 @pytest.mark.slow
-def test_the_monitors_tests_pass_on_jax():
+@pytest.mark.parametrize("backend, left_out", [("jax", 1), ("torch", 2)])
+def test_the_monitors_tests_pass_on(backend, left_out):
     # The recording (the penalty each step adds, in train and validation
     # steps, windows, stable zeros and sign flips, several callbacks, a
-    # raising fit, fresh callbacks per fit) checked by value on JAX, as on
-    # TensorFlow.
-    summary = run_on("jax", "-k", f"not ({MONITORS_TF_ONLY})",
+    # raising fit, fresh callbacks per fit) checked by value on JAX and
+    # PyTorch, as on TensorFlow.
+    selection = MONITORS_TF_ONLY + (
+        f" or {STEPS_PER_EXECUTION}" if backend == "torch" else "")
+    summary = run_on(backend, "-k", f"not ({selection})",
                      files=("test_callbacks.py", "test_no_trace.py"))
-    assert re.match(r"7\d passed, 1 deselected", summary), summary
+    assert re.match(rf"7\d passed, {left_out} deselected", summary), summary
 
 
 @pytest.mark.slow
 def test_another_backend_gets_the_clear_error_not_a_failure_in_fit():
     # Keras's inference-only "numpy" backend stands in for the backends
-    # keras_lk does not train on (PyTorch is not in the set-up): the
-    # forward math works, and every TensorFlow-only entry point raises the
-    # error that names the backend.
+    # keras_lk does not train on: the forward math works, and every entry
+    # point that needs a training step raises the error that names the
+    # backend.
     summary = run_on("numpy", "-k", "says_so or penalty_is_numpys or "
                      "backend_is or prox_minimizes or sparsity_counts")
     assert re.match(r"21 passed, \d+ deselected", summary), summary
@@ -143,14 +157,20 @@ def assert_same_fit(got, expected, prefix=""):
                                                       * size)
 
 
+@pytest.fixture(scope="module")
+def on_tensorflow(tmp_path_factory):
+    """proximal_run.py's results on TensorFlow, the reference."""
+    return proximal_run(tmp_path_factory.mktemp("tensorflow"), "tensorflow")
+
+
 @pytest.mark.slow
-def test_the_same_seed_gives_the_same_zeros_on_tensorflow_and_jax(tmp_path):
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_the_same_seed_gives_tensorflows_zeros_on(backend, on_tensorflow,
+                                                  tmp_path):
     # ProximalOptimizer(Adam), k = 0, 1/2, 1, and SparsityTarget(0.8) with
     # k = 0 and 1/2, an MLP with a 48-weight output layer, 32 steps from
     # the same NumPy-made weights and data.
-    on_tf = proximal_run(tmp_path, "tensorflow")
-    on_jax = proximal_run(tmp_path, "jax")
-    assert_same_fit(on_jax, on_tf)
+    assert_same_fit(proximal_run(tmp_path, backend), on_tensorflow)
 
 
 @pytest.mark.slow

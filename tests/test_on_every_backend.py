@@ -33,6 +33,11 @@ def gradient(function, value):
     if BACKEND == "jax":
         import jax
         return np.asarray(jax.grad(function)(jax.numpy.asarray(value)))
+    if BACKEND == "torch":
+        import torch
+        tensor = torch.tensor(value, requires_grad=True)
+        function(tensor).backward()
+        return tensor.grad.numpy()
     raise AssertionError(f"no gradient helper for backend {BACKEND!r}")
 
 
@@ -251,6 +256,11 @@ def kernels(model):
 @pytest.mark.parametrize("setup", ["steps_per_execution", "jit_compile=False",
                                    "use_ema", "mixed_float16"])
 def test_proximal_training_in_keras_setups(setup):
+    if setup == "steps_per_execution" and BACKEND == "torch":
+        # Keras itself refuses it there, before any step.
+        with pytest.raises(ValueError, match="steps_per_execution"):
+            proximal_fit(setup)
+        return
     reference = kernels(proximal_fit("plain"))
     assert all(np.mean(k == 0) > 0.1 for k in reference)
     model = proximal_fit(setup)
@@ -358,35 +368,35 @@ def test_zero_counts_and_histograms_show_the_weights_of_their_step(tmp_path):
 
 def test_what_needs_another_backend_says_so_with_the_backend(tmp_path):
     model = model_with(LkRegularizer(k=1, alpha=0.1, proximal=True))
-    tf_only, tf_or_jax = ("tensorflow",), ("tensorflow", "jax")
+    trains = ("tensorflow", "jax", "torch")
     # (what the message starts with, how to make it, where it works)
     entries = [
         ("keras_lk.LkMonitor",
-         lambda: keras_lk.LkMonitor(tmp_path, step_stats=True), tf_or_jax),
+         lambda: keras_lk.LkMonitor(tmp_path, step_stats=True), trains),
         ("keras_lk.ZeroCounts",
-         lambda: keras_lk.ZeroCounts(tmp_path, step_stats=True), tf_or_jax),
+         lambda: keras_lk.ZeroCounts(tmp_path, step_stats=True), trains),
         ("keras_lk.LkMonitor", lambda: keras_lk.LkMonitor(
             tmp_path, pull_batch=(np.ones((2, 6)), np.ones((2, 3)))),
-         tf_or_jax),
+         trains),
         # The monitors record the penalty (and signs) at every step on JAX
-        # too, through a host callback.
+        # (through a host callback) and PyTorch too.
         ("keras_lk.LkMonitor", lambda: keras_lk.LkMonitor(tmp_path),
-         tf_or_jax),
+         trains),
         ("keras_lk.RegularizationShare",
-         lambda: keras_lk.RegularizationShare(tmp_path), tf_or_jax),
+         lambda: keras_lk.RegularizationShare(tmp_path), trains),
         # The proximal step, SparsityTarget, and the monitors that read
-        # the weights at each log, run on JAX too.
+        # the weights at each log, run on JAX and PyTorch too.
         ("keras_lk.SparsityTarget",
-         lambda: keras_lk.SparsityTarget(0.5), tf_or_jax),
+         lambda: keras_lk.SparsityTarget(0.5), trains),
         ("keras_lk.ZeroCounts", lambda: keras_lk.ZeroCounts(tmp_path),
-         tf_or_jax),
+         trains),
         ("keras_lk.AbsWeightHistograms",
-         lambda: keras_lk.AbsWeightHistograms(tmp_path), tf_or_jax),
+         lambda: keras_lk.AbsWeightHistograms(tmp_path), trains),
         ("keras_lk.ProximalOptimizer", lambda: keras_lk.ProximalOptimizer(
-            keras.optimizers.SGD(0.1)), tf_or_jax),
+            keras.optimizers.SGD(0.1)), trains),
         ("LkRegularizer(k=1.0, alpha=0.1, reduction='mean', proximal=True) "
          "(proximal=True, applied by keras_lk.ProximalOptimizer)",
-         lambda: model.losses, tf_or_jax),
+         lambda: model.losses, trains),
     ]
     for start, make, backends in entries:
         if BACKEND in backends:
@@ -395,10 +405,8 @@ def test_what_needs_another_backend_says_so_with_the_backend(tmp_path):
         with pytest.raises(NotImplementedError) as raised:
             make()
         message = str(raised.value)
-        needed = " or ".join({"tensorflow": "TensorFlow", "jax": "JAX"}[b]
-                             for b in backends)
-        assert message.startswith(f"{start} needs the {needed} backend;"), (
-            message)
+        assert message.startswith(
+            f"{start} needs the TensorFlow, JAX or PyTorch backend;"), message
         assert f"runs on {BACKEND!r}" in message
         assert "KERAS_BACKEND=tensorflow" in message
 

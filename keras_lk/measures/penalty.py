@@ -118,24 +118,26 @@ def _lk_gradient_sums(variables, alphas, exponents):
 _JAX_SUMS = {}
 
 
+def _penalty_function(regularizer):
+    """`(key, function(w, alpha), alpha)` whose gradient is the pull of
+    `regularizer`: `lk_penalty` for an LkRegularizer (see
+    `_lk_gradient_sums`); any other regularizer as it is."""
+    if isinstance(regularizer, LkRegularizer):
+        k, reduction = regularizer.k, regularizer.reduction
+        return (("lk", k, reduction),
+                lambda w, alpha: lk_penalty(w, k, alpha, reduction),
+                np.float32(regularizer.alpha))
+    return (("other", id(regularizer)), lambda w, alpha: regularizer(w),
+            np.float32(0.0))
+
+
 def _jax_gradient_sums(weights):
     """sum |d penalty / dw| of `[(variable, regularizer)]` on JAX, one
     jitted function per set of shapes and exponents (alphas are
-    arguments). An LkRegularizer's pull is that of `lk_penalty` (see
-    `_lk_gradient_sums`); other regularizers are differentiated as they
-    are."""
+    arguments)."""
     import jax
 
-    def penalty(regularizer):
-        if isinstance(regularizer, LkRegularizer):
-            k, reduction = regularizer.k, regularizer.reduction
-            return (("lk", k, reduction),
-                    lambda w, alpha: lk_penalty(w, k, alpha, reduction),
-                    np.float32(regularizer.alpha))
-        return (("other", id(regularizer)),
-                lambda w, alpha: regularizer(w), np.float32(0.0))
-
-    keys, functions, alphas = zip(*(penalty(r) for _, r in weights))
+    keys, functions, alphas = zip(*(_penalty_function(r) for _, r in weights))
     key = (keys, tuple(tuple(v.shape) for v, _ in weights))
     if key not in _JAX_SUMS:
         def sums(values, alphas):
@@ -145,6 +147,25 @@ def _jax_gradient_sums(weights):
         _JAX_SUMS[key] = jax.jit(sums)
     return [float(value) for value in _JAX_SUMS[key](
         [v.value for v, _ in weights], list(alphas))]
+
+
+def _torch_gradient_sums(weights):
+    """sum |d penalty / dw| of `[(variable, regularizer)]` on PyTorch, by
+    autograd on a detached copy of each weight (the model's own gradients
+    are left alone)."""
+    import torch
+
+    sums = []
+    for variable, regularizer in weights:
+        _, function, alpha = _penalty_function(regularizer)
+        value = variable.value.detach().clone().requires_grad_(True)
+        with torch.enable_grad():
+            penalty = function(value, float(alpha))
+            # k = 0 (a count of nonzeros) has no gradient: zero.
+            grad = (torch.autograd.grad(penalty, value, allow_unused=True)[0]
+                    if penalty.requires_grad else None)
+        sums.append(0.0 if grad is None else float(grad.abs().sum()))
+    return sums
 
 
 def _mean_abs(grads):
@@ -208,8 +229,10 @@ class PullMeasure:
         lk = [(i, v, reg) for i, (v, reg) in enumerate(weights)
               if isinstance(reg, LkRegularizer)]
         sums = [None] * len(weights)
-        if keras.backend.backend() != "tensorflow":
+        if keras.backend.backend() == "jax":
             return _jax_gradient_sums(weights)
+        if keras.backend.backend() != "tensorflow":
+            return _torch_gradient_sums(weights)
         if lk:
             # Traced once per set of shapes and exponents, whatever the
             # model or alpha: a sweep's fresh models and callbacks reuse it.
@@ -238,8 +261,10 @@ class PullMeasure:
                 data_loss = ops.mean(self._loss(
                     y, self._model(x, training=False)))
             grads = tape.gradient(data_loss, variables)
-        else:
+        elif keras.backend.backend() == "jax":
             grads = self._jax_data_gradients(x, y, variables)
+        else:
+            grads = self._torch_data_gradients(x, y, variables)
         pulls, start = [], 0
         for _, layer in self._layers:
             pulls.append(float(_mean_abs(grads[start:start + len(layer)])))
@@ -263,6 +288,19 @@ class PullMeasure:
         index = {id(v): i for i, v in enumerate(trainable)}
         return [grads[index[id(v)]] if id(v) in index else None
                 for v in variables]
+
+    def _torch_data_gradients(self, x, y, variables):
+        """d data loss / dw of `variables` on PyTorch (None where a weight
+        is not trainable), by autograd through the model's call."""
+        import torch
+        trainable = [v for v in variables if v.trainable]
+        with torch.enable_grad():
+            data_loss = ops.mean(self._loss(
+                y, self._model(x, training=False)))
+            grads = torch.autograd.grad(
+                data_loss, [v.value for v in trainable], allow_unused=True)
+        found = {id(v): g for v, g in zip(trainable, grads)}
+        return [found.get(id(v)) for v in variables]
 
     def layout(self):
         return {}

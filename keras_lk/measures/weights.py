@@ -101,16 +101,27 @@ _COMPILED = {}
 def _compiled_statistics():
     """`_statistics`, compiled by the backend: a tf.function on TensorFlow
     (its block steps XLA-compiled inside), jax.jit on JAX (XLA compiles
-    the whole pass; one compile per set of shapes, kept across logs)."""
+    the whole pass; one compile per set of shapes, kept across logs); on
+    PyTorch it runs eagerly."""
     backend = keras.backend.backend()
     if backend not in _COMPILED:
         if backend == "tensorflow":
             _COMPILED[backend] = tf.function(_statistics, autograph=False)
-        else:
+        elif backend == "jax":
             import jax
             _COMPILED[backend] = jax.jit(
                 _statistics, static_argnames=("relative", "buckets"))
+        else:
+            _COMPILED[backend] = _eager_statistics
     return _COMPILED[backend]
+
+
+def _eager_statistics(*args, **kwargs):
+    """`_statistics` run eagerly (PyTorch), outside autograd: the weights
+    are parameters that require gradients, and a measure needs none."""
+    import torch
+    with torch.no_grad():
+        return _statistics(*args, **kwargs)
 
 
 def _per_weight(variables, stacked, single, sign_counts):

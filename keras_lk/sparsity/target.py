@@ -618,7 +618,7 @@ class SparsityTarget(keras.callbacks.Callback):
 
     def __init__(self, target, begin_step=None, end_step=None,
                  allocation="global", log_dir=None):
-        require_backend("keras_lk.SparsityTarget", ("tensorflow", "jax"))
+        require_backend("keras_lk.SparsityTarget")
         super().__init__()
         if isinstance(target, dict):
             if not target:

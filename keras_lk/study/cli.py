@@ -169,10 +169,9 @@ def run(args):
     _check_study_extra(args.command)
     if args.command in ("demo", "sweep"):
         # They train with the monitors, the proximal steps and
-        # SparsityTarget: TensorFlow or JAX.
+        # SparsityTarget: TensorFlow, JAX or PyTorch.
         try:
-            require_backend(f"keras-lk {args.command}",
-                            ("tensorflow", "jax"))
+            require_backend(f"keras-lk {args.command}")
         except NotImplementedError as error:
             raise _UsageError(str(error)) from None
     if args.command == "plot":

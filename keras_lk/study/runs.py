@@ -69,7 +69,7 @@ def digits_mlp(regularizer, name, hidden, seed):
                            kernel_regularizer=regularizer),
         keras.layers.Dense(10, activation="softmax", name="output",
                            kernel_regularizer=regularizer),
-    ], name=name)
+    ], name=name.replace(".", "_"))  # PyTorch's modules refuse a "."
     optimizer = keras.optimizers.SGD(LEARNING_RATE)
     if regularizer is not None and regularizer.proximal:
         optimizer = ProximalOptimizer(optimizer)
