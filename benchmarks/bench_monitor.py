@@ -48,7 +48,7 @@ TB_HISTOGRAM_MAX_SIZE = 10**7  # its N x 30 float64 one-hot: 2.4 GB at 1e7
 
 def on_device(array):
     """What the monitors pass on this backend: a tf.Variable's value on
-    TensorFlow, a device array on JAX."""
+    TensorFlow, a device array on JAX and PyTorch."""
     import keras
     if keras.backend.backend() == "tensorflow":
         import tensorflow as tf
@@ -234,7 +234,7 @@ def fit_table(rounds, epochs, steps):
     log_root = tempfile.mkdtemp()
     reg = keras_lk.LkRegularizer(k=1.0, alpha=1e-4)
     if keras.backend.backend() != "tensorflow":
-        return jax_fit_table(rounds, epochs, x, y, reg, log_root)
+        return stateless_fit_table(rounds, epochs, x, y, reg, log_root)
     variants = {
         "no monitor": [],
         "LkMonitor epoch": [keras_lk.LkMonitor(f"{log_root}/epoch")],
@@ -252,9 +252,12 @@ def fit_table(rounds, epochs, steps):
                                           "LkMonitor every 10": 1.15})
 
 
-def jax_fit_table(rounds, epochs, x, y, reg, log_root):
-    """The fit table on JAX, with the monitors that run there (LkMonitor
-    without step_stats: its sign tracking needs TensorFlow)."""
+def stateless_fit_table(rounds, epochs, x, y, reg, log_root):
+    """The fit table on JAX and PyTorch, whose recorders hand each step's
+    values to the host: LkMonitor, and the two monitors that only read
+    the weights at each log (AbsWeightHistograms and ZeroCounts)."""
+    import keras
+
     import keras_lk
 
     def weights(name, **kwargs):
@@ -269,7 +272,8 @@ def jax_fit_table(rounds, epochs, x, y, reg, log_root):
                 "histograms + zeros every 10": weights("ten",
                                                        update_freq=10)}
     samples = _fit_times(variants, x, y, reg, epochs, rounds)
-    print(f"fit wall time on JAX: {epochs} epochs x {len(x) // common.BATCH}"
+    print(f"fit wall time on {keras.backend.backend()}: {epochs} epochs x "
+          f"{len(x) // common.BATCH}"
           f" steps, batch {common.BATCH}, {rounds} rounds alternated")
     common.report(samples, "no monitor", {
         "LkMonitor epoch": 1.03, "LkMonitor every 10": 1.15,

@@ -57,9 +57,11 @@ def _proximal_update(value, t, k, exempt=None):
 
 def _plain_proximal_update(value, t, k):
     """The same steps in plain keras.ops, for backends whose train step is
-    compiled as a whole (JAX: jax.jit fuses them with the rest of it)."""
+    compiled as a whole (JAX: jax.jit fuses them with the rest of it) or
+    run eagerly (PyTorch: one kernel per operation, where k = 1/2's closed
+    form, with fewer operations than Newton's steps, is the faster)."""
     function = _FAST_PROX.get(k)
-    if function is None:
+    if function is None or (k == 0.5 and keras.backend.backend() != "jax"):
         return prox(value, t, k)
     return function(value, ops.cast(t, value.dtype))
 

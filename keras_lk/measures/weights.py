@@ -56,7 +56,14 @@ def _fuse_rows(row_step):
 def _plan(variables):
     """`[[index, ...]]`: the weights packed together (float32, at most
     PACK_WEIGHT elements each, a bounded number per pack); the others go
-    through the pass one by one."""
+    through the pass one by one.
+
+    On PyTorch, which runs the pass eagerly (nothing to trace, nothing to
+    fuse), every weight goes through it alone: copying weights into packs
+    only adds a pass (measured: 0.83 s instead of 1.4 s for 200 kernels of
+    500x500, the same results)."""
+    if keras.backend.backend() not in ("tensorflow", "jax"):
+        return []
     packed = [i for i, v in enumerate(variables)
               if keras.backend.standardize_dtype(v.dtype) == "float32"]
     sizes = [math.prod(variables[i].shape) for i in packed]
