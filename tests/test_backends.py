@@ -87,6 +87,16 @@ def test_the_monitors_tests_pass_on(backend, left_out):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_the_model_zoo_passes_on(backend):
+    # Every zoo model end to end (attach to sublayers, a monitored fit
+    # under SparsityTarget, no shared tag, strip, save and load), as on
+    # TensorFlow: ResNet50 and the Transformer blocks included.
+    summary = run_on(backend, files=("test_zoo.py",))
+    assert re.match(r"6 passed", summary), summary
+
+
+@pytest.mark.slow
 def test_another_backend_gets_the_clear_error_not_a_failure_in_fit():
     # Keras's inference-only "numpy" backend stands in for the backends
     # keras_lk does not train on: the forward math works, and every entry
