@@ -381,9 +381,9 @@ class RegularizationShare(_Monitor):
     proximal LkRegularizer, the pull the same penalty would have as a
     gradient) and, with `pull_batch`, `penalty_pull_ratio/<layer>`: that
     over the mean |d data loss / dw| on the given batch. Runs on
-    TensorFlow and JAX; on JAX each step sends its penalty values (and,
-    with `step_stats`, the weights) to the host (`jax.debug.callback`)
-    instead.
+    TensorFlow, JAX and PyTorch; on JAX each step sends its penalty values
+    (and, with `step_stats`, the weights) to the host (`jax.debug.callback`)
+    instead, and PyTorch's eager step hands them over as it runs.
 
     Args:
         log_dir: Directory of the TensorBoard logs.

@@ -116,10 +116,10 @@ class ProximalOptimizer(keras.optimizers.Optimizer):
     Weights without a proximal regularizer are trained by the wrapped
     optimizer alone. The wrapper saves to `.keras` with the model and loads
     back (keras_lk imported), and training continues from there. Runs on
-    the TensorFlow and JAX backends; on JAX the proximal step (and
+    the TensorFlow, JAX and PyTorch backends; on JAX the proximal step (and
     `SparsityTarget`'s controller) is part of the optimizer's
     `stateless_apply`, and `keras.distribution`'s `DataParallel` gives the
-    same zeros as one device.
+    same zeros as one device; PyTorch runs the same step eagerly.
 
     Args:
         optimizer: A `keras.optimizers.Optimizer` instance: SGD, Adam, ...

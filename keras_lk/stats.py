@@ -81,8 +81,8 @@ def count_indices(index, width):
     """How often each of `0 .. width - 1` occurs in the int32 `index`
     (larger values are not counted): `width` int32 counts.
 
-    `bincount` on TensorFlow; on JAX, whose bincount needs its length
-    known when traced, a segment sum of ones (the same counts).
+    `bincount` on TensorFlow and PyTorch; on JAX, whose bincount needs its
+    length known when traced, a segment sum of ones (the same counts).
     """
     if keras.backend.backend() == "jax":
         return ops.segment_sum(ops.ones_like(index), index, width)

@@ -1,10 +1,11 @@
 """What keras_lk promises on every Keras backend, in code that names no
 backend: the penalty and its gradients, `prox`, training with the penalty,
 saving, `attach`/`detach` (attention included), `sparsity`, `strip`, and a
-clear error from each feature that needs TensorFlow.
+clear error from each feature that needs a backend keras_lk trains on.
 
 These tests run here on the backend of the suite (TensorFlow) and again
-under KERAS_BACKEND=jax in a subprocess (`test_backends.py`)."""
+under KERAS_BACKEND=jax and KERAS_BACKEND=torch, each in a subprocess
+(`test_backends.py`)."""
 
 import math
 import os

@@ -462,7 +462,7 @@ def lowest(scores, count):
     weights on 2 CPU cores, where `top_k` with k = half of them takes 33 s.
     """
     if keras.backend.backend() != "tensorflow":
-        # Inside the step that jax.jit compiles.
+        # Inside the step that jax.jit compiles (PyTorch: run eagerly).
         scores = ops.cast(scores, "float32")
         if count <= 0:
             return ops.zeros(ops.shape(scores), "bool")
@@ -573,11 +573,12 @@ class SparsityTarget(keras.callbacks.Callback):
     `(all layers)` for a `"global"` or `"normalized"` target, else the
     layer's path.
 
-    Runs on the TensorFlow and JAX backends, with the same zeros from the
-    same starting weights (tested). On JAX the controller's state is among
-    the optimizer's variables, which the stateless step carries, and each
-    batch's start reads the running fit's state back (as every Keras
-    callback that reads the model does on JAX).
+    Runs on the TensorFlow, JAX and PyTorch backends, with the same zeros
+    from the same starting weights (tested). On JAX the controller's state
+    is among the optimizer's variables, which the stateless step carries,
+    and each batch's start reads the running fit's state back (as every
+    Keras callback that reads the model does on JAX); PyTorch runs the same
+    step eagerly.
 
     Args:
         target: The fraction of zeros, strictly between 0 and 1, or a dict
