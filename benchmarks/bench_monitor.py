@@ -27,6 +27,11 @@ Run: `.venv/bin/python benchmarks/bench_monitor.py [--rounds R]`
    logs, against a NumPy pass (`np.abs(w).max()` per tensor) and the eager
    `tf.summary.histogram` per weight that keras.callbacks.TensorBoard(
    histogram_freq=1) runs. Targets: first log <= 3 s; later <= 4x NumPy.
+5. `--tables deep` (not run by default): fit wall time of a deep, narrow
+   MLP (41 regularized kernels of 64x64, 500 steps of batch 128), no
+   monitor against LkMonitor at "epoch", with and without `step_stats`:
+   what recording costs per step when a model has many small weights (on
+   JAX, one host callback per step whatever their number).
 """
 
 import argparse
@@ -43,6 +48,7 @@ import common
 
 SIZES = (10**6, 10**7, 5 * 10**7)
 TABLES = ("fit", "sweep", "stats", "many")
+OPTIONAL_TABLES = ("deep",)
 TB_HISTOGRAM_MAX_SIZE = 10**7  # its N x 30 float64 one-hot: 2.4 GB at 1e7
 
 
@@ -281,6 +287,54 @@ def stateless_fit_table(rounds, epochs, x, y, reg, log_root):
         "histograms + zeros every 10": 1.15})
 
 
+def deep_table(rounds, layers=40, width=64, steps=500):
+    import keras
+    import numpy as np
+
+    import keras_lk
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((steps * common.BATCH, width)).astype("float32")
+    y = rng.integers(0, common.CLASSES, size=len(x))
+    reg = keras_lk.LkRegularizer(k=1.0, alpha=1e-4)
+
+    def deep_mlp():
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((width,))] + [
+            keras.layers.Dense(width, activation="relu",
+                               kernel_regularizer=reg)
+            for _ in range(layers)] + [
+            keras.layers.Dense(common.CLASSES, kernel_regularizer=reg)])
+        model.compile("sgd", "sparse_categorical_crossentropy")
+        return model
+
+    log_root = tempfile.mkdtemp()
+    variants = {
+        "no monitor": lambda: [],
+        "LkMonitor epoch": lambda: [keras_lk.LkMonitor(
+            tempfile.mkdtemp(dir=log_root))],
+        "LkMonitor epoch step_stats": lambda: [keras_lk.LkMonitor(
+            tempfile.mkdtemp(dir=log_root), step_stats=True)],
+    }
+    runs = {name: (deep_mlp(), make) for name, make in variants.items()}
+    for model, make in runs.values():  # trace; not timed
+        model.fit(x, y, batch_size=common.BATCH, verbose=0, callbacks=make())
+
+    def run_once(run):
+        model, make = run
+        callbacks = make()
+        start = time.perf_counter()
+        model.fit(x, y, batch_size=common.BATCH, verbose=0,
+                  callbacks=callbacks)
+        return [time.perf_counter() - start]
+
+    samples = common.alternate(runs, run_once, rounds)
+    print(f"\ndeep MLP on {keras.backend.backend()}: {layers + 1} regularized "
+          f"kernels, {steps} steps, batch {common.BATCH}, {rounds} rounds "
+          "alternated")
+    common.report(samples, "no monitor", {"LkMonitor epoch": 1.03})
+
+
 def sweep_table(rounds, epochs, steps, monitored_fits=17):
     import keras_lk
 
@@ -332,7 +386,7 @@ def main():
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--tables", nargs="+", default=list(TABLES),
-                        choices=list(TABLES))
+                        choices=list(TABLES + OPTIONAL_TABLES))
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -347,6 +401,8 @@ def main():
         statistics_pass_table(args.repeats)
     if "many" in args.tables:
         many_tensors_table(args.repeats)
+    if "deep" in args.tables:
+        deep_table(args.rounds)
 
 
 if __name__ == "__main__":
