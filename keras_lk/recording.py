@@ -53,7 +53,8 @@ def _strategy_scope(model):
     return strategy.scope() if strategy is not None else contextlib.nullcontext()
 
 
-def _on_tensorflow():
+def on_tensorflow():
+    """Whether Keras runs on TensorFlow (stateful, traced steps)."""
     return keras.backend.backend() == "tensorflow"
 
 
@@ -81,7 +82,7 @@ class _HostMask:
         return self.array
 
     def assign(self, array):
-        self.array = np.array(array, bool)
+        self.array = np.array(ops.convert_to_numpy(array), bool)
 
 
 def wait_for_recorded_steps():
@@ -117,7 +118,7 @@ class Recorder:
         self.regularizer = regularizer
         self.control = control
         self.batch = None  # JAX: the Recording's _StepBatch
-        if _on_tensorflow():
+        if on_tensorflow():
             self.sums = _new_variable(np.zeros(2), "float64")
             self.counts = _new_variable(np.zeros(2), "float64")
         else:  # `control` is the Recording's host state [mode, signs]
@@ -132,7 +133,7 @@ class Recorder:
         # masks): inside the step's `cond`, a mirrored update would need a
         # cross-replica merge, which a `cond` in a replica cannot hold.
         value = ops.convert_to_numpy(variable)
-        if not _on_tensorflow():  # ORed on the host, from the step
+        if not on_tensorflow():  # ORed on the host, from the step
             self.seen_positive = _HostMask(value > 0)
             self.seen_negative = _HostMask(value < 0)
             return True
@@ -142,7 +143,7 @@ class Recorder:
 
     def __call__(self, x):
         value = self.regularizer(x)
-        if not _on_tensorflow():
+        if not on_tensorflow():
             # JAX's step is a pure function: the value goes to the host,
             # where the mode at that time decides (read as the step runs).
             # PyTorch runs the step eagerly: the host records it at once.
@@ -304,7 +305,7 @@ _COMPILED_MASKS = {}
 
 def _masks_function(function):
     """`function` as a tf.function on TensorFlow, as is elsewhere."""
-    if not _on_tensorflow():
+    if not on_tensorflow():
         return function
     if function not in _COMPILED_MASKS:
         _COMPILED_MASKS[function] = tf.function(function, autograph=False)
@@ -355,7 +356,7 @@ class Recording:
                 # On JAX the host state itself (the step calls back to it).
                 self._control = (
                     _new_variable(np.array([OFF, 0]), "int32")
-                    if _on_tensorflow() else self._state)
+                    if on_tensorflow() else self._state)
             for variable in _regularized_weights(model):
                 current = variable.regularizer
                 recorder = self.recorder(variable)
@@ -399,7 +400,7 @@ class Recording:
             recorder.batch = self._batch
 
     def _set(self, state):
-        if not _on_tensorflow():
+        if not on_tensorflow():
             # The steps dispatched so far record under the mode they ran
             # with; then the mode changes in place (the recorders hold it).
             wait_for_recorded_steps()
@@ -462,31 +463,19 @@ class Recording:
         if not tracked:
             return
         wait_for_recorded_steps()
-        if not _on_tensorflow():  # the host masks themselves
-            shared = [(r.seen_positive, r.seen_negative) for _, r in tracked]
-            for other in others:
-                fold = (None if other.positive is None else
-                        list(zip(other.positive, other.negative)))
-                other.positive = [p.array | (False if fold is None
-                                             else fold[i][0])
-                                  for i, (p, _) in enumerate(shared)]
-                other.negative = [n.array | (False if fold is None
-                                             else fold[i][1])
-                                  for i, (_, n) in enumerate(shared)]
-            for (variable, _), (positive, negative) in zip(tracked, shared):
-                value = ops.convert_to_numpy(variable.value)
-                positive.assign(value > 0)
-                negative.assign(value < 0)
-            return
-        shared = [(r.seen_positive.value, r.seen_negative.value)
-                  for _, r in tracked]
+        masks = [(r.seen_positive, r.seen_negative) for _, r in tracked]
+        # TensorFlow: its variables, arguments of the traced functions; on
+        # JAX and PyTorch the host masks' arrays.
+        shared = [(positive.value, negative.value) for positive, negative
+                  in masks]
         for other in others:
-            masks = _masks_function(_or_masks)(
+            folded = _masks_function(_or_masks)(
                 shared, None if other.positive is None else
-                              list(zip(other.positive, other.negative)))
-            other.positive = [p for p, _ in masks]
-            other.negative = [n for _, n in masks]
-        _masks_function(_reset_signs)([v.value for v, _ in tracked], shared)
+                list(zip(other.positive, other.negative)))
+            other.positive = [p for p, _ in folded]
+            other.negative = [n for _, n in folded]
+        _masks_function(_reset_signs)([v.value for v, _ in tracked],
+                                      shared if on_tensorflow() else masks)
 
     def recorder(self, variable):
         """The `Recorder` of `variable`, or None."""

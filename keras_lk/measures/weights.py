@@ -9,7 +9,8 @@ from keras import ops
 
 from keras_lk import tags
 from keras_lk.measures import fraction, layers_and_weights
-from keras_lk.recording import SignWindow, wait_for_recorded_steps
+from keras_lk.recording import (SignWindow, on_tensorflow,
+                                wait_for_recorded_steps)
 from keras_lk.stats import (PACK_WEIGHT, histogram_buckets,
                             log_histogram_buckets, packed_statistics, packs,
                             sign_window_counts, unstack, weight_statistics)
@@ -23,12 +24,8 @@ from keras_lk.stats import (PACK_WEIGHT, histogram_buckets,
 _FUSED = {}
 
 
-def _on_tensorflow():
-    return keras.backend.backend() == "tensorflow"
-
-
 def _fuse(block_step):
-    if not _on_tensorflow():  # jax.jit compiles the whole pass (_compiled)
+    if not on_tensorflow():  # jax.jit compiles the whole pass (_compiled)
         return block_step
     key = (block_step.func, tuple(sorted(block_step.keywords.items())))
     if key not in _FUSED:
@@ -43,7 +40,7 @@ _FUSED_ROWS = {}
 def _fuse_rows(row_step):
     # The packed pass's elementwise steps, XLA-compiled (one pass over the
     # rows each); XLA compiles them once per pack shape, kept across logs.
-    if not _on_tensorflow():
+    if not on_tensorflow():
         return row_step
     key = (getattr(row_step, "func", row_step),
            tuple(sorted(getattr(row_step, "keywords", {}).items())))
