@@ -369,8 +369,18 @@ def packs(sizes):
 
 
 def _row_extremes(rows):
+    """Per row: the sum of |w| (finite only when every |w| is), max|w| and
+    min nonzero |w|: the pass when all weights are finite."""
+    magnitude = ops.abs(rows)
+    nonzero = ops.where(ops.greater(magnitude, 0), magnitude,
+                        ops.full((), float("inf"), rows.dtype))
+    return (ops.sum(magnitude, axis=1), ops.max(magnitude, axis=1),
+            ops.min(nonzero, axis=1))
+
+
+def _row_finite_extremes(rows):
     """Per row: max finite |w|, min finite nonzero |w|, NaN count,
-    non-finite count."""
+    non-finite count (the pass when some weight is not finite)."""
     magnitude = ops.abs(rows)
     finite = ops.isfinite(magnitude)
     clean = ops.where(finite, magnitude, ops.zeros((), rows.dtype))
@@ -382,12 +392,13 @@ def _row_extremes(rows):
 
 
 def _row_buckets(rows, offset, threshold, scale, top, log_lo, per_decade,
-                 buckets):
+                 buckets, sanitize):
     """Per row: the near-zero count; per element: the joint index (the
-    weight's offset + linear bucket * (buckets + 1) + log bucket)."""
+    row's `offset` + linear bucket * (buckets + 1) + log bucket)."""
     magnitude = ops.abs(rows)
-    magnitude = ops.where(ops.isfinite(magnitude), magnitude,
-                          ops.zeros((), rows.dtype))
+    if sanitize:
+        magnitude = ops.where(ops.isfinite(magnitude), magnitude,
+                              ops.zeros((), rows.dtype))
     column = lambda value: ops.expand_dims(value, 1)  # noqa: E731
     near = ops.sum(ops.cast(ops.less_equal(magnitude, column(threshold)),
                             "int32"), axis=1)
@@ -402,20 +413,82 @@ def _row_buckets(rows, offset, threshold, scale, top, log_lo, per_decade,
     return near, column(offset) + linear * (buckets + 1) + logarithmic
 
 
+class _Rows:
+    """Tensors laid out as the rows of one array, in blocks of BLOCK_ROWS
+    rows (see `packed_statistics`), with what the passes need to know of
+    the layout: each row's owner, and each block's first owner and how
+    many owners a block spans at most (from the shapes, known when
+    traced)."""
+
+    def __init__(self, tensors):
+        count = len(tensors)
+        self.sizes = [int(np.prod(t.shape)) for t in tensors]
+        rows_of = [max(1, -(-size // ROW)) for size in self.sizes]
+        self.padding = [rows * ROW - size
+                        for rows, size in zip(rows_of, self.sizes)]
+        # Whole blocks of BLOCK_ROWS rows: the rows after the last tensor's
+        # belong to a dummy tensor (index `count`), dropped at the end.
+        total_rows = sum(rows_of)
+        self.blocks = -(-total_rows // BLOCK_ROWS)
+        spare = self.blocks * BLOCK_ROWS - total_rows
+        pieces = []
+        for tensor, pad in zip(tensors, self.padding):
+            pieces.append(ops.reshape(ops.convert_to_tensor(tensor), (-1,)))
+            if pad:
+                pieces.append(ops.zeros((pad,), "float32"))
+        if spare:
+            pieces.append(ops.zeros((spare * ROW,), "float32"))
+        self.rows = ops.reshape(ops.concatenate(pieces),
+                                (self.blocks * BLOCK_ROWS, ROW))
+        owner = np.concatenate([np.repeat(np.arange(count), rows_of),
+                                np.full(spare, count)]).astype("int32")
+        per_block = owner.reshape(self.blocks, BLOCK_ROWS)
+        first = per_block[:, 0]
+        self.segments = count + 1
+        self.span = int((per_block[:, -1] - first).max()) + 1
+        self.owner = ops.convert_to_tensor(owner)
+        self.first = ops.convert_to_tensor(first)
+        # A row's owner counted from its block's first owner.
+        self.local = ops.convert_to_tensor(
+            (per_block - first[:, None]).reshape(-1))
+
+    def reduce(self, function, combine, state, per_row=(), per_owner=(),
+               fuse=None):
+        """Folds `combine(state, i, owners, function(block, ...))` over the
+        blocks `i`. `function` gets the block, then each array of
+        `per_row` (one value per row of the layout) and of `per_owner`
+        (one per tensor) as one value per row of the block. One compiled
+        step serves blocks of one shape: any model, any pack."""
+        fused = (fuse or (lambda f: f))(function)
+
+        def step(i, state):
+            start = i * BLOCK_ROWS
+            block = ops.slice(self.rows, (start, 0), (BLOCK_ROWS, ROW))
+            owners = ops.slice(self.owner, (start,), (BLOCK_ROWS,))
+            values = [ops.slice(v, (start,), (BLOCK_ROWS,)) for v in per_row]
+            values += [ops.take(v, owners) for v in per_owner]
+            return combine(state, i, owners, fused(block, *values))
+
+        return ops.fori_loop(0, self.blocks, step, state)
+
+
 def packed_statistics(tensors, tol, relative=False, buckets=DEFAULT_BUCKETS,
                       fuse=None):
     """`weight_statistics` of many float32 tensors in one pass.
 
     The tensors are laid out as rows of one array (each starting a new row,
     its last row padded with zeros); the elementwise work runs over the
-    whole array at once (`fuse` may compile it into one pass), the extremes
-    are reduced per row and then per tensor, and every tensor's histograms
-    come from one joint `bincount` over (tensor, linear bucket, log
-    bucket). The graph is the same size for 2 tensors or 2000: its tracing
-    cost does not grow with the number of tensors. Results are the same,
-    to the bit, as `weight_statistics` on each tensor (non-finite weights
-    included). Extra memory: about two copies of the tensors (the rows and
-    the bucket index), so pack them a bounded number at a time (`packs`).
+    array block by block (`fuse` may compile it into one pass), the
+    extremes are reduced per row and then per tensor, and the histograms
+    come from one joint `bincount` per block over (tensor, linear bucket,
+    log bucket), counted over the few tensors the block holds and added
+    into theirs. The graph is the same size for 2 tensors or 2000: its
+    tracing cost does not grow with the number of tensors. As in
+    `weight_statistics`, the pass is the plain one unless some weight is
+    NaN or inf. Results are the same, to the bit, as `weight_statistics`
+    on each tensor (non-finite weights included). Extra memory: about one
+    copy of the tensors (the rows) and a few blocks, so pack them a
+    bounded number at a time (`packs`).
 
     Args:
         tensors: A list of float32 tensors of any shapes.
@@ -439,76 +512,51 @@ def packed_statistics(tensors, tol, relative=False, buckets=DEFAULT_BUCKETS,
     """
     count = len(tensors)
     fuse = fuse or (lambda function: function)
-    sizes = [int(np.prod(t.shape)) for t in tensors]
-    rows_of = [max(1, -(-size // ROW)) for size in sizes]
-    padding = [rows * ROW - size for rows, size in zip(rows_of, sizes)]
-    # Whole blocks of BLOCK_ROWS rows: the rows after the last tensor's
-    # belong to a dummy tensor (index `count`), dropped at the end.
-    total_rows = sum(rows_of)
-    blocks = -(-total_rows // BLOCK_ROWS)
-    spare = blocks * BLOCK_ROWS - total_rows
-    pieces = []
-    for tensor, pad in zip(tensors, padding):
-        pieces.append(ops.reshape(ops.convert_to_tensor(tensor), (-1,)))
-        if pad:
-            pieces.append(ops.zeros((pad,), "float32"))
-    if spare:
-        pieces.append(ops.zeros((spare * ROW,), "float32"))
-    rows = ops.reshape(ops.concatenate(pieces), (blocks * BLOCK_ROWS, ROW))
-    owner = ops.convert_to_tensor(np.concatenate([
-        np.repeat(np.arange(count), rows_of), np.full(spare, count)])
-        .astype("int32"))
-    segments = count + 1
+    layout = _Rows(tensors)
+    segments = layout.segments
+    int_zeros = ops.zeros((segments,), "int32")
+    no_extremes = (ops.zeros((segments,), "float32"),
+                   ops.full((segments,), float("inf"), "float32"))
 
-    def over_blocks(function, combine, state, *per_row):
-        # One compiled step for blocks of one shape: any model, any pack.
-        fused = fuse(function)
-
-        def step(i, state):
-            start = i * BLOCK_ROWS
-            block = ops.slice(rows, (start, 0), (BLOCK_ROWS, ROW))
-            owners = ops.slice(owner, (start,), (BLOCK_ROWS,))
-            return combine(state, owners, fused(block, *[
-                ops.take(values, owners) for values in per_row]))
-
-        return ops.fori_loop(0, blocks, step, state)
-
-    def combine_extremes(state, owners, partial):
-        row_max, row_min, row_nan, row_bad = partial
+    def fold_extremes(state, owners, row_max, row_min):
         return (ops.maximum(state[0], ops.segment_max(row_max, owners,
                                                       segments)),
                 ops.minimum(state[1], -ops.segment_max(-row_min, owners,
-                                                       segments)),
-                state[2] + ops.segment_sum(row_nan, owners, segments),
-                state[3] + ops.segment_sum(row_bad, owners, segments))
+                                                       segments)))
 
-    int_zeros = ops.zeros((segments,), "int32")
-    max_abs, min_nonzero, nan, nonfinite = over_blocks(
-        _row_extremes, combine_extremes,
-        (ops.zeros((segments,), "float32"),
-         ops.full((segments,), float("inf"), "float32"), int_zeros,
-         int_zeros))
-    # Each tensor's bucketing, the same as `_statistics` sets up for one.
-    threshold = (ops.multiply(ops.cast(tol, "float32"), max_abs) if relative
-                 else ops.zeros((segments,), "float32")
-                 + ops.cast(tol, "float32"))
-    scale, top, log_lo, log_hi, per_decade = _bucketing(
-        max_abs, min_nonzero, buckets, "float32")
+    def combine_plain(state, i, owners, partial):
+        row_sum, row_max, row_min = partial
+        return (state[0] + ops.sum(row_sum),) + fold_extremes(
+            state[1:], owners, row_max, row_min)
+
+    # The plain pass: NaN and inf propagate through the sum of |w|.
+    total, max_abs, min_nonzero = layout.reduce(
+        _row_extremes, combine_plain, (ops.zeros((), "float32"),)
+        + no_extremes, fuse=fuse)
+
+    def combine_finite(state, i, owners, partial):
+        row_max, row_min, row_nan, row_bad = partial
+        return fold_extremes(state[:2], owners, row_max, row_min) + (
+            state[2] + ops.segment_sum(row_nan, owners, segments),
+            state[3] + ops.segment_sum(row_bad, owners, segments))
+
+    def buckets_pass(max_abs, min_nonzero, nan, nonfinite, sanitize):
+        return (_bucket_counts(layout, max_abs, min_nonzero, tol, relative,
+                               buckets, sanitize, fuse),
+                max_abs, nan, nonfinite)
+
+    def with_nonfinite():
+        extremes = layout.reduce(_row_finite_extremes, combine_finite,
+                                 no_extremes + (int_zeros, int_zeros),
+                                 fuse=fuse)
+        return buckets_pass(*extremes, sanitize=True)
+
+    (near_zeros, joint, log_lo, log_hi), max_abs, nan, nonfinite = ops.cond(
+        ops.isfinite(total),
+        lambda: buckets_pass(max_abs, min_nonzero, int_zeros, int_zeros,
+                             sanitize=False),
+        with_nonfinite)
     width = buckets * (buckets + 1)
-    offsets = ops.convert_to_tensor(np.arange(segments, dtype="int32")
-                                    * width)
-
-    def combine_buckets(state, owners, partial):
-        near, index = partial
-        # The bincount stays outside `fuse`: a compiled scatter is slow.
-        return (state[0] + ops.segment_sum(near, owners, segments),
-                state[1] + count_indices(ops.reshape(index, (-1,)),
-                                         segments * width))
-
-    near_zeros, joint = over_blocks(
-        functools.partial(_row_buckets, buckets=buckets), combine_buckets,
-        (int_zeros, ops.zeros((segments * width,), "int32")),
-        offsets, threshold, scale, top, log_lo, per_decade)
     near_zeros, nan, nonfinite = (near_zeros[:count], nan[:count],
                                   nonfinite[:count])
     max_abs, log_lo, log_hi = max_abs[:count], log_lo[:count], log_hi[:count]
@@ -517,11 +565,12 @@ def packed_statistics(tensors, tol, relative=False, buckets=DEFAULT_BUCKETS,
     abs_counts = ops.sum(joint, axis=2)
     # Non-finite weights and the padding were counted as zeros (linear
     # bucket 0, log bucket 0): take them back out.
-    bad = nonfinite + ops.convert_to_tensor(np.array(padding, "int32"))
+    bad = nonfinite + ops.convert_to_tensor(np.array(layout.padding,
+                                                     "int32"))
     first = ops.expand_dims(bad, 1) * ops.one_hot(0, buckets + 1,
                                                   dtype="int32")
     return {
-        "size": ops.convert_to_tensor(np.array(sizes, "int32")),
+        "size": ops.convert_to_tensor(np.array(layout.sizes, "int32")),
         "exact_zeros": log_counts[:, 0] - bad,
         "near_zeros": near_zeros - bad,
         "nan": nan,
@@ -532,6 +581,43 @@ def packed_statistics(tensors, tol, relative=False, buckets=DEFAULT_BUCKETS,
         "log_hi": log_hi,
         "log_counts": log_counts - first,
     }
+
+
+def _bucket_counts(layout, max_abs, min_nonzero, tol, relative, buckets,
+                   sanitize, fuse):
+    """The packed pass's second pass: per tensor (and the dummy), the
+    near-zero count and the joint (linear, log) counts, flat; and the log
+    histogram's decades."""
+    segments = layout.segments
+    # Each tensor's bucketing, the same as `_statistics` sets up for one.
+    threshold = (ops.multiply(ops.cast(tol, "float32"), max_abs) if relative
+                 else ops.zeros((segments,), "float32")
+                 + ops.cast(tol, "float32"))
+    scale, top, log_lo, log_hi, per_decade = _bucketing(
+        max_abs, min_nonzero, buckets, "float32")
+    width = buckets * (buckets + 1)
+    # A block's index counts from its first owner's counts: the bincount
+    # spans the few tensors the block holds, not all of them.
+    window = layout.span * width
+
+    def combine(state, i, owners, partial):
+        near, index = partial
+        # The bincount stays outside `fuse`: a compiled scatter is slow.
+        counts = count_indices(ops.reshape(index, (-1,)), window)
+        start = (ops.take(layout.first, i) * width,)
+        joint = ops.slice_update(
+            state[1], start, ops.slice(state[1], start, (window,)) + counts)
+        return state[0] + ops.segment_sum(near, owners, segments), joint
+
+    near_zeros, joint = layout.reduce(
+        functools.partial(_row_buckets, buckets=buckets, sanitize=sanitize),
+        combine, (ops.zeros((segments,), "int32"),
+                  # Room for the window of the last block.
+                  ops.zeros(((segments + layout.span - 1) * width,),
+                            "int32")),
+        per_row=(layout.local * width,),
+        per_owner=(threshold, scale, top, log_lo, per_decade), fuse=fuse)
+    return near_zeros, joint, log_lo, log_hi
 
 
 def unstack(stats):

@@ -133,7 +133,8 @@ def test_the_fused_pass_gives_exactly_the_unfused_arrays(relative, nonfinite):
 def test_the_packed_pass_gives_exactly_the_per_weight_statistics():
     # Many weights in one pass (rows of 1024, padded; blocks of rows, one
     # compiled step): to the bit what weight_statistics gives each one,
-    # with NaN, inf, all-zero, empty and block-crossing weights, absolute
+    # all finite or with NaN and inf, all-zero, empty and block-crossing
+    # weights (and blocks holding many weights), absolute
     # and relative tolerances, when both run the same arithmetic (both
     # XLA-compiled, or neither: XLA's log10 may differ from TensorFlow's in
     # the last bit, moving a weight on a bucket edge to the next bucket).
@@ -155,10 +156,15 @@ def test_the_packed_pass_gives_exactly_the_per_weight_statistics():
     whole[1][0, 0] = np.inf
     fused = lambda f: tf.function(f, jit_compile=True,  # noqa: E731
                                   autograph=False)
+    # All finite: the plain pass (no sanitizing) runs instead.
+    finite = lambda group: [np.where(np.isfinite(t), t, 0.5)  # noqa: E731
+                            for t in group]
+    compiled = {"block": 1024, "fuse": _fuse}
     for relative in (False, True):
         for group, fuse, per_weight in ((tensors, None, {}),
-                                        (whole, fused, {"block": 1024,
-                                                        "fuse": _fuse})):
+                                        (finite(tensors), None, {}),
+                                        (whole, fused, compiled),
+                                        (finite(whole), fused, compiled)):
             stacked = packed_statistics(group, 1e-3, relative, fuse=fuse)
             packed = unstack({k: np.asarray(v) for k, v in stacked.items()})
             assert len(packed) == len(group)
