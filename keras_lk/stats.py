@@ -392,13 +392,13 @@ def _row_finite_extremes(rows):
 
 
 def _row_buckets(rows, offset, threshold, scale, top, log_lo, per_decade,
-                 buckets, sanitize):
+                 buckets):
     """Per row: the near-zero count; per element: the joint index (the
-    row's `offset` + linear bucket * (buckets + 1) + log bucket)."""
+    row's `offset` + linear bucket * (buckets + 1) + log bucket); NaN and
+    inf count as 0 (taken back out of the counts later)."""
     magnitude = ops.abs(rows)
-    if sanitize:
-        magnitude = ops.where(ops.isfinite(magnitude), magnitude,
-                              ops.zeros((), rows.dtype))
+    magnitude = ops.where(ops.isfinite(magnitude), magnitude,
+                          ops.zeros((), rows.dtype))
     column = lambda value: ops.expand_dims(value, 1)  # noqa: E731
     near = ops.sum(ops.cast(ops.less_equal(magnitude, column(threshold)),
                             "int32"), axis=1)
@@ -484,9 +484,9 @@ def packed_statistics(tensors, tol, relative=False, buckets=DEFAULT_BUCKETS,
     log bucket), counted over the few tensors the block holds and added
     into theirs. The graph is the same size for 2 tensors or 2000: its
     tracing cost does not grow with the number of tensors. As in
-    `weight_statistics`, the pass is the plain one unless some weight is
-    NaN or inf. Results are the same, to the bit, as `weight_statistics`
-    on each tensor (non-finite weights included). Extra memory: about one
+    `weight_statistics`, the extremes come from the plain pass unless some
+    weight is NaN or inf. Results are the same, to the bit, as
+    `weight_statistics` on each tensor (non-finite weights included). Extra memory: about one
     copy of the tensors (the rows) and a few blocks, so pack them a
     bounded number at a time (`packs`).
 
@@ -540,22 +540,19 @@ def packed_statistics(tensors, tol, relative=False, buckets=DEFAULT_BUCKETS,
             state[2] + ops.segment_sum(row_nan, owners, segments),
             state[3] + ops.segment_sum(row_bad, owners, segments))
 
-    def buckets_pass(max_abs, min_nonzero, nan, nonfinite, sanitize):
-        return (_bucket_counts(layout, max_abs, min_nonzero, tol, relative,
-                               buckets, sanitize, fuse),
-                max_abs, nan, nonfinite)
-
     def with_nonfinite():
-        extremes = layout.reduce(_row_finite_extremes, combine_finite,
-                                 no_extremes + (int_zeros, int_zeros),
-                                 fuse=fuse)
-        return buckets_pass(*extremes, sanitize=True)
+        return layout.reduce(_row_finite_extremes, combine_finite,
+                             no_extremes + (int_zeros, int_zeros), fuse=fuse)
 
-    (near_zeros, joint, log_lo, log_hi), max_abs, nan, nonfinite = ops.cond(
+    # Some weight is NaN or inf: the extremes again, of the finite |w|.
+    max_abs, min_nonzero, nan, nonfinite = ops.cond(
         ops.isfinite(total),
-        lambda: buckets_pass(max_abs, min_nonzero, int_zeros, int_zeros,
-                             sanitize=False),
+        lambda: (max_abs, min_nonzero, int_zeros, int_zeros),
         with_nonfinite)
+    # One bucket pass either way: its sanitizing costs little (the first
+    # pass's is what doubled its time), and one pass traces once.
+    near_zeros, joint, log_lo, log_hi = _bucket_counts(
+        layout, max_abs, min_nonzero, tol, relative, buckets, fuse)
     width = buckets * (buckets + 1)
     near_zeros, nan, nonfinite = (near_zeros[:count], nan[:count],
                                   nonfinite[:count])
@@ -584,7 +581,7 @@ def packed_statistics(tensors, tol, relative=False, buckets=DEFAULT_BUCKETS,
 
 
 def _bucket_counts(layout, max_abs, min_nonzero, tol, relative, buckets,
-                   sanitize, fuse):
+                   fuse):
     """The packed pass's second pass: per tensor (and the dummy), the
     near-zero count and the joint (linear, log) counts, flat; and the log
     histogram's decades."""
@@ -610,7 +607,7 @@ def _bucket_counts(layout, max_abs, min_nonzero, tol, relative, buckets,
         return state[0] + ops.segment_sum(near, owners, segments), joint
 
     near_zeros, joint = layout.reduce(
-        functools.partial(_row_buckets, buckets=buckets, sanitize=sanitize),
+        functools.partial(_row_buckets, buckets=buckets),
         combine, (ops.zeros((segments,), "int32"),
                   # Room for the window of the last block.
                   ops.zeros(((segments + layout.span - 1) * width,),
