@@ -8,7 +8,7 @@ in its own environment, with tf-keras, never in the project's:
         tensorflow-model-optimization scikit-learn
     TF_USE_LEGACY_KERAS=1 tfmot-env/bin/python benchmarks/tfmot_peer.py \
         [--models digits_mlp small_output_mlp digits_conv] \
-        [--targets 0.9 0.95] [--seeds 0 1 2] [--epochs N]
+        [--targets 0.9 0.95] [--seeds 0 1 2] [--epochs N] [--init DIR]
 
 Same data (keras_lk/study/suite_data.py, loaded by path: no keras_lk or
 Keras 3 import), same layer sizes, optimizer, batch size, epochs and seeds
@@ -17,6 +17,11 @@ steps, pruning every 10 steps (`PolynomialDecay(power=3, frequency=10)`),
 then fine-tuning with the mask fixed. tfmot prunes every layer to the
 target on its own (uniform allocation). Results are appended to
 benchmarks/results/tfmot.json. Not part of the test command.
+
+With `--init DIR` every run starts from the weights keras_lk's sweep starts
+from for that model and seed (written by `benchmarks/suite_init.py DIR`),
+not from tf-keras's own draw; the results go to
+benchmarks/results/tfmot_same_init.json.
 """
 
 import argparse
@@ -73,7 +78,26 @@ MODELS = {
 PRUNED = (keras.layers.Dense, keras.layers.Conv2D)
 
 
-def run(model_name, target, seed, epochs):
+def load_initial_weights(model, path):
+    """Sets every layer's weights (inside tfmot's wrappers too) from the
+    `<layer name>:<index>` arrays of `benchmarks/suite_init.py`."""
+    saved = np.load(path)
+    for layer in model.layers:
+        inner = getattr(layer, "layer", layer)  # a PruneLowMagnitude wrapper
+        variables = ([inner.kernel, inner.bias] if hasattr(inner, "kernel")
+                     else [])
+        for index, variable in enumerate(variables):
+            variable.assign(saved[f"{inner.name}:{index}"])
+    names = {f"{getattr(layer, 'layer', layer).name}:{i}"
+             for layer in model.layers
+             for i in range(2 if hasattr(getattr(layer, "layer", layer),
+                                         "kernel") else 0)}
+    if names != set(saved.files):
+        raise ValueError(f"{path} holds {sorted(saved.files)}, the model "
+                         f"{sorted(names)}")
+
+
+def run(model_name, target, seed, epochs, init=None):
     layers, load, default_epochs, optimizer = MODELS[model_name]
     epochs = epochs or default_epochs
     x_train, y_train, x_test, y_test = load(seed)
@@ -89,6 +113,9 @@ def run(model_name, target, seed, epochs):
             tfmot.sparsity.keras.prune_low_magnitude(
                 layer, pruning_schedule=schedule)
             if isinstance(layer, PRUNED) else layer))
+    if init:
+        load_initial_weights(model, os.path.join(
+            init, f"{model_name}_seed{seed}.npz"))
     model.compile(optimizer(), "sparse_categorical_crossentropy",
                   metrics=["accuracy"])
     callbacks = [tfmot.sparsity.keras.UpdatePruningStep()] if target else []
@@ -112,9 +139,14 @@ def main():
                         default=[0.9, 0.95])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=None)
-    parser.add_argument("--out", default=os.path.join(HERE, "results",
-                                                      "tfmot.json"))
+    parser.add_argument("--init", default=None,
+                        help="start from keras_lk's initial weights, "
+                        "written here by benchmarks/suite_init.py")
+    parser.add_argument("--out", default=None)
     args = parser.parse_args()
+    args.out = args.out or os.path.join(
+        HERE, "results", "tfmot_same_init.json" if args.init
+        else "tfmot.json")
     records = []
     if os.path.exists(args.out):
         with open(args.out) as f:
@@ -123,8 +155,8 @@ def main():
         started = time.time()
         lines = []
         for target in [0.0, *args.targets]:
-            results = [run(model_name, target, seed, args.epochs)
-                       for seed in args.seeds]
+            results = [run(model_name, target, seed, args.epochs,
+                           args.init) for seed in args.seeds]
             epochs = results[0][2]
             for seed, (accuracy, zeros, _) in zip(args.seeds, results):
                 records = [r for r in records if not (
@@ -133,6 +165,8 @@ def main():
                 records.append({"model": model_name, "target": target,
                                 "seed": seed, "epochs": epochs,
                                 "method": "tfmot" if target else "dense",
+                                "init": "keras_lk" if args.init
+                                else "tf-keras",
                                 "accuracy": accuracy, "sparsity": zeros})
             accuracies = [a for a, _, _ in results]
             lines.append(
