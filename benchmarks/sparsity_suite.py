@@ -2,7 +2,7 @@
 
 Run: `.venv/bin/python benchmarks/sparsity_suite.py [--models ...]
 [--targets 0.9 0.95] [--seeds 0 1 2] [--epochs N] [--allocation global]
-[--methods ...] [--out benchmarks/results/NAME.json]`
+[--methods ...] [--fixed-order] [--out benchmarks/results/NAME.json]`
 
 For each model it runs `keras-lk sweep`'s runs (same data, schedule and
 seeds for every method) and prints the mean ± std test accuracy table; the
@@ -39,12 +39,17 @@ def main():
                         choices=list(sweep.METHODS))
     parser.add_argument("--warmup", type=float, default=0.0,
                         help="fraction of the steps trained dense first")
+    parser.add_argument("--fixed-order", action="store_true",
+                        help="train on batches in an order drawn with "
+                        "numpy from the seed, as tfmot_peer.py "
+                        "--fixed-order does")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     out = args.out or os.path.join(
         os.path.dirname(os.path.abspath(__file__)), "results",
         f"suite_{args.allocation}_e{args.epochs or 'default'}"
-        f"{f'_w{args.warmup:g}' if args.warmup else ''}.json")
+        f"{f'_w{args.warmup:g}' if args.warmup else ''}"
+        f"{'_fixed_order' if args.fixed_order else ''}.json")
     records = []
     if os.path.exists(out):
         with open(out) as f:
@@ -55,7 +60,7 @@ def main():
             results = sweep.run_sweep(
                 logdir, model, args.targets, args.seeds, args.epochs,
                 args.methods, args.allocation, args.warmup,
-                stream=open(os.devnull, "w"))
+                stream=open(os.devnull, "w"), fixed_order=args.fixed_order)
         epochs = args.epochs or suite.MODELS[model].epochs
         for run, (accuracy, zeros) in results.items():
             records = [r for r in records if not (
@@ -66,6 +71,8 @@ def main():
                              "seed": run.seed, "epochs": epochs,
                              "allocation": args.allocation,
                              "warmup": args.warmup,
+                             "order": "fixed" if args.fixed_order
+                             else "shuffled",
                              "accuracy": accuracy, "sparsity": zeros})
         print(f"\n{model}, {epochs} epochs, allocation {args.allocation}, "
               f"warm-up {args.warmup:g} "

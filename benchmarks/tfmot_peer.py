@@ -8,7 +8,8 @@ in its own environment, with tf-keras, never in the project's:
         tensorflow-model-optimization scikit-learn
     TF_USE_LEGACY_KERAS=1 tfmot-env/bin/python benchmarks/tfmot_peer.py \
         [--models digits_mlp small_output_mlp digits_conv] \
-        [--targets 0.9 0.95] [--seeds 0 1 2] [--epochs N] [--init DIR]
+        [--targets 0.9 0.95] [--seeds 0 1 2] [--epochs N] [--init DIR] \
+        [--fixed-order]
 
 Same data (keras_lk/study/suite_data.py, loaded by path: no keras_lk or
 Keras 3 import), same layer sizes, optimizer, batch size, epochs and seeds
@@ -18,10 +19,16 @@ then fine-tuning with the mask fixed. tfmot prunes every layer to the
 target on its own (uniform allocation). Results are appended to
 benchmarks/results/tfmot.json. Not part of the test command.
 
-With `--init DIR` every run starts from the weights keras_lk's sweep starts
-from for that model and seed (written by `benchmarks/suite_init.py DIR`),
-not from tf-keras's own draw; the results go to
-benchmarks/results/tfmot_same_init.json.
+Initial weights: tf-keras draws the same ones from a seed as Keras 3
+(checked for the three models: equal to the bit). `--init DIR` makes sure
+of it: every run starts from the weights keras_lk's sweep starts from for
+that model and seed, written by `benchmarks/suite_init.py DIR`.
+
+Batches: each framework shuffles with its own generator, so the batches
+differ. With `--fixed-order` both train on one order drawn with numpy from
+the seed (`suite_data.fixed_order`; keras_lk's side:
+`benchmarks/sparsity_suite.py --fixed-order`), results in
+benchmarks/results/tfmot_fixed_order.json: then the methods alone differ.
 """
 
 import argparse
@@ -97,11 +104,16 @@ def load_initial_weights(model, path):
                          f"{sorted(names)}")
 
 
-def run(model_name, target, seed, epochs, init=None):
+def run(model_name, target, seed, epochs, init=None, fixed_order=False):
     layers, load, default_epochs, optimizer = MODELS[model_name]
     epochs = epochs or default_epochs
     x_train, y_train, x_test, y_test = load(seed)
-    steps = math.ceil(len(x_train) / 32) * epochs
+    fit_epochs, shuffle = epochs, True
+    if fixed_order:
+        # The batches keras_lk's sweep trains on with fixed_order=True.
+        x_train, y_train = data.fixed_order(x_train, y_train, seed, epochs)
+        fit_epochs, shuffle = 1, False
+    steps = math.ceil(len(x_train) / 32) * fit_epochs
     keras.utils.set_random_seed(seed)
     model = keras.Sequential(layers())
     if target:
@@ -119,8 +131,8 @@ def run(model_name, target, seed, epochs, init=None):
     model.compile(optimizer(), "sparse_categorical_crossentropy",
                   metrics=["accuracy"])
     callbacks = [tfmot.sparsity.keras.UpdatePruningStep()] if target else []
-    model.fit(x_train, y_train, batch_size=32, epochs=epochs, verbose=0,
-              callbacks=callbacks)
+    model.fit(x_train, y_train, batch_size=32, epochs=fit_epochs,
+              shuffle=shuffle, verbose=0, callbacks=callbacks)
     accuracy = float(model.evaluate(x_test, y_test, verbose=0)[1])
     if target:
         model = tfmot.sparsity.keras.strip_pruning(model)
@@ -142,10 +154,13 @@ def main():
     parser.add_argument("--init", default=None,
                         help="start from keras_lk's initial weights, "
                         "written here by benchmarks/suite_init.py")
+    parser.add_argument("--fixed-order", action="store_true",
+                        help="train on the batches keras_lk's sweep trains "
+                        "on with fixed_order=True")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     args.out = args.out or os.path.join(
-        HERE, "results", "tfmot_same_init.json" if args.init
+        HERE, "results", "tfmot_fixed_order.json" if args.fixed_order
         else "tfmot.json")
     records = []
     if os.path.exists(args.out):
@@ -156,7 +171,8 @@ def main():
         lines = []
         for target in [0.0, *args.targets]:
             results = [run(model_name, target, seed, args.epochs,
-                           args.init) for seed in args.seeds]
+                           args.init, args.fixed_order)
+                       for seed in args.seeds]
             epochs = results[0][2]
             for seed, (accuracy, zeros, _) in zip(args.seeds, results):
                 records = [r for r in records if not (
@@ -165,6 +181,8 @@ def main():
                 records.append({"model": model_name, "target": target,
                                 "seed": seed, "epochs": epochs,
                                 "method": "tfmot" if target else "dense",
+                                "order": "fixed" if args.fixed_order
+                                else "shuffled",
                                 "init": "keras_lk" if args.init
                                 else "tf-keras",
                                 "accuracy": accuracy, "sparsity": zeros})

@@ -486,9 +486,9 @@ def packed_statistics(tensors, tol, relative=False, buckets=DEFAULT_BUCKETS,
     tracing cost does not grow with the number of tensors. As in
     `weight_statistics`, the extremes come from the plain pass unless some
     weight is NaN or inf. Results are the same, to the bit, as
-    `weight_statistics` on each tensor (non-finite weights included). Extra memory: about one
-    copy of the tensors (the rows) and a few blocks, so pack them a
-    bounded number at a time (`packs`).
+    `weight_statistics` on each tensor (non-finite weights included).
+    Extra memory: about one copy of the tensors (the rows) and a few
+    blocks, so pack them a bounded number at a time (`packs`).
 
     Args:
         tensors: A list of float32 tensors of any shapes.

@@ -8,6 +8,23 @@ same data.
 import numpy as np
 
 
+def fixed_order(x, y, seed, epochs):
+    """`(x, y)` for `epochs` epochs laid end to end, each in its own order
+    drawn with numpy from `seed`: fit once on them (`epochs=1`,
+    `shuffle=False`) and every framework sees the same batches in the same
+    order, where each one's own shuffling would differ.
+
+    Example:
+
+    >>> x, y = fixed_order(np.arange(3), np.arange(3), seed=0, epochs=2)
+    >>> len(x), sorted(x[:3].tolist())
+    (6, [0, 1, 2])
+    """
+    rng = np.random.default_rng(2000 + seed)
+    order = np.concatenate([rng.permutation(len(x)) for _ in range(epochs)])
+    return x[order], y[order]
+
+
 def load_digits(seed):
     """Digits scaled to [0, 1], split 70/30: `(x_train, y_train, x_test,
     y_test)`."""

@@ -35,7 +35,7 @@ from keras_lk.regularizers import LkRegularizer
 from keras_lk.sparsity.schedule import polynomial
 from keras_lk.sparsity.shipping import exact_zeros
 from keras_lk.sparsity.target import SparsityTarget
-from keras_lk.study import suite
+from keras_lk.study import suite, suite_data
 from keras_lk.study.runs import DEFAULT_ALPHA, Progress
 
 DEFAULT_MODEL = "digits_mlp"
@@ -151,7 +151,8 @@ def _hparams_config(logdir, targets, methods):
 
 def run_sweep(logdir, model=DEFAULT_MODEL, targets=DEFAULT_TARGETS,
               seeds=DEFAULT_SEEDS, epochs=None, methods=METHODS,
-              allocation="global", warmup=0.0, stream=None):
+              allocation="global", warmup=0.0, stream=None,
+              fixed_order=False):
     """Trains every run of the sweep; returns `{Run: (accuracy, sparsity)}`.
 
     Args:
@@ -164,6 +165,13 @@ def run_sweep(logdir, model=DEFAULT_MODEL, targets=DEFAULT_TARGETS,
         warmup: The fraction of the steps trained dense before the
             schedule starts (every method alike).
         stream: Where progress goes (default stdout).
+        fixed_order: Whether to train on the epochs' batches in an order
+            drawn with numpy from the seed (`suite_data.fixed_order`: one
+            fit of every epoch laid end to end, not shuffled by Keras), so
+            that another framework given the same order sees the same
+            batches (`benchmarks/tfmot_peer.py --fixed-order`). The
+            schedule spans the same steps, up to the partial batch of each
+            epoch, which is merged into the next.
     """
     stream = stream or sys.stdout
     entry = suite.MODELS[model]
@@ -176,13 +184,18 @@ def run_sweep(logdir, model=DEFAULT_MODEL, targets=DEFAULT_TARGETS,
         if run.seed not in data:
             data[run.seed] = entry.data(run.seed)
         x_train, y_train, x_test, y_test = data[run.seed]
-        steps = math.ceil(len(x_train) / entry.batch_size) * epochs
+        fit_epochs, shuffle = epochs, True
+        if fixed_order:
+            x_train, y_train = suite_data.fixed_order(x_train, y_train,
+                                                      run.seed, epochs)
+            fit_epochs, shuffle = 1, False
+        steps = math.ceil(len(x_train) / entry.batch_size) * fit_epochs
         end = max(1, int(END_FRACTION * steps))
         begin = min(int(warmup * steps), end - 1)
         net = build(run, model)
         pruned = suite.prunable(net)
-        callbacks = [Progress(index, len(runs), run.name, epochs, stream,
-                              metrics=False, width=26)]
+        callbacks = [Progress(index, len(runs), run.name, fit_epochs,
+                              stream, metrics=False, width=26)]
         if run.method == "magnitude":
             callbacks.append(MagnitudePruning(run.target, end,
                                               begin_step=begin))
@@ -198,8 +211,9 @@ def run_sweep(logdir, model=DEFAULT_MODEL, targets=DEFAULT_TARGETS,
             callbacks.append(SparsityTarget(run.target, begin_step=begin,
                                             end_step=end,
                                             allocation=allocation))
-        net.fit(x_train, y_train, batch_size=entry.batch_size, epochs=epochs,
-                verbose=0, callbacks=callbacks)
+        net.fit(x_train, y_train, batch_size=entry.batch_size,
+                epochs=fit_epochs, shuffle=shuffle, verbose=0,
+                callbacks=callbacks)
         accuracy = float(net.evaluate(x_test, y_test, verbose=0)[1])
         zeros = exact_zeros(pruned)["fraction"]
         results[run] = (accuracy, zeros)
