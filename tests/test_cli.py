@@ -259,6 +259,34 @@ def test_quick_sweep_on_every_model_of_the_suite(model, method, tmp_path,
         ["dense_seed0", f"{method}_t0.9_seed0", "magnitude_t0.9_seed0"])
 
 
+def test_fixed_order_trains_on_the_numpy_drawn_batches(tmp_path):
+    # The sweep's side of the peer comparison at equal batches: with
+    # fixed_order=True a run trains on suite_data.fixed_order's batches,
+    # unshuffled, in one fit (what tfmot_peer.py --fixed-order feeds
+    # tf-keras), and nothing else changes.
+    import io
+
+    from keras_lk.study import suite, suite_data, sweep
+    entry = suite.MODELS["digits_mlp"]
+    (run, (fixed, _)), = sweep.run_sweep(
+        str(tmp_path / "fixed"), "digits_mlp", targets=(), seeds=(1,),
+        epochs=2, fixed_order=True, stream=io.StringIO()).items()
+    (_, (shuffled, _)), = sweep.run_sweep(
+        str(tmp_path / "shuffled"), "digits_mlp", targets=(), seeds=(1,),
+        epochs=2, stream=io.StringIO()).items()
+    x_train, y_train, x_test, y_test = entry.data(1)
+    x_order, y_order = suite_data.fixed_order(x_train, y_train, 1, 2)
+    assert sorted(x_order[:len(x_train)].sum(axis=1)) == sorted(
+        x_train.sum(axis=1))                    # each epoch: every example
+    assert not np.array_equal(x_order[:len(x_train)], x_train)
+    net = sweep.build(run, "digits_mlp")
+    net.fit(x_order, y_order, batch_size=entry.batch_size, epochs=1,
+            shuffle=False, verbose=0)
+    by_hand = float(net.evaluate(x_test, y_test, verbose=0)[1])
+    assert fixed == by_hand
+    assert fixed != shuffled       # Keras's own shuffling: other batches
+
+
 def test_sweep_rejects_an_unknown_model(capsys):
     assert cli.main(["sweep", "--model", "resnet"]) == 2
     assert ("argument --model: invalid choice: 'resnet'"
