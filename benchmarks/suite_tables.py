@@ -2,9 +2,13 @@
 
 Run: `python3 benchmarks/suite_tables.py` (after `sparsity_suite.py` and
 `tfmot_peer.py`); `.venv/bin/python benchmarks/suite_tables.py --plots
-docs/figures` draws each model's accuracy against sparsity. Prints one markdown table per model: mean ± std test
-accuracy over the seeds at each target, for the full fit and the 3-epoch
-fit, every method side by side, tfmot's beside ours.
+docs/figures` draws each model's accuracy against sparsity;
+`python3 benchmarks/suite_tables.py --equal-batches` prints keras_lk's
+k = 0 against tfmot on the same batches (both run with `--fixed-order`).
+
+Prints one markdown table per model: mean ± std test accuracy over the
+seeds at each target, for the full fit and the 3-epoch fit, every method
+side by side, tfmot's beside ours.
 """
 
 import glob
@@ -27,8 +31,8 @@ def load():
         with open(path) as f:
             records = json.load(f)
         for r in records:
-            if r.get("warmup"):
-                continue
+            if r.get("warmup") or r.get("order") == "fixed":
+                continue  # the warm-up trial; the equal-batches comparison
             allocation = r.get("allocation", "uniform")
             if r["method"] in ("magnitude", "dense"):
                 # Run again with every allocation: count each run once.
@@ -60,6 +64,7 @@ def plots(directory):
     for path in glob.glob(os.path.join(HERE, "suite_*.json")):
         with open(path) as f:
             records += [r for r in json.load(f) if not r.get("warmup")
+                        and r.get("order") != "fixed"
                         and r.get("allocation") == "global"]
     for model in sorted({r["model"] for r in records}):
         epochs = suite.MODELS[model].epochs
@@ -76,10 +81,58 @@ def plots(directory):
                                                f"suite_{model}.png"), model))
 
 
+def equal_batches():
+    """keras_lk's k = 0 (uniform) against tfmot on the same batches
+    (`--fixed-order` on both sides): accuracies and the per-seed paired
+    difference, keras_lk minus tfmot."""
+    runs = defaultdict(dict)   # (model, epochs, target, side) -> {seed: acc}
+    for path in glob.glob(os.path.join(HERE, "*fixed_order.json")):
+        with open(path) as f:
+            for r in json.load(f):
+                if r.get("order") != "fixed":
+                    continue
+                if r["method"] == "L0_proximal":
+                    side = "keras_lk"
+                elif r["method"] == "tfmot":
+                    side = "tfmot"
+                elif r["method"] == "dense":
+                    side = ("dense, tf-keras" if "allocation" not in r
+                            else "dense, keras_lk")
+                else:
+                    continue
+                runs[(r["model"], r["epochs"], r["target"], side)][
+                    r["seed"]] = r["accuracy"]
+    if not runs:
+        return
+    print("\n**Equal batches: keras_lk's k = 0 (uniform) and tfmot**\n")
+    print("| model | epochs | target | keras_lk k = 0 | tfmot | "
+          "keras_lk - tfmot, paired | dense keras_lk / tf-keras |")
+    print("|---|---|---|---|---|---|---|")
+    for model, epochs, target in sorted({k[:3] for k in runs if k[2]}):
+        ours = runs.get((model, epochs, target, "keras_lk"), {})
+        theirs = runs.get((model, epochs, target, "tfmot"), {})
+        seeds = sorted(set(ours) & set(theirs))
+        if not seeds:
+            continue
+        differences = [ours[s] - theirs[s] for s in seeds]
+        dense = [cell(list(runs.get((model, epochs, 0.0, side), {})
+                           .values())) for side in ("dense, keras_lk",
+                                                    "dense, tf-keras")]
+        print(f"| {model} | {epochs} | {target:.0%} | "
+              f"{cell([ours[s] for s in seeds])} | "
+              f"{cell([theirs[s] for s in seeds])} | "
+              f"{statistics.mean(differences):+.3f} ± "
+              f"{statistics.stdev(differences) if len(seeds) > 1 else 0:.3f}"
+              " | "
+              f"{dense[0]} / {dense[1]} |")
+
+
 def main():
     import sys
     if len(sys.argv) == 3 and sys.argv[1] == "--plots":
         return plots(sys.argv[2])
+    if len(sys.argv) == 2 and sys.argv[1] == "--equal-batches":
+        return equal_batches()
     cells = load()
     models = sorted({key[0] for key in cells})
     for model in models:
