@@ -2,7 +2,8 @@
 
 Run: `.venv/bin/python benchmarks/sparsity_suite.py [--models ...]
 [--targets 0.9 0.95] [--seeds 0 1 2] [--epochs N] [--allocation global]
-[--methods ...] [--fixed-order] [--out benchmarks/results/NAME.json]`
+[--methods ...] [--protect units] [--fixed-order]
+[--out benchmarks/results/NAME.json]`
 
 For each model it runs `keras-lk sweep`'s runs (same data, schedule and
 seeds for every method) and prints the mean ± std test accuracy table; the
@@ -39,6 +40,9 @@ def main():
                         choices=list(sweep.METHODS))
     parser.add_argument("--warmup", type=float, default=0.0,
                         help="fraction of the steps trained dense first")
+    parser.add_argument("--protect", default="units",
+                        choices=["units", "outputs"],
+                        help="SparsityTarget's protection")
     parser.add_argument("--fixed-order", action="store_true",
                         help="train on batches in an order drawn with "
                         "numpy from the seed, as tfmot_peer.py "
@@ -49,7 +53,8 @@ def main():
         os.path.dirname(os.path.abspath(__file__)), "results",
         f"suite_{args.allocation}_e{args.epochs or 'default'}"
         f"{f'_w{args.warmup:g}' if args.warmup else ''}"
-        f"{'_fixed_order' if args.fixed_order else ''}.json")
+        f"{'_fixed_order' if args.fixed_order else ''}"
+        f"{'_protect_outputs' if args.protect == 'outputs' else ''}.json")
     records = []
     if os.path.exists(out):
         with open(out) as f:
@@ -60,7 +65,8 @@ def main():
             results = sweep.run_sweep(
                 logdir, model, args.targets, args.seeds, args.epochs,
                 args.methods, args.allocation, args.warmup,
-                stream=open(os.devnull, "w"), fixed_order=args.fixed_order)
+                stream=open(os.devnull, "w"), fixed_order=args.fixed_order,
+                protect=args.protect)
         epochs = args.epochs or suite.MODELS[model].epochs
         for run, (accuracy, zeros) in results.items():
             records = [r for r in records if not (
@@ -73,6 +79,7 @@ def main():
                              "warmup": args.warmup,
                              "order": "fixed" if args.fixed_order
                              else "shuffled",
+                             "protect": args.protect,
                              "accuracy": accuracy, "sparsity": zeros})
         print(f"\n{model}, {epochs} epochs, allocation {args.allocation}, "
               f"warm-up {args.warmup:g} "

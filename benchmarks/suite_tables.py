@@ -31,8 +31,9 @@ def load():
         with open(path) as f:
             records = json.load(f)
         for r in records:
-            if r.get("warmup") or r.get("order") == "fixed":
-                continue  # the warm-up trial; the equal-batches comparison
+            if (r.get("warmup") or r.get("order") == "fixed"
+                    or r.get("protect", "units") != "units"):
+                continue  # trials: warm-up, equal batches, protection
             allocation = r.get("allocation", "uniform")
             if r["method"] in ("magnitude", "dense"):
                 # Run again with every allocation: count each run once.
@@ -65,6 +66,7 @@ def plots(directory):
         with open(path) as f:
             records += [r for r in json.load(f) if not r.get("warmup")
                         and r.get("order") != "fixed"
+                        and r.get("protect", "units") == "units"
                         and r.get("allocation") == "global"]
     for model in sorted({r["model"] for r in records}):
         epochs = suite.MODELS[model].epochs
@@ -82,17 +84,17 @@ def plots(directory):
 
 
 def equal_batches():
-    """keras_lk's k = 0 (uniform) against tfmot on the same batches
-    (`--fixed-order` on both sides): accuracies and the per-seed paired
-    difference, keras_lk minus tfmot."""
+    """keras_lk's k = 0 (uniform; each protection) against tfmot on the
+    same batches (`--fixed-order` on both sides): accuracies and the
+    per-seed paired difference, keras_lk minus tfmot."""
     runs = defaultdict(dict)   # (model, epochs, target, side) -> {seed: acc}
-    for path in glob.glob(os.path.join(HERE, "*fixed_order.json")):
+    for path in glob.glob(os.path.join(HERE, "*fixed_order*.json")):
         with open(path) as f:
             for r in json.load(f):
                 if r.get("order") != "fixed":
                     continue
                 if r["method"] == "L0_proximal":
-                    side = "keras_lk"
+                    side = f"protect={r.get('protect', 'units')}"
                 elif r["method"] == "tfmot":
                     side = "tfmot"
                 elif r["method"] == "dense":
@@ -104,26 +106,30 @@ def equal_batches():
                     r["seed"]] = r["accuracy"]
     if not runs:
         return
+    sides = ("protect=units", "protect=outputs")
     print("\n**Equal batches: keras_lk's k = 0 (uniform) and tfmot**\n")
-    print("| model | epochs | target | keras_lk k = 0 | tfmot | "
-          "keras_lk - tfmot, paired | dense keras_lk / tf-keras |")
-    print("|---|---|---|---|---|---|---|")
+    print("| model | epochs | target | k = 0, protect units | k = 0, "
+          "protect outputs | tfmot | paired difference to tfmot (units / "
+          "outputs) | dense keras_lk / tf-keras |")
+    print("|---|---|---|---|---|---|---|---|")
     for model, epochs, target in sorted({k[:3] for k in runs if k[2]}):
-        ours = runs.get((model, epochs, target, "keras_lk"), {})
         theirs = runs.get((model, epochs, target, "tfmot"), {})
-        seeds = sorted(set(ours) & set(theirs))
-        if not seeds:
-            continue
-        differences = [ours[s] - theirs[s] for s in seeds]
+        ours, differences = [], []
+        for side in sides:
+            values = runs.get((model, epochs, target, side), {})
+            seeds = sorted(set(values) & set(theirs))
+            ours.append(cell([values[s] for s in seeds]))
+            paired = [values[s] - theirs[s] for s in seeds]
+            differences.append(
+                f"{statistics.mean(paired):+.3f} ± "
+                f"{statistics.stdev(paired) if len(paired) > 1 else 0:.3f}"
+                if paired else "")
         dense = [cell(list(runs.get((model, epochs, 0.0, side), {})
                            .values())) for side in ("dense, keras_lk",
                                                     "dense, tf-keras")]
-        print(f"| {model} | {epochs} | {target:.0%} | "
-              f"{cell([ours[s] for s in seeds])} | "
-              f"{cell([theirs[s] for s in seeds])} | "
-              f"{statistics.mean(differences):+.3f} ± "
-              f"{statistics.stdev(differences) if len(seeds) > 1 else 0:.3f}"
-              " | "
+        print(f"| {model} | {epochs} | {target:.0%} | {ours[0]} | "
+              f"{ours[1]} | {cell(list(theirs.values()))} | "
+              f"{differences[0]} / {differences[1]} | "
               f"{dense[0]} / {dense[1]} |")
 
 

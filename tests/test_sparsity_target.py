@@ -453,6 +453,62 @@ def test_no_unit_loses_every_input_even_at_a_target_that_asks_for_it():
     np.testing.assert_array_equal(after[-1][protected], before[protected])
 
 
+def functional_mlp(output_activation=None):
+    """`mlp()`'s layers as a functional model (an Activation layer after
+    the output layer with `output_activation`)."""
+    reg = keras_lk.LkRegularizer(k=1.0, alpha=0.05, proximal=True)
+    inputs = keras.Input((30,))
+    x = keras.layers.Dense(16, name="hidden", activation="tanh",
+                           kernel_regularizer=reg)(inputs)
+    x = keras.layers.Dense(1, name="out", kernel_regularizer=reg)(x)
+    if output_activation:
+        x = keras.layers.Activation(output_activation, name="act")(x)
+    return keras.Model(inputs, x)
+
+
+@pytest.mark.parametrize("build", [mlp, functional_mlp])
+def test_protect_outputs_keeps_the_output_units_and_each_layers_largest(
+        build):
+    # 0.99 per layer (uniform): the hidden kernel keeps its 5 largest |w|
+    # (under protect="units" its 16 units would keep one each); the output
+    # layer, whose unit feeds the loss, keeps its largest weight.
+    model = build()
+    before, after = lock_at_lr_zero(model, keras_lk.SparsityTarget(
+        0.99, end_step=5, allocation="uniform", protect="outputs"))
+    expected = np.zeros(496, bool)
+    expected[np.argsort(-np.abs(before[:480]), kind="stable")[:5]] = True
+    expected[480 + np.argmax(np.abs(before[480:]))] = True
+    np.testing.assert_array_equal(after[-1] != 0, expected)
+    np.testing.assert_array_equal(after[-1][expected], before[expected])
+
+
+def test_protect_outputs_needs_output_layers_it_can_find():
+    with pytest.raises(ValueError, match="one of 'units', 'outputs'.*'all'"):
+        keras_lk.SparsityTarget(0.5, protect="all")
+
+    class Subclassed(keras.Model):
+        def __init__(self):
+            super().__init__()
+            reg = keras_lk.LkRegularizer(k=1.0, alpha=0.05, proximal=True)
+            self.dense = keras.layers.Dense(1, kernel_regularizer=reg)
+
+        def call(self, x):
+            return self.dense(x)
+
+    subclassed = Subclassed()
+    subclassed(np.zeros((1, 30), "float32"))   # builds its weights
+    for model, message in ((subclassed, "model of type Subclassed"),
+                           (functional_mlp("sigmoid"),
+                            "output layer 'act' \\(Activation\\) has no")):
+        model.compile(keras_lk.ProximalOptimizer(
+            keras.optimizers.SGD(0.05)), "mse")
+        with pytest.raises(ValueError, match=message):
+            fit(model, [keras_lk.SparsityTarget(0.5, protect="outputs")],
+                epochs=1)
+        # protect="units" (the default) trains the same model.
+        fit(model, [keras_lk.SparsityTarget(0.5)], epochs=1)
+
+
 def test_k0_is_magnitude_pruning_against_a_numpy_reference():
     # At lr = 0 only the controller moves the weights. Every 2 steps the
     # threshold rises to the scheduled quantile of |w| (never falls); each

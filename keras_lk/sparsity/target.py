@@ -20,7 +20,9 @@ The controller runs inside the compiled train step, as part of
   threshold comes back;
 - no layer collapses: each output unit's largest weight (the largest `|w|`
   over every axis but the last) is exempt from the proximal step and from
-  the lock, so every unit of every layer keeps at least one input;
+  the lock, so every unit of every layer keeps at least one input (with
+  `protect="outputs"`: every unit of the layers that produce the model's
+  outputs, and each other weight's single largest element);
 - at `end_step` it locks the pattern: exactly `round(target * n)` weights of
   each group are zero (the smallest `|w| / u`, protected weights excepted),
   and from then on those stay 0 and the others train without the penalty.
@@ -48,6 +50,7 @@ from keras_lk.sparsity.shipping import exact_zeros
 from keras_lk.summary import RunWriter, check_writable
 
 ALLOCATIONS = ("global", "uniform", "normalized")
+PROTECTIONS = ("units", "outputs")
 CONTROL_EVERY = 2
 # The protected weights (each output unit's largest) are found again every
 # PROTECT_EVERY steps and at the lock: a protected weight is never shrunk,
@@ -75,12 +78,15 @@ class _Group:
         self.size = sum(math.prod(v.shape) for v in variables)
 
 
-def protected(value):
+def protected(value, per_unit=True):
     """Each output unit's largest `|w|` (over every axis but the last; for
     a vector, its largest element): True there, False elsewhere. A unit
-    whose weights are all 0 has none."""
+    whose weights are all 0 has none. With `per_unit=False`, the weight's
+    largest `|w|` only."""
     magnitude = ops.abs(value)
     axes = tuple(range(len(value.shape) - 1)) or (0,)
+    if not per_unit:
+        axes = tuple(range(len(value.shape))) or None
     largest = ops.max(magnitude, axis=axes, keepdims=True)
     return ops.logical_and(ops.equal(magnitude, largest),
                            ops.greater(largest, 0))
@@ -100,6 +106,37 @@ def _with(vector, field, value):
                      ops.cast(value, vector.dtype), vector)
 
 
+def _output_weights(model):
+    """The weights of the layers that produce `model`'s outputs (whose
+    units feed the loss): a Sequential model's last layer with weights, a
+    functional model's output layers. ValueError for other models."""
+    if isinstance(model, keras.Sequential):
+        for layer in reversed(model.layers):
+            if layer.weights:
+                return list(layer.weights)
+        return []
+    names = getattr(model, "output_names", None)
+    if not isinstance(model, keras.Model) or not names:
+        raise ValueError(
+            "SparsityTarget(protect='outputs') finds the units that feed "
+            "the loss in the layers that produce the model's outputs, which "
+            "it can only do for a Sequential or functional model. Use "
+            f"protect='units' for this model. Received: model of type "
+            f"{type(model).__name__}")
+    weights = []
+    for name in names:
+        layer = model.get_layer(name)
+        if not layer.weights:
+            raise ValueError(
+                f"SparsityTarget(protect='outputs'): the model's output "
+                f"layer {name!r} ({type(layer).__name__}) has no weights, "
+                f"so the units that feed the loss are in a layer before "
+                f"it. Give the weighted layer the output (e.g. Dense with "
+                f"activation='softmax'), or use protect='units'.")
+        weights += layer.weights
+    return weights
+
+
 class _Controller:
     """The controller: the step's logic over the state the optimizer keeps.
 
@@ -111,8 +148,11 @@ class _Controller:
     optimizer, they let BackupAndRestore resume a run where it stopped.
     """
 
-    def __init__(self, groups, optimizer):
+    def __init__(self, groups, optimizer, per_unit=None):
         self.groups = groups
+        # Variable id -> whether each of its units keeps its largest weight
+        # (else only the weight's largest element is kept); default all.
+        self.per_unit = per_unit or {}
         self.group_of = {id(v): index for index, group in enumerate(groups)
                          for v in group.variables}
         slots = optimizer._sparsity_slots
@@ -162,6 +202,11 @@ class _Controller:
     def unit(self, variable):
         return self.states[id(variable)][UNIT]
 
+    def protected(self, variable, value=None):
+        """`protected` for a covered weight, by its protection."""
+        return protected(variable.value if value is None else value,
+                         self.per_unit.get(id(variable), True))
+
     @property
     def locked(self):
         return ops.not_equal(self.run[LOCKED], 0)
@@ -173,7 +218,7 @@ class _Controller:
                 self.states[id(variable)].assign(np.array(
                     [log_scale[index], 0.0, units[id(variable)],
                      start[index]], "float32"))
-                self.masks[id(variable)].assign(protected(variable))
+                self.masks[id(variable)].assign(self.protected(variable))
         self.run.assign(np.array([begin, end, 0, 1, settings], "int64"))
 
     def finish_run(self):
@@ -298,7 +343,7 @@ class _Controller:
         def protect_or_lock():
             # The lock re-finds the protected weights itself.
             return ops.cond(lock, lambda: self._lock_values(covered),
-                            lambda: ([protected(v.value) for v in covered],
+                            lambda: ([self.protected(v) for v in covered],
                                      [v.value for v in covered]))
 
         # One cond for both: every PROTECT_EVERY steps and at the lock (a
@@ -351,7 +396,7 @@ class _Controller:
 
     def _kept(self, group):
         """The lock's mask of each weight of `group`: the weights kept."""
-        exempt = [protected(v.value) for v in group.variables]
+        exempt = [self.protected(v) for v in group.variables]
         # Protected weights rank last: never zeroed by the lock.
         scores = ops.concatenate([
             ops.reshape(ops.where(keep, np.inf, ops.abs(ops.cast(
@@ -423,7 +468,8 @@ class _Controller:
         def protect():
             for group in self.groups:
                 for variable in group.variables:
-                    self.masks[id(variable)].assign(protected(variable))
+                    self.masks[id(variable)].assign(
+                        self.protected(variable))
 
         ops.cond(ops.logical_and(steering, ops.equal(
             iterations % CONTROL_EVERY, 0)), control, lambda: None)
@@ -563,7 +609,13 @@ class SparsityTarget(keras.callbacks.Callback):
     zeroed, so every unit of every layer keeps an input and every output of
     the model depends on the data. If a target leaves fewer weights than
     that, the group ends with those protected weights (a sparsity below the
-    target).
+    target). Where a layer keeps about one weight per unit, that makes its
+    survivors one per unit rather than its largest; `protect="outputs"`
+    keeps every unit's largest weight only in the layers that produce the
+    model's outputs (the units that feed the loss) and each other weight's
+    single largest element (no layer is emptied; a hidden unit may lose
+    every input): gradual magnitude pruning as tfmot does it, with every
+    output still connected.
 
     Logs `sparsity` (the covered weights' fraction of zeros) and
     `sparsity_target` (the schedule's value) to the `logs` dict at each
@@ -592,6 +644,11 @@ class SparsityTarget(keras.callbacks.Callback):
             fine-tune.
         allocation: `"global"`, `"uniform"` or `"normalized"`. Defaults to
             `"global"`.
+        protect: `"units"` (every unit of every covered layer keeps its
+            largest weight) or `"outputs"` (only the units of the layers
+            that produce the outputs of a Sequential or functional model;
+            each other weight keeps its largest element). Defaults to
+            `"units"`.
         log_dir: None, or a directory for TensorBoard logs (run `train`).
             Defaults to None.
 
@@ -599,8 +656,10 @@ class SparsityTarget(keras.callbacks.Callback):
         ValueError: At construction for a bad argument; at the start of
             `fit` when the model has no ProximalOptimizer, no proximal
             LkRegularizer with k <= 1, a proximal one with k > 1, weights of
-            different k in one group, or a target for a layer it does not
-            have.
+            different k in one group, a target for a layer it does not
+            have, or `protect="outputs"` on a model whose output layers it
+            cannot find (a subclassed model, or a functional output layer
+            without weights).
 
     Example:
 
@@ -618,7 +677,7 @@ class SparsityTarget(keras.callbacks.Callback):
     """
 
     def __init__(self, target, begin_step=None, end_step=None,
-                 allocation="global", log_dir=None):
+                 allocation="global", log_dir=None, protect="units"):
         require_backend("keras_lk.SparsityTarget")
         super().__init__()
         if isinstance(target, dict):
@@ -637,6 +696,8 @@ class SparsityTarget(keras.callbacks.Callback):
                 "end_step", f"an integer > begin_step={begin_step}", end_step)
         self.allocation = _validation.check_choice("allocation", allocation,
                                                    ALLOCATIONS)
+        self.protect = _validation.check_choice("protect", protect,
+                                                PROTECTIONS)
         if log_dir is not None and (not isinstance(log_dir, (str, os.PathLike))
                                     or not str(log_dir)):
             raise _validation.invalid("log_dir", "None or a directory path",
@@ -652,10 +713,16 @@ class SparsityTarget(keras.callbacks.Callback):
         if not self._optimizer.built:
             model.optimizer.build(model.trainable_variables)
         groups = self._groups(model)
+        per_unit = None
+        if self.protect == "outputs":
+            facing = {id(v) for v in _output_weights(model)}
+            per_unit = {id(v): id(v) in facing
+                        for group in groups for v in group.variables}
         strategy = getattr(model, "distribute_strategy", None)
         with (strategy.scope() if strategy is not None
               else contextlib.nullcontext()):
-            self._controller = _Controller(groups, self._optimizer)
+            self._controller = _Controller(groups, self._optimizer,
+                                           per_unit)
         self._controller.window = max(
             1, int(getattr(model, "steps_per_execution", 1) or 1))
         self._started = False
@@ -685,7 +752,8 @@ class SparsityTarget(keras.callbacks.Callback):
         # 31 bits: on JAX (no 64-bit integers by default) the run's state
         # is int32.
         return zlib.crc32(repr((groups, self.begin_step, self.end_step,
-                                self.allocation)).encode()) & 0x7FFFFFFF
+                                self.allocation, self.protect)).encode()
+                          ) & 0x7FFFFFFF
 
     def _start_run(self):
         controller = self._controller

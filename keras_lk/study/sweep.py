@@ -152,7 +152,7 @@ def _hparams_config(logdir, targets, methods):
 def run_sweep(logdir, model=DEFAULT_MODEL, targets=DEFAULT_TARGETS,
               seeds=DEFAULT_SEEDS, epochs=None, methods=METHODS,
               allocation="global", warmup=0.0, stream=None,
-              fixed_order=False):
+              fixed_order=False, protect="units"):
     """Trains every run of the sweep; returns `{Run: (accuracy, sparsity)}`.
 
     Args:
@@ -172,6 +172,7 @@ def run_sweep(logdir, model=DEFAULT_MODEL, targets=DEFAULT_TARGETS,
             batches (`benchmarks/tfmot_peer.py --fixed-order`). The
             schedule spans the same steps, up to the partial batch of each
             epoch, which is merged into the next.
+        protect: `SparsityTarget`'s protection for the Lk methods.
     """
     stream = stream or sys.stdout
     entry = suite.MODELS[model]
@@ -210,7 +211,8 @@ def run_sweep(logdir, model=DEFAULT_MODEL, targets=DEFAULT_TARGETS,
                     "prune the same weights")
             callbacks.append(SparsityTarget(run.target, begin_step=begin,
                                             end_step=end,
-                                            allocation=allocation))
+                                            allocation=allocation,
+                                            protect=protect))
         net.fit(x_train, y_train, batch_size=entry.batch_size,
                 epochs=fit_epochs, shuffle=shuffle, verbose=0,
                 callbacks=callbacks)
