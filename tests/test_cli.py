@@ -287,6 +287,26 @@ def test_fixed_order_trains_on_the_numpy_drawn_batches(tmp_path):
     assert fixed != shuffled       # Keras's own shuffling: other batches
 
 
+@pytest.mark.slow
+def test_sweep_with_protect_outputs(tmp_path, capsys):
+    # k = 0, one layer at a time, protecting only the output layer's units
+    # (tfmot's pattern): the option reaches SparsityTarget, whose target is
+    # met exactly; a bad value is a usage error.
+    from tbparse import SummaryReader
+    logdir = tmp_path / "sweep"
+    assert cli.main(["sweep", "--model", "small_output_mlp", "--quick",
+                     "--logdir", str(logdir), "--allocation", "uniform",
+                     "--protect", "outputs", "--targets", "0.95",
+                     "--methods", "L0_proximal"]) == 0
+    assert "allocation uniform; protect outputs)" in capsys.readouterr().out
+    scalars = SummaryReader(str(logdir / "L0_proximal_t0.95_seed0")).tensors
+    values = dict(zip(scalars["tag"], scalars["value"]))
+    assert float(values["sparsity"]) == pytest.approx(0.95, abs=0.002)
+    assert cli.main(["sweep", "--protect", "every"]) == 2
+    assert ("argument --protect: invalid choice: 'every'"
+            in capsys.readouterr().err)
+
+
 def test_sweep_rejects_an_unknown_model(capsys):
     assert cli.main(["sweep", "--model", "resnet"]) == 2
     assert ("argument --model: invalid choice: 'resnet'"

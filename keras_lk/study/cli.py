@@ -6,7 +6,7 @@
     keras-lk sweep [--model NAME] [--logdir sweep/]
                    [--targets 0.5 0.75 0.9 0.95] [--seeds 0 1 2]
                    [--epochs N] [--methods ...] [--allocation A]
-                   [--quick] [--out FILE]
+                   [--protect P] [--quick] [--out FILE]
 
 Bad input gives one line on stderr and exit status 2, no traceback. The
 commands draw with matplotlib and `demo` trains on scikit-learn's digits:
@@ -110,6 +110,9 @@ def build_parser():
         choices=["global", "uniform", "normalized"],
         help="SparsityTarget's allocation for the Lk methods (default "
              "global)")
+    add("--protect", default="units", choices=["units", "outputs"],
+        help="SparsityTarget's protection for the Lk methods (default "
+             "units)")
     add("--quick", action="store_true",
         help="one target (0.9), one seed, 2 epochs: a smoke run")
     add("--out", help="PNG path (default: LOGDIR/sweep.png)")
@@ -212,10 +215,12 @@ def _sweep(args):
     total = len(sweep.plan(targets, seeds, methods))
     print(f"keras-lk sweep: {total} runs on {args.model} "
           f"({', '.join(methods)} at {len(targets)} targets, and dense; "
-          f"seeds {' '.join(map(str, seeds))}; allocation {args.allocation})"
+          f"seeds {' '.join(map(str, seeds))}; allocation {args.allocation}"
+          f"{'; protect outputs' if args.protect == 'outputs' else ''})"
           f", {epochs} epochs each, logs in {args.logdir}")
     results = sweep.run_sweep(args.logdir, args.model, targets, seeds,
-                              epochs, methods, args.allocation)
+                              epochs, methods, args.allocation,
+                              protect=args.protect)
     summary = sweep.summarize(results)
     print("\ntest accuracy, mean ± std over seeds (exact zeros reached)")
     print(sweep.format_table(summary, methods))
