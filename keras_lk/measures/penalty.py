@@ -226,13 +226,13 @@ class PullMeasure:
     def _gradient_sums(self):
         """sum |d penalty / dw| of every regularized weight, in order."""
         weights = [(v, reg) for _, layer in self._layers for v, reg in layer]
-        lk = [(i, v, reg) for i, (v, reg) in enumerate(weights)
-              if isinstance(reg, LkRegularizer)]
-        sums = [None] * len(weights)
         if keras.backend.backend() == "jax":
             return _jax_gradient_sums(weights)
         if keras.backend.backend() != "tensorflow":
             return _torch_gradient_sums(weights)
+        lk = [(i, v, reg) for i, (v, reg) in enumerate(weights)
+              if isinstance(reg, LkRegularizer)]
+        sums = [None] * len(weights)
         if lk:
             # Traced once per set of shapes and exponents, whatever the
             # model or alpha: a sweep's fresh models and callbacks reuse it.
