@@ -20,7 +20,8 @@ import numpy as np
 from keras_lk.regularizers import LkRegularizer
 from keras_lk.study import suite
 
-PEER_MODELS = ("digits_mlp", "small_output_mlp", "digits_conv")
+PEER_MODELS = ("digits_mlp", "small_output_mlp", "digits_conv",
+               "embedding")
 
 
 def initial_weights(model_name, seed):

@@ -7,7 +7,7 @@ in its own environment, with tf-keras, never in the project's:
     tfmot-env/bin/pip install tensorflow-cpu==2.21.0 tf-keras~=2.21.0 \
         tensorflow-model-optimization scikit-learn
     TF_USE_LEGACY_KERAS=1 tfmot-env/bin/python benchmarks/tfmot_peer.py \
-        [--models digits_mlp small_output_mlp digits_conv] \
+        [--models digits_mlp small_output_mlp digits_conv embedding] \
         [--targets 0.9 0.95] [--seeds 0 1 2] [--epochs N] [--init DIR] \
         [--fixed-order]
 
@@ -81,24 +81,33 @@ MODELS = {
                  keras.layers.MaxPooling2D(2), keras.layers.Flatten(),
                  _dense(10, "softmax", "output")],
         data.digit_images, 20, lambda: keras.optimizers.SGD(0.05)),
+    "embedding": (
+        lambda: [keras.Input((data.LENGTH,), dtype="int32"),
+                 keras.layers.Embedding(data.VOCAB, 16, name="embedding"),
+                 keras.layers.GlobalAveragePooling1D(),
+                 _dense(32, "relu", "hidden"), _dense(2, "softmax", "output")],
+        data.token_counts_data, 15, lambda: keras.optimizers.Adam(3e-3)),
 }
-PRUNED = (keras.layers.Dense, keras.layers.Conv2D)
+PRUNED = (keras.layers.Dense, keras.layers.Conv2D, keras.layers.Embedding)
+
+
+def pruned_weight(layer):
+    """The weight keras_lk's suite prunes: a kernel, or the embeddings."""
+    return layer.embeddings if isinstance(
+        layer, keras.layers.Embedding) else layer.kernel
 
 
 def load_initial_weights(model, path):
     """Sets every layer's weights (inside tfmot's wrappers too) from the
     `<layer name>:<index>` arrays of `benchmarks/suite_init.py`."""
     saved = np.load(path)
+    names = set()
     for layer in model.layers:
         inner = getattr(layer, "layer", layer)  # a PruneLowMagnitude wrapper
-        variables = ([inner.kernel, inner.bias] if hasattr(inner, "kernel")
-                     else [])
-        for index, variable in enumerate(variables):
-            variable.assign(saved[f"{inner.name}:{index}"])
-    names = {f"{getattr(layer, 'layer', layer).name}:{i}"
-             for layer in model.layers
-             for i in range(2 if hasattr(getattr(layer, "layer", layer),
-                                         "kernel") else 0)}
+        count = len(inner.get_weights())
+        inner.set_weights([saved[f"{inner.name}:{index}"]
+                           for index in range(count)])
+        names |= {f"{inner.name}:{index}" for index in range(count)}
     if names != set(saved.files):
         raise ValueError(f"{path} holds {sorted(saved.files)}, the model "
                          f"{sorted(names)}")
@@ -136,7 +145,7 @@ def run(model_name, target, seed, epochs, init=None, fixed_order=False):
     accuracy = float(model.evaluate(x_test, y_test, verbose=0)[1])
     if target:
         model = tfmot.sparsity.keras.strip_pruning(model)
-    kernels = [layer.kernel.numpy() for layer in model.layers
+    kernels = [pruned_weight(layer).numpy() for layer in model.layers
                if isinstance(layer, PRUNED)]
     zeros = sum(int((k == 0).sum()) for k in kernels) / sum(
         k.size for k in kernels)
