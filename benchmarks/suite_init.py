@@ -21,7 +21,7 @@ from keras_lk.regularizers import LkRegularizer
 from keras_lk.study import suite
 
 PEER_MODELS = ("digits_mlp", "small_output_mlp", "digits_conv",
-               "embedding")
+               "embedding", "transformer")
 
 
 def initial_weights(model_name, seed):

@@ -7,7 +7,8 @@ in its own environment, with tf-keras, never in the project's:
     tfmot-env/bin/pip install tensorflow-cpu==2.21.0 tf-keras~=2.21.0 \
         tensorflow-model-optimization scikit-learn
     TF_USE_LEGACY_KERAS=1 tfmot-env/bin/python benchmarks/tfmot_peer.py \
-        [--models digits_mlp small_output_mlp digits_conv embedding] \
+        [--models digits_mlp small_output_mlp digits_conv embedding \
+                  transformer] \
         [--targets 0.9 0.95] [--seeds 0 1 2] [--epochs N] [--init DIR] \
         [--fixed-order]
 
@@ -19,10 +20,13 @@ then fine-tuning with the mask fixed. tfmot prunes every layer to the
 target on its own (uniform allocation). Results are appended to
 benchmarks/results/tfmot.json. Not part of the test command.
 
-Initial weights: tf-keras draws the same ones from a seed as Keras 3
-(checked for the three models: equal to the bit). `--init DIR` makes sure
-of it: every run starts from the weights keras_lk's sweep starts from for
-that model and seed, written by `benchmarks/suite_init.py DIR`.
+Initial weights: tf-keras draws the same ones from a seed as Keras 3 for
+the four Sequential models (checked: equal to the bit), not for the
+transformer, whose attention weights it draws in another order. `--init
+DIR` makes sure of it: every run starts from the weights keras_lk's sweep
+starts from for that model and seed, written by
+`benchmarks/suite_init.py DIR --models ...` (the transformer's results in
+benchmarks/results/ were run with it).
 
 Batches: each framework shuffles with its own generator, so the batches
 differ. With `--fixed-order` both train on one order drawn with numpy from
@@ -87,14 +91,48 @@ MODELS = {
                  keras.layers.GlobalAveragePooling1D(),
                  _dense(32, "relu", "hidden"), _dense(2, "softmax", "output")],
         data.token_counts_data, 15, lambda: keras.optimizers.Adam(3e-3)),
+    "transformer": (lambda: transformer(), data.order_data, 15,
+                    lambda: keras.optimizers.Adam(3e-3)),
 }
-PRUNED = (keras.layers.Dense, keras.layers.Conv2D, keras.layers.Embedding)
+PRUNED = (keras.layers.Dense, keras.layers.Conv2D, keras.layers.Embedding,
+          keras.layers.MultiHeadAttention)
 
 
-def pruned_weight(layer):
-    """The weight keras_lk's suite prunes: a kernel, or the embeddings."""
-    return layer.embeddings if isinstance(
-        layer, keras.layers.Embedding) else layer.kernel
+class PositionEmbedding(keras.layers.Layer):
+    """Adds a learned embedding of each position (the suite's own layer)."""
+
+    def build(self, input_shape):
+        self.position = self.add_weight(
+            shape=tuple(input_shape[1:]), initializer="random_normal",
+            name="position_embeddings")
+
+    def call(self, x):
+        return x + self.position
+
+
+def transformer():
+    """The suite's transformer, as a functional tf-keras model."""
+    tokens = keras.Input((data.SEQUENCE,), dtype="int32")
+    x = keras.layers.Embedding(data.TOKENS, 32, name="tokens")(tokens)
+    x = PositionEmbedding(name="position")(x)
+    attention = keras.layers.MultiHeadAttention(2, 16, name="mha")(x, x)
+    x = keras.layers.LayerNormalization(name="norm_1")(x + attention)
+    hidden = keras.layers.Dense(64, activation="relu", name="ffn_1")(x)
+    hidden = keras.layers.Dense(32, name="ffn_2")(hidden)
+    x = keras.layers.LayerNormalization(name="norm_2")(x + hidden)
+    x = keras.layers.GlobalAveragePooling1D()(x)
+    outputs = _dense(6, "softmax", "output")(x)
+    return keras.Model(tokens, outputs, name="transformer")
+
+
+def pruned_weights(layer):
+    """The weights keras_lk's suite prunes: kernels (attention's four), or
+    the embeddings."""
+    if isinstance(layer, keras.layers.Embedding):
+        return [layer.embeddings]
+    if isinstance(layer, keras.layers.MultiHeadAttention):
+        return [v for v in layer.trainable_weights if "kernel" in v.name]
+    return [layer.kernel]
 
 
 def load_initial_weights(model, path):
@@ -124,7 +162,9 @@ def run(model_name, target, seed, epochs, init=None, fixed_order=False):
         fit_epochs, shuffle = 1, False
     steps = math.ceil(len(x_train) / 32) * fit_epochs
     keras.utils.set_random_seed(seed)
-    model = keras.Sequential(layers())
+    built = layers()
+    model = (built if isinstance(built, keras.Model)
+             else keras.Sequential(built))
     if target:
         schedule = tfmot.sparsity.keras.PolynomialDecay(
             initial_sparsity=0.0, final_sparsity=target, begin_step=0,
@@ -145,8 +185,8 @@ def run(model_name, target, seed, epochs, init=None, fixed_order=False):
     accuracy = float(model.evaluate(x_test, y_test, verbose=0)[1])
     if target:
         model = tfmot.sparsity.keras.strip_pruning(model)
-    kernels = [pruned_weight(layer).numpy() for layer in model.layers
-               if isinstance(layer, PRUNED)]
+    kernels = [weight.numpy() for layer in model.layers
+               if isinstance(layer, PRUNED) for weight in pruned_weights(layer)]
     zeros = sum(int((k == 0).sum()) for k in kernels) / sum(
         k.size for k in kernels)
     return accuracy, zeros, epochs
