@@ -186,7 +186,8 @@ def run(model_name, target, seed, epochs, init=None, fixed_order=False):
     if target:
         model = tfmot.sparsity.keras.strip_pruning(model)
     kernels = [weight.numpy() for layer in model.layers
-               if isinstance(layer, PRUNED) for weight in pruned_weights(layer)]
+               if isinstance(layer, PRUNED)
+               for weight in pruned_weights(layer)]
     zeros = sum(int((k == 0).sum()) for k in kernels) / sum(
         k.size for k in kernels)
     return accuracy, zeros, epochs
