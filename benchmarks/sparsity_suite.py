@@ -22,6 +22,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
     __file__))))
 
+from keras_lk.sparsity.target import ALLOCATIONS, PROTECTIONS  # noqa: E402
 from keras_lk.study import suite, sweep  # noqa: E402
 
 
@@ -35,13 +36,13 @@ def main():
     parser.add_argument("--epochs", type=int, default=None,
                         help="epochs per run (default: each model's own)")
     parser.add_argument("--allocation", default="global",
-                        choices=["global", "uniform", "normalized"])
+                        choices=list(ALLOCATIONS))
     parser.add_argument("--methods", nargs="+", default=list(sweep.METHODS),
                         choices=list(sweep.METHODS))
     parser.add_argument("--warmup", type=float, default=0.0,
                         help="fraction of the steps trained dense first")
     parser.add_argument("--protect", default="units",
-                        choices=["units", "outputs"],
+                        choices=list(PROTECTIONS),
                         help="SparsityTarget's protection")
     parser.add_argument("--fixed-order", action="store_true",
                         help="train on batches in an order drawn with "

@@ -25,15 +25,22 @@ LABELS = {"L1_proximal": "L1 proximal", "L0.5_proximal": "L0.5 proximal",
           "dense": "dense (no pruning)"}
 
 
+def trial(record):
+    """Whether a run belongs to a side trial (a warm-up, the equal-batches
+    comparison, the outputs-only protection), kept out of the main tables
+    and plots."""
+    return bool(record.get("warmup") or record.get("order") == "fixed"
+                or record.get("protect", "units") != "units")
+
+
 def load():
     cells = defaultdict(list)   # (model, epochs, method, allocation, target)
     for path in glob.glob(os.path.join(HERE, "*.json")):
         with open(path) as f:
             records = json.load(f)
         for r in records:
-            if (r.get("warmup") or r.get("order") == "fixed"
-                    or r.get("protect", "units") != "units"):
-                continue  # trials: warm-up, equal batches, protection
+            if trial(r):
+                continue
             allocation = r.get("allocation", "uniform")
             if r["method"] in ("magnitude", "dense"):
                 # Run again with every allocation: count each run once.
@@ -64,9 +71,7 @@ def plots(directory):
     records = []
     for path in glob.glob(os.path.join(HERE, "suite_*.json")):
         with open(path) as f:
-            records += [r for r in json.load(f) if not r.get("warmup")
-                        and r.get("order") != "fixed"
-                        and r.get("protect", "units") == "units"
+            records += [r for r in json.load(f) if not trial(r)
                         and r.get("allocation") == "global"]
     for model in sorted({r["model"] for r in records}):
         epochs = suite.MODELS[model].epochs

@@ -452,14 +452,15 @@ class _Rows:
         self.local = ops.convert_to_tensor(
             (per_block - first[:, None]).reshape(-1))
 
-    def reduce(self, function, combine, state, per_row=(), per_owner=(),
-               fuse=None):
+    def reduce(self, function, combine, state, fuse, per_row=(),
+               per_owner=()):
         """Folds `combine(state, i, owners, function(block, ...))` over the
         blocks `i`. `function` gets the block, then each array of
         `per_row` (one value per row of the layout) and of `per_owner`
         (one per tensor) as one value per row of the block. One compiled
-        step serves blocks of one shape: any model, any pack."""
-        fused = (fuse or (lambda f: f))(function)
+        step serves blocks of one shape: any model, any pack. `fuse`
+        compiles `function` (the identity for none)."""
+        fused = fuse(function)
 
         def step(i, state):
             start = i * BLOCK_ROWS

@@ -202,9 +202,9 @@ class _Controller:
     def unit(self, variable):
         return self.states[id(variable)][UNIT]
 
-    def protected(self, variable, value=None):
+    def protected(self, variable):
         """`protected` for a covered weight, by its protection."""
-        return protected(variable.value if value is None else value,
+        return protected(variable.value,
                          self.per_unit.get(id(variable), True))
 
     @property

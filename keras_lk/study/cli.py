@@ -21,6 +21,7 @@ import shlex
 import sys
 
 from keras_lk._require_tf import require_backend
+from keras_lk.sparsity.target import ALLOCATIONS, PROTECTIONS
 from keras_lk.study import figures, report, runs, suite, sweep
 from keras_lk.summary import check_writable
 
@@ -107,10 +108,10 @@ def build_parser():
     add("--methods", nargs="+", default=None, choices=list(sweep.METHODS),
         help="methods (default: all)")
     add("--allocation", default="global",
-        choices=["global", "uniform", "normalized"],
+        choices=list(ALLOCATIONS),
         help="SparsityTarget's allocation for the Lk methods (default "
              "global)")
-    add("--protect", default="units", choices=["units", "outputs"],
+    add("--protect", default="units", choices=list(PROTECTIONS),
         help="SparsityTarget's protection for the Lk methods (default "
              "units)")
     add("--quick", action="store_true",
