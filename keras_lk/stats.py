@@ -6,7 +6,8 @@ host. Counts are int32 tensors (exact integers); the bucketing uses one
 integer index array and `bincount`, never a one-hot matrix, so the memory
 beyond the weights is a small constant times their size (TensorBoard's own
 histogram op builds an N x buckets one-hot matrix in float64). Both
-histograms come from one `bincount` over a joint (linear, log) bucket index.
+histograms and the near-zero count come from one `bincount` over a joint
+(near zero, linear bucket, log bucket) index.
 The pass runs over the weight in blocks (`BLOCK` elements), so its extra
 memory is a few blocks, not a few copies of the weight.
 """
@@ -202,17 +203,17 @@ def _statistics_with_nonfinite(blocks, tol, relative, buckets):
 
 def _bucket_index(chunk, threshold, scale, top, log_lo, per_decade, dtype,
                   buckets, sanitize):
-    """One block's near-zero count and joint (linear, log) bucket index."""
+    """One block's joint ((near zero, linear bucket), log bucket) index,
+    flattened (near zero: 0 or 1)."""
     magnitude = _magnitudes(chunk, dtype, sanitize)
-    near_zeros = ops.sum(ops.cast(ops.less_equal(magnitude, threshold),
-                                  "int32"))
+    near = ops.cast(ops.less_equal(magnitude, threshold), "int32")
     linear = ops.minimum(ops.cast(magnitude * scale, "int32"), buckets - 1)
     nonzero = ops.greater(magnitude, 0)
     logs = ops.log10(ops.where(nonzero, magnitude, top))
     logarithmic = ops.clip(ops.cast((logs - log_lo) * per_decade, "int32"),
                            0, buckets - 1) + 1
     logarithmic = ops.where(nonzero, logarithmic, 0)
-    return near_zeros, linear * (buckets + 1) + logarithmic
+    return (near * buckets + linear) * (buckets + 1) + logarithmic
 
 
 def _bucketing(max_abs, min_nonzero, buckets, dtype):
@@ -234,36 +235,31 @@ def _bucketing(max_abs, min_nonzero, buckets, dtype):
 def _statistics(blocks, max_abs, min_nonzero, tol, relative, buckets,
                 sanitize):
     """Pass 2: the counts and both histograms, from one joint `bincount`
-    per block over (linear bucket, log bucket); the exact zeros are the
-    log histogram's zero bucket. The bincount stays outside `fuse`: a
-    compiled scatter is slow."""
+    per block over (near zero, linear bucket, log bucket); the exact zeros
+    are the log histogram's zero bucket. The bincount stays outside
+    `fuse`: a compiled scatter is slow."""
     dtype = blocks.dtype
     threshold = ops.multiply(tol, max_abs) if relative else ops.cast(tol, dtype)
     scale, top, log_lo, log_hi, per_decade = _bucketing(
         max_abs, min_nonzero, buckets, dtype)
-    width = buckets * (buckets + 1)
-
-    def combine(state, partial):
-        near_zeros, index = partial
-        return (state[0] + near_zeros,
-                state[1] + count_indices(index, width))
-
-    near_zeros, joint = blocks.reduce(
+    width = 2 * buckets * (buckets + 1)
+    joint = blocks.reduce(
         functools.partial(_bucket_index, dtype=dtype, buckets=buckets,
                           sanitize=sanitize),
-        combine, (ops.zeros((), "int32"), ops.zeros((width,), "int32")),
+        lambda state, index: state + count_indices(index, width),
+        ops.zeros((width,), "int32"),
         ops.cast(threshold, dtype), ops.cast(scale, dtype), top, log_lo,
         ops.cast(per_decade, dtype))
-    joint = ops.reshape(joint, (buckets, buckets + 1))
-    log_counts = ops.sum(joint, axis=0)
+    joint = ops.reshape(joint, (2, buckets, buckets + 1))
+    log_counts = ops.sum(joint, axis=(0, 1))
     return {
         "size": ops.convert_to_tensor(blocks.size, "int32"),
         "exact_zeros": log_counts[0],
-        "near_zeros": near_zeros,
+        "near_zeros": ops.sum(joint[1]),
         "nan": ops.zeros((), "int32"),
         "inf": ops.zeros((), "int32"),
         "max_abs": max_abs,
-        "abs_counts": ops.sum(joint, axis=1),
+        "abs_counts": ops.sum(joint, axis=(0, 2)),
         "log_lo": log_lo,
         "log_hi": log_hi,
         "log_counts": log_counts,
@@ -393,15 +389,14 @@ def _row_finite_extremes(rows):
 
 def _row_buckets(rows, offset, threshold, scale, top, log_lo, per_decade,
                  buckets):
-    """Per row: the near-zero count; per element: the joint index (the
-    row's `offset` + linear bucket * (buckets + 1) + log bucket); NaN and
-    inf count as 0 (taken back out of the counts later)."""
+    """Per element: the joint index, the row's `offset` + ((near zero,
+    linear bucket), log bucket) flattened (near zero: 0 or 1); NaN and inf
+    count as 0 (taken back out of the counts later)."""
     magnitude = ops.abs(rows)
     magnitude = ops.where(ops.isfinite(magnitude), magnitude,
                           ops.zeros((), rows.dtype))
     column = lambda value: ops.expand_dims(value, 1)  # noqa: E731
-    near = ops.sum(ops.cast(ops.less_equal(magnitude, column(threshold)),
-                            "int32"), axis=1)
+    near = ops.cast(ops.less_equal(magnitude, column(threshold)), "int32")
     linear = ops.minimum(ops.cast(magnitude * column(scale), "int32"),
                          buckets - 1)
     nonzero = ops.greater(magnitude, 0)
@@ -410,7 +405,8 @@ def _row_buckets(rows, offset, threshold, scale, top, log_lo, per_decade,
                                     * column(per_decade), "int32"),
                            0, buckets - 1) + 1
     logarithmic = ops.where(nonzero, logarithmic, 0)
-    return near, column(offset) + linear * (buckets + 1) + logarithmic
+    return (column(offset) + (near * buckets + linear) * (buckets + 1)
+            + logarithmic)
 
 
 class _Rows:
@@ -481,9 +477,9 @@ def packed_statistics(tensors, tol, relative=False, buckets=DEFAULT_BUCKETS,
     its last row padded with zeros); the elementwise work runs over the
     array block by block (`fuse` may compile it into one pass), the
     extremes are reduced per row and then per tensor, and the histograms
-    come from one joint `bincount` per block over (tensor, linear bucket,
-    log bucket), counted over the few tensors the block holds and added
-    into theirs. The graph is the same size for 2 tensors or 2000: its
+    come from one joint `bincount` per block over (tensor, near zero,
+    linear bucket, log bucket), counted over the few tensors the block
+    holds and added into theirs. The graph is the same size for 2 tensors or 2000: its
     tracing cost does not grow with the number of tensors. As in
     `weight_statistics`, the extremes come from the plain pass unless some
     weight is NaN or inf. Results are the same, to the bit, as
@@ -552,15 +548,16 @@ def packed_statistics(tensors, tol, relative=False, buckets=DEFAULT_BUCKETS,
         with_nonfinite)
     # One bucket pass either way: its sanitizing costs little (the first
     # pass's is what doubled its time), and one pass traces once.
-    near_zeros, joint, log_lo, log_hi = _bucket_counts(
+    joint, log_lo, log_hi = _bucket_counts(
         layout, max_abs, min_nonzero, tol, relative, buckets, fuse)
-    width = buckets * (buckets + 1)
-    near_zeros, nan, nonfinite = (near_zeros[:count], nan[:count],
-                                  nonfinite[:count])
+    width = 2 * buckets * (buckets + 1)
+    nan, nonfinite = nan[:count], nonfinite[:count]
     max_abs, log_lo, log_hi = max_abs[:count], log_lo[:count], log_hi[:count]
-    joint = ops.reshape(joint[:count * width], (count, buckets, buckets + 1))
-    log_counts = ops.sum(joint, axis=1)
-    abs_counts = ops.sum(joint, axis=2)
+    joint = ops.reshape(joint[:count * width],
+                        (count, 2, buckets, buckets + 1))
+    near_zeros = ops.sum(joint[:, 1], axis=(1, 2))
+    log_counts = ops.sum(joint, axis=(1, 2))
+    abs_counts = ops.sum(joint, axis=(1, 3))
     # Non-finite weights and the padding were counted as zeros (linear
     # bucket 0, log bucket 0): take them back out.
     bad = nonfinite + ops.convert_to_tensor(np.array(layout.padding,
@@ -584,7 +581,7 @@ def packed_statistics(tensors, tol, relative=False, buckets=DEFAULT_BUCKETS,
 def _bucket_counts(layout, max_abs, min_nonzero, tol, relative, buckets,
                    fuse):
     """The packed pass's second pass: per tensor (and the dummy), the
-    near-zero count and the joint (linear, log) counts, flat; and the log
+    joint (near zero, linear bucket, log bucket) counts, flat; and the log
     histogram's decades."""
     segments = layout.segments
     # Each tensor's bucketing, the same as `_statistics` sets up for one.
@@ -593,29 +590,25 @@ def _bucket_counts(layout, max_abs, min_nonzero, tol, relative, buckets,
                  + ops.cast(tol, "float32"))
     scale, top, log_lo, log_hi, per_decade = _bucketing(
         max_abs, min_nonzero, buckets, "float32")
-    width = buckets * (buckets + 1)
+    width = 2 * buckets * (buckets + 1)
     # A block's index counts from its first owner's counts: the bincount
     # spans the few tensors the block holds, not all of them.
     window = layout.span * width
 
-    def combine(state, i, owners, partial):
-        near, index = partial
+    def combine(joint, i, owners, index):
         # The bincount stays outside `fuse`: a compiled scatter is slow.
         counts = count_indices(ops.reshape(index, (-1,)), window)
         start = (ops.take(layout.first, i) * width,)
-        joint = ops.slice_update(
-            state[1], start, ops.slice(state[1], start, (window,)) + counts)
-        return state[0] + ops.segment_sum(near, owners, segments), joint
+        return ops.slice_update(
+            joint, start, ops.slice(joint, start, (window,)) + counts)
 
-    near_zeros, joint = layout.reduce(
-        functools.partial(_row_buckets, buckets=buckets),
-        combine, (ops.zeros((segments,), "int32"),
-                  # Room for the window of the last block.
-                  ops.zeros(((segments + layout.span - 1) * width,),
-                            "int32")),
+    joint = layout.reduce(
+        functools.partial(_row_buckets, buckets=buckets), combine,
+        # Room for the window of the last block.
+        ops.zeros(((segments + layout.span - 1) * width,), "int32"),
         per_row=(layout.local * width,),
         per_owner=(threshold, scale, top, log_lo, per_decade), fuse=fuse)
-    return near_zeros, joint, log_lo, log_hi
+    return joint, log_lo, log_hi
 
 
 def unstack(stats):
