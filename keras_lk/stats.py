@@ -443,30 +443,41 @@ class _Rows:
         self.segments = count + 1
         self.span = int((per_block[:, -1] - first).max()) + 1
         self.owner = ops.convert_to_tensor(owner)
-        self.first = ops.convert_to_tensor(first)
+        self.first = first  # NumPy: where each block's counts go
         # A row's owner counted from its block's first owner.
         self.local = ops.convert_to_tensor(
             (per_block - first[:, None]).reshape(-1))
 
+    def _step(self, i, fused, per_row, per_owner):
+        """Block `i`'s owners and `fused(block, *values)`."""
+        start = i * BLOCK_ROWS
+        block = ops.slice(self.rows, (start, 0), (BLOCK_ROWS, ROW))
+        owners = ops.slice(self.owner, (start,), (BLOCK_ROWS,))
+        values = [ops.slice(v, (start,), (BLOCK_ROWS,)) for v in per_row]
+        values += [ops.take(v, owners) for v in per_owner]
+        return owners, fused(block, *values)
+
     def reduce(self, function, combine, state, fuse, per_row=(),
                per_owner=()):
-        """Folds `combine(state, i, owners, function(block, ...))` over the
-        blocks `i`. `function` gets the block, then each array of
-        `per_row` (one value per row of the layout) and of `per_owner`
-        (one per tensor) as one value per row of the block. One compiled
-        step serves blocks of one shape: any model, any pack. `fuse`
-        compiles `function` (the identity for none)."""
+        """Folds `combine(state, owners, function(block, ...))` over the
+        blocks. `function` gets the block, then each array of `per_row`
+        (one value per row of the layout) and of `per_owner` (one per
+        tensor) as one value per row of the block. One compiled step
+        serves blocks of one shape: any model, any pack. `fuse` compiles
+        `function` (the identity for none)."""
         fused = fuse(function)
+        return ops.fori_loop(
+            0, self.blocks, lambda i, state: combine(
+                state, *self._step(i, fused, per_row, per_owner)), state)
 
-        def step(i, state):
-            start = i * BLOCK_ROWS
-            block = ops.slice(self.rows, (start, 0), (BLOCK_ROWS, ROW))
-            owners = ops.slice(self.owner, (start,), (BLOCK_ROWS,))
-            values = [ops.slice(v, (start,), (BLOCK_ROWS,)) for v in per_row]
-            values += [ops.take(v, owners) for v in per_owner]
-            return combine(state, i, owners, fused(block, *values))
-
-        return ops.fori_loop(0, self.blocks, step, state)
+    def map(self, function, after, fuse, per_row=(), per_owner=()):
+        """`after(function(block, ...))` of every block, stacked (as
+        `reduce` calls `function`). Nothing is carried from block to
+        block, so the blocks need not wait for one another."""
+        fused = fuse(function)
+        return ops.map(
+            lambda i: after(self._step(i, fused, per_row, per_owner)[1]),
+            ops.arange(self.blocks, dtype="int32"))
 
 
 def packed_statistics(tensors, tol, relative=False, buckets=DEFAULT_BUCKETS,
@@ -521,7 +532,7 @@ def packed_statistics(tensors, tol, relative=False, buckets=DEFAULT_BUCKETS,
                 ops.minimum(state[1], -ops.segment_max(-row_min, owners,
                                                        segments)))
 
-    def combine_plain(state, i, owners, partial):
+    def combine_plain(state, owners, partial):
         row_sum, row_max, row_min = partial
         return (state[0] + ops.sum(row_sum),) + fold_extremes(
             state[1:], owners, row_max, row_min)
@@ -531,7 +542,7 @@ def packed_statistics(tensors, tol, relative=False, buckets=DEFAULT_BUCKETS,
         _row_extremes, combine_plain, (ops.zeros((), "float32"),)
         + no_extremes, fuse=fuse)
 
-    def combine_finite(state, i, owners, partial):
+    def combine_finite(state, owners, partial):
         row_max, row_min, row_nan, row_bad = partial
         return fold_extremes(state[:2], owners, row_max, row_min) + (
             state[2] + ops.segment_sum(row_nan, owners, segments),
@@ -592,22 +603,20 @@ def _bucket_counts(layout, max_abs, min_nonzero, tol, relative, buckets,
         max_abs, min_nonzero, buckets, "float32")
     width = 2 * buckets * (buckets + 1)
     # A block's index counts from its first owner's counts: the bincount
-    # spans the few tensors the block holds, not all of them.
+    # spans the few tensors the block holds, not all of them. The counts
+    # of every block are added into their tensors' at the end.
     window = layout.span * width
-
-    def combine(joint, i, owners, index):
+    counts = layout.map(
+        functools.partial(_row_buckets, buckets=buckets),
         # The bincount stays outside `fuse`: a compiled scatter is slow.
-        counts = count_indices(ops.reshape(index, (-1,)), window)
-        start = (ops.take(layout.first, i) * width,)
-        return ops.slice_update(
-            joint, start, ops.slice(joint, start, (window,)) + counts)
-
-    joint = layout.reduce(
-        functools.partial(_row_buckets, buckets=buckets), combine,
-        # Room for the window of the last block.
-        ops.zeros(((segments + layout.span - 1) * width,), "int32"),
-        per_row=(layout.local * width,),
-        per_owner=(threshold, scale, top, log_lo, per_decade), fuse=fuse)
+        lambda index: count_indices(ops.reshape(index, (-1,)), window),
+        fuse, per_row=(layout.local * width,),
+        per_owner=(threshold, scale, top, log_lo, per_decade))
+    where = (layout.first[:, None] * width
+             + np.arange(window)[None, :]).reshape(-1)
+    joint = ops.segment_sum(ops.reshape(counts, (-1,)),
+                            ops.convert_to_tensor(where.astype("int32")),
+                            (segments + layout.span - 1) * width)
     return joint, log_lo, log_hi
 
 

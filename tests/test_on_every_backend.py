@@ -367,6 +367,35 @@ def test_zero_counts_and_histograms_show_the_weights_of_their_step(tmp_path):
         assert log_buckets[0, 2] == np.sum(kernel == 0)
 
 
+def test_the_packed_pass_gives_each_weights_statistics_and_numpys():
+    # The monitors pack many weights into one pass on TensorFlow and JAX:
+    # run eagerly on this backend, it gives what the pass over each weight
+    # gives, to the bit, and NumPy's counts: zeros, padding (sizes that
+    # are not whole rows of 1024), NaN and inf, a weight spanning blocks.
+    from keras_lk.stats import packed_statistics, unstack, weight_statistics
+    rng = np.random.default_rng(5)
+    tensors = [rng.normal(size=shape).astype("float32") * scale
+               for shape, scale in [((3, 4), 1.0), ((0,), 1.0),
+                                    ((1024,), 0.0), ((600, 1000), 0.1),
+                                    ((50, 70), 1e-4)]]
+    tensors[0][1, 1] = np.nan
+    tensors[3][0, :3] = [np.inf, 0.0, -np.inf]
+    stacked = packed_statistics(tensors, 1e-3)
+    packed = unstack({key: ops.convert_to_numpy(value)
+                      for key, value in stacked.items()})
+    for tensor, got in zip(tensors, packed):
+        expected = weight_statistics(tensor, 1e-3)
+        for key, value in expected.items():
+            np.testing.assert_array_equal(got[key], ops.convert_to_numpy(
+                value), f"{key} {tensor.shape}")
+        finite = np.abs(tensor[np.isfinite(tensor)])
+        assert got["near_zeros"] == np.sum(finite <= np.float32(1e-3))
+        assert got["exact_zeros"] == np.sum(finite == 0)
+        assert got["abs_counts"].sum() == finite.size
+        assert (got["nan"], got["inf"]) == (np.isnan(tensor).sum(),
+                                             np.isinf(tensor).sum())
+
+
 def test_what_needs_another_backend_says_so_with_the_backend(tmp_path):
     model = model_with(LkRegularizer(k=1, alpha=0.1, proximal=True))
     trains = ("tensorflow", "jax", "torch")
