@@ -239,7 +239,8 @@ def _statistics(blocks, max_abs, min_nonzero, tol, relative, buckets,
     are the log histogram's zero bucket. The bincount stays outside
     `fuse`: a compiled scatter is slow."""
     dtype = blocks.dtype
-    threshold = ops.multiply(tol, max_abs) if relative else ops.cast(tol, dtype)
+    threshold = (ops.multiply(tol, max_abs) if relative
+                 else ops.cast(tol, dtype))
     scale, top, log_lo, log_hi, per_decade = _bucketing(
         max_abs, min_nonzero, buckets, dtype)
     width = 2 * buckets * (buckets + 1)
@@ -448,36 +449,27 @@ class _Rows:
         self.local = ops.convert_to_tensor(
             (per_block - first[:, None]).reshape(-1))
 
-    def _step(self, i, fused, per_row, per_owner):
-        """Block `i`'s owners and `fused(block, *values)`."""
-        start = i * BLOCK_ROWS
-        block = ops.slice(self.rows, (start, 0), (BLOCK_ROWS, ROW))
-        owners = ops.slice(self.owner, (start,), (BLOCK_ROWS,))
-        values = [ops.slice(v, (start,), (BLOCK_ROWS,)) for v in per_row]
-        values += [ops.take(v, owners) for v in per_owner]
-        return owners, fused(block, *values)
-
-    def reduce(self, function, combine, state, fuse, per_row=(),
-               per_owner=()):
-        """Folds `combine(state, owners, function(block, ...))` over the
-        blocks. `function` gets the block, then each array of `per_row`
-        (one value per row of the layout) and of `per_owner` (one per
-        tensor) as one value per row of the block. One compiled step
-        serves blocks of one shape: any model, any pack. `fuse` compiles
-        `function` (the identity for none)."""
-        fused = fuse(function)
-        return ops.fori_loop(
-            0, self.blocks, lambda i, state: combine(
-                state, *self._step(i, fused, per_row, per_owner)), state)
-
     def map(self, function, after, fuse, per_row=(), per_owner=()):
-        """`after(function(block, ...))` of every block, stacked (as
-        `reduce` calls `function`). Nothing is carried from block to
-        block, so the blocks need not wait for one another."""
+        """`after(function(block, ...))` of every block, stacked (None:
+        `function`'s results). `function` gets the block, then each array
+        of `per_row` (one value per row of the layout) and of `per_owner`
+        (one per tensor) as one value per row of the block. One compiled
+        step serves blocks of one shape: any model, any pack. `fuse`
+        compiles `function` (the identity for none). Nothing is carried
+        from block to block, so the blocks need not wait for one another.
+        """
         fused = fuse(function)
-        return ops.map(
-            lambda i: after(self._step(i, fused, per_row, per_owner)[1]),
-            ops.arange(self.blocks, dtype="int32"))
+
+        def step(i):
+            start = i * BLOCK_ROWS
+            block = ops.slice(self.rows, (start, 0), (BLOCK_ROWS, ROW))
+            owners = ops.slice(self.owner, (start,), (BLOCK_ROWS,))
+            values = [ops.slice(v, (start,), (BLOCK_ROWS,)) for v in per_row]
+            values += [ops.take(v, owners) for v in per_owner]
+            result = fused(block, *values)
+            return result if after is None else after(result)
+
+        return ops.map(step, ops.arange(self.blocks, dtype="int32"))
 
 
 def packed_statistics(tensors, tol, relative=False, buckets=DEFAULT_BUCKETS,
@@ -490,8 +482,9 @@ def packed_statistics(tensors, tol, relative=False, buckets=DEFAULT_BUCKETS,
     extremes are reduced per row and then per tensor, and the histograms
     come from one joint `bincount` per block over (tensor, near zero,
     linear bucket, log bucket), counted over the few tensors the block
-    holds and added into theirs. The graph is the same size for 2 tensors or 2000: its
-    tracing cost does not grow with the number of tensors. As in
+    holds and added into theirs at the end. The graph is the same size
+    for 2 tensors or 2000: its tracing cost does not grow with the number
+    of tensors. As in
     `weight_statistics`, the extremes come from the plain pass unless some
     weight is NaN or inf. Results are the same, to the bit, as
     `weight_statistics` on each tensor (non-finite weights included).
@@ -523,34 +516,27 @@ def packed_statistics(tensors, tol, relative=False, buckets=DEFAULT_BUCKETS,
     layout = _Rows(tensors)
     segments = layout.segments
     int_zeros = ops.zeros((segments,), "int32")
-    no_extremes = (ops.zeros((segments,), "float32"),
-                   ops.full((segments,), float("inf"), "float32"))
 
-    def fold_extremes(state, owners, row_max, row_min):
-        return (ops.maximum(state[0], ops.segment_max(row_max, owners,
-                                                      segments)),
-                ops.minimum(state[1], -ops.segment_max(-row_min, owners,
-                                                       segments)))
+    def per_tensor(row_values, reduce):
+        # Per-row values of every block, reduced per tensor.
+        return reduce(ops.reshape(row_values, (-1,)), layout.owner, segments)
 
-    def combine_plain(state, owners, partial):
-        row_sum, row_max, row_min = partial
-        return (state[0] + ops.sum(row_sum),) + fold_extremes(
-            state[1:], owners, row_max, row_min)
+    def extremes(row_max, row_min):
+        # (A |w| is >= 0; a dummy without rows gets 0, not -inf.)
+        return (ops.maximum(per_tensor(row_max, ops.segment_max), 0.0),
+                -per_tensor(-row_min, ops.segment_max))
 
     # The plain pass: NaN and inf propagate through the sum of |w|.
-    total, max_abs, min_nonzero = layout.reduce(
-        _row_extremes, combine_plain, (ops.zeros((), "float32"),)
-        + no_extremes, fuse=fuse)
-
-    def combine_finite(state, owners, partial):
-        row_max, row_min, row_nan, row_bad = partial
-        return fold_extremes(state[:2], owners, row_max, row_min) + (
-            state[2] + ops.segment_sum(row_nan, owners, segments),
-            state[3] + ops.segment_sum(row_bad, owners, segments))
+    row_sum, row_max, row_min = layout.map(_row_extremes, None, fuse)
+    total = ops.sum(row_sum)
+    max_abs, min_nonzero = extremes(row_max, row_min)
 
     def with_nonfinite():
-        return layout.reduce(_row_finite_extremes, combine_finite,
-                             no_extremes + (int_zeros, int_zeros), fuse=fuse)
+        row_max, row_min, row_nan, row_bad = layout.map(
+            _row_finite_extremes, None, fuse)
+        return extremes(row_max, row_min) + (
+            per_tensor(row_nan, ops.segment_sum),
+            per_tensor(row_bad, ops.segment_sum))
 
     # Some weight is NaN or inf: the extremes again, of the finite |w|.
     max_abs, min_nonzero, nan, nonfinite = ops.cond(
