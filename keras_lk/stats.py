@@ -337,29 +337,36 @@ def sign_window_counts(w, seen_positive, seen_negative):
 
 
 # Weights of at most PACK_WEIGHT elements go through the pass together,
-# packed (larger ones one by one, in blocks); a pack holds at most PACK
-# elements, so the copy it makes is bounded (64 MB of float32). In a pack
-# each weight starts a new row of ROW elements (its last row padded with
-# zeros, taken back out of the counts), so every row belongs to one weight.
+# packed (larger ones one by one, in blocks). In a pack each weight starts
+# a new row of ROW elements (its last row padded with zeros, taken back out
+# of the counts), so every row belongs to one weight. A pack holds at most
+# PACK elements, padding included, so the copy it makes is bounded (64 MB
+# of float32), and at most PACK_TENSORS weights: each has 2 x 30 x 31
+# bucket counts (7 KB, twice that while they are gathered), so a pack of
+# many small weights stays within a few MB of counts too.
 PACK_WEIGHT = 2 ** 22
 PACK = 2 ** 24
+PACK_TENSORS = 1024
 ROW = 1024
 BLOCK_ROWS = BLOCK // ROW
 
 
 def packs(sizes):
     """Groups weight indices by `sizes`: `[[i, ...], ...]`, each group a
-    pack of at most PACK elements, or one weight above PACK_WEIGHT."""
+    pack of at most PACK elements (each weight padded to whole rows of
+    ROW) and PACK_TENSORS weights, or one weight above PACK_WEIGHT."""
     groups, current, total = [], [], 0
     for index, size in enumerate(sizes):
         if size > PACK_WEIGHT:
             groups.append([index])
             continue
-        if current and total + size > PACK:
+        padded = max(1, -(-size // ROW)) * ROW
+        if current and (total + padded > PACK
+                        or len(current) == PACK_TENSORS):
             groups.append(current)
             current, total = [], 0
         current.append(index)
-        total += size
+        total += padded
     if current:
         groups.append(current)
     return groups

@@ -177,7 +177,7 @@ def test_the_packed_pass_gives_exactly_the_per_weight_statistics():
 
 
 def test_packs_are_bounded_and_large_weights_go_alone():
-    from keras_lk.stats import PACK, PACK_WEIGHT, packs
+    from keras_lk.stats import PACK, PACK_TENSORS, PACK_WEIGHT, ROW, packs
     sizes = [PACK_WEIGHT, PACK_WEIGHT + 1, 10, PACK_WEIGHT, PACK_WEIGHT,
              PACK_WEIGHT, 5]
     groups = packs(sizes)
@@ -186,3 +186,14 @@ def test_packs_are_bounded_and_large_weights_go_alone():
     for group in groups:
         if group != [1]:
             assert sum(sizes[i] for i in group) <= PACK
+    # Many small weights: each takes whole rows in the pack (padding
+    # counts), and a pack holds at most PACK_TENSORS of them.
+    sizes = ([1] * (3 * PACK_TENSORS + 1) + [0] + [ROW + 1] * 9000
+             + [16 * ROW + 1] * 2000)
+    groups = packs(sizes)
+    assert [i for g in groups for i in g] == list(range(len(sizes)))
+    for group in groups:
+        assert len(group) <= PACK_TENSORS
+        assert sum(max(1, -(-sizes[i] // ROW)) * ROW for i in group) <= PACK
+    assert [len(g) for g in groups[:4]] == [PACK_TENSORS] * 3 + [
+        PACK_TENSORS]
