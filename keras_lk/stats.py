@@ -341,9 +341,9 @@ def sign_window_counts(w, seen_positive, seen_negative):
 # a new row of ROW elements (its last row padded with zeros, taken back out
 # of the counts), so every row belongs to one weight. A pack holds at most
 # PACK elements, padding included, so the copy it makes is bounded (64 MB
-# of float32), and at most PACK_TENSORS weights: each has 2 x 30 x 31
-# bucket counts (7 KB, twice that while they are gathered), so a pack of
-# many small weights stays within a few MB of counts too.
+# of float32), and at most PACK_TENSORS weights: each has 2 x buckets x
+# (buckets + 1) counts (7 KB at the default 30, twice that while they are
+# gathered), so a pack of many small weights keeps its counts to a few MB.
 PACK_WEIGHT = 2 ** 22
 PACK = 2 ** 24
 PACK_TENSORS = 1024
