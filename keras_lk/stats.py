@@ -397,24 +397,13 @@ def _row_finite_extremes(rows):
 
 def _row_buckets(rows, offset, threshold, scale, top, log_lo, per_decade,
                  buckets):
-    """Per element: the joint index, the row's `offset` + ((near zero,
-    linear bucket), log bucket) flattened (near zero: 0 or 1); NaN and inf
-    count as 0 (taken back out of the counts later)."""
-    magnitude = ops.abs(rows)
-    magnitude = ops.where(ops.isfinite(magnitude), magnitude,
-                          ops.zeros((), rows.dtype))
+    """`_bucket_index` of float32 rows, each with its own bucketing (one
+    value per row) and plus its row's `offset`; NaN and inf count as 0
+    (taken back out of the counts later)."""
     column = lambda value: ops.expand_dims(value, 1)  # noqa: E731
-    near = ops.cast(ops.less_equal(magnitude, column(threshold)), "int32")
-    linear = ops.minimum(ops.cast(magnitude * column(scale), "int32"),
-                         buckets - 1)
-    nonzero = ops.greater(magnitude, 0)
-    logs = ops.log10(ops.where(nonzero, magnitude, column(top)))
-    logarithmic = ops.clip(ops.cast((logs - column(log_lo))
-                                    * column(per_decade), "int32"),
-                           0, buckets - 1) + 1
-    logarithmic = ops.where(nonzero, logarithmic, 0)
-    return (column(offset) + (near * buckets + linear) * (buckets + 1)
-            + logarithmic)
+    return column(offset) + _bucket_index(
+        rows, column(threshold), column(scale), column(top), column(log_lo),
+        column(per_decade), dtype="float32", buckets=buckets, sanitize=True)
 
 
 class _Rows:
