@@ -151,13 +151,15 @@ def _no_extremes(dtype):
             ops.full((), float("inf"), dtype))
 
 
-def _extremes(chunk, dtype, sanitize=False):
-    """`(sum, max, min nonzero)` of one block's |w|."""
+def _extremes(chunk, dtype, sanitize=False, axis=None):
+    """`(sum, max, min nonzero)` of one block's |w| (per row with
+    `axis=1`); the sum is finite only when every |w| is."""
     magnitude = _magnitudes(chunk, dtype, sanitize)
     nonzero = ops.where(ops.greater(magnitude, 0), magnitude,
                         ops.full((), float("inf"), dtype))
-    return (ops.sum(magnitude), ops.max(magnitude, initial=0.0),
-            ops.min(nonzero))
+    return (ops.sum(magnitude, axis=axis),
+            ops.max(magnitude, axis=axis, initial=0.0),
+            ops.min(nonzero, axis=axis))
 
 
 def _combine_extremes(state, partial):
@@ -165,13 +167,14 @@ def _combine_extremes(state, partial):
             ops.minimum(state[2], partial[2]))
 
 
-def _finite_extremes(chunk, dtype):
+def _finite_extremes(chunk, dtype, axis=None):
     """`_extremes` of the finite |w|, and the NaN and non-finite counts."""
     magnitude = ops.cast(ops.abs(chunk), dtype)
-    nan = ops.sum(ops.cast(ops.isnan(magnitude), "int32"))
+    nan = ops.sum(ops.cast(ops.isnan(magnitude), "int32"), axis=axis)
     nonfinite = ops.sum(ops.cast(ops.logical_not(ops.isfinite(magnitude)),
-                                 "int32"))
-    return _extremes(chunk, dtype, sanitize=True) + (nan, nonfinite)
+                                 "int32"), axis=axis)
+    return _extremes(chunk, dtype, sanitize=True, axis=axis) + (
+        nan, nonfinite)
 
 
 def _combine_finite_extremes(state, partial):
@@ -216,9 +219,12 @@ def _bucket_index(chunk, threshold, scale, top, log_lo, per_decade, dtype,
     return (near * buckets + linear) * (buckets + 1) + logarithmic
 
 
-def _bucketing(max_abs, min_nonzero, buckets, dtype):
-    """`(scale, top, log_lo, log_hi, per_decade)` of the histograms, from
-    max|w| and the smallest nonzero |w| (scalars, or one per tensor)."""
+def _bucketing(max_abs, min_nonzero, tol, relative, buckets, dtype):
+    """`(threshold, scale, top, log_lo, log_hi, per_decade)` of the joint
+    index (near zero, linear and log histograms), from max|w| and the
+    smallest nonzero |w| (scalars, or one per tensor)."""
+    threshold = (ops.multiply(ops.cast(tol, dtype), max_abs) if relative
+                 else ops.zeros_like(max_abs) + ops.cast(tol, dtype))
     tiny = float(np.finfo(dtype).tiny)
     # buckets / max_abs, kept finite for a tiny max_abs.
     scale = buckets / ops.maximum(max_abs, buckets * tiny)
@@ -229,7 +235,7 @@ def _bucketing(max_abs, min_nonzero, buckets, dtype):
                          log_hi - MAX_DECADES)
     log_hi = ops.maximum(log_hi, log_lo + 1)
     per_decade = buckets / (log_hi - log_lo)
-    return scale, top, log_lo, log_hi, per_decade
+    return threshold, scale, top, log_lo, log_hi, per_decade
 
 
 def _statistics(blocks, max_abs, min_nonzero, tol, relative, buckets,
@@ -239,10 +245,8 @@ def _statistics(blocks, max_abs, min_nonzero, tol, relative, buckets,
     are the log histogram's zero bucket. The bincount stays outside
     `fuse`: a compiled scatter is slow."""
     dtype = blocks.dtype
-    threshold = (ops.multiply(tol, max_abs) if relative
-                 else ops.cast(tol, dtype))
-    scale, top, log_lo, log_hi, per_decade = _bucketing(
-        max_abs, min_nonzero, buckets, dtype)
+    threshold, scale, top, log_lo, log_hi, per_decade = _bucketing(
+        max_abs, min_nonzero, tol, relative, buckets, dtype)
     width = 2 * buckets * (buckets + 1)
     joint = blocks.reduce(
         functools.partial(_bucket_index, dtype=dtype, buckets=buckets,
@@ -370,29 +374,6 @@ def packs(sizes):
     if current:
         groups.append(current)
     return groups
-
-
-def _row_extremes(rows):
-    """Per row: the sum of |w| (finite only when every |w| is), max|w| and
-    min nonzero |w|: the pass when all weights are finite."""
-    magnitude = ops.abs(rows)
-    nonzero = ops.where(ops.greater(magnitude, 0), magnitude,
-                        ops.full((), float("inf"), rows.dtype))
-    return (ops.sum(magnitude, axis=1), ops.max(magnitude, axis=1),
-            ops.min(nonzero, axis=1))
-
-
-def _row_finite_extremes(rows):
-    """Per row: max finite |w|, min finite nonzero |w|, NaN count,
-    non-finite count (the pass when some weight is not finite)."""
-    magnitude = ops.abs(rows)
-    finite = ops.isfinite(magnitude)
-    clean = ops.where(finite, magnitude, ops.zeros((), rows.dtype))
-    nonzero = ops.where(ops.greater(clean, 0), clean,
-                        ops.full((), float("inf"), rows.dtype))
-    return (ops.max(clean, axis=1), ops.min(nonzero, axis=1),
-            ops.sum(ops.cast(ops.isnan(magnitude), "int32"), axis=1),
-            ops.sum(ops.cast(ops.logical_not(finite), "int32"), axis=1))
 
 
 def _row_buckets(rows, offset, threshold, scale, top, log_lo, per_decade,
@@ -523,13 +504,15 @@ def packed_statistics(tensors, tol, relative=False, buckets=DEFAULT_BUCKETS,
                 -per_tensor(-row_min, ops.segment_max))
 
     # The plain pass: NaN and inf propagate through the sum of |w|.
-    row_sum, row_max, row_min = layout.map(_row_extremes, None, fuse)
+    row_sum, row_max, row_min = layout.map(
+        functools.partial(_extremes, dtype="float32", axis=1), None, fuse)
     total = ops.sum(row_sum)
     max_abs, min_nonzero = extremes(row_max, row_min)
 
     def with_nonfinite():
-        row_max, row_min, row_nan, row_bad = layout.map(
-            _row_finite_extremes, None, fuse)
+        _, row_max, row_min, row_nan, row_bad = layout.map(
+            functools.partial(_finite_extremes, dtype="float32", axis=1),
+            None, fuse)
         return extremes(row_max, row_min) + (
             per_tensor(row_nan, ops.segment_sum),
             per_tensor(row_bad, ops.segment_sum))
@@ -578,11 +561,8 @@ def _bucket_counts(layout, max_abs, min_nonzero, tol, relative, buckets,
     histogram's decades."""
     segments = layout.segments
     # Each tensor's bucketing, the same as `_statistics` sets up for one.
-    threshold = (ops.multiply(ops.cast(tol, "float32"), max_abs) if relative
-                 else ops.zeros((segments,), "float32")
-                 + ops.cast(tol, "float32"))
-    scale, top, log_lo, log_hi, per_decade = _bucketing(
-        max_abs, min_nonzero, buckets, "float32")
+    threshold, scale, top, log_lo, log_hi, per_decade = _bucketing(
+        max_abs, min_nonzero, tol, relative, buckets, "float32")
     width = 2 * buckets * (buckets + 1)
     # A block's index counts from its first owner's counts: the bincount
     # spans the few tensors the block holds, not all of them. The counts
