@@ -22,7 +22,8 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
     __file__))))
 
-from keras_lk.sparsity.target import ALLOCATIONS, PROTECTIONS  # noqa: E402
+from keras_lk.sparsity.groups import ALLOCATIONS  # noqa: E402
+from keras_lk.sparsity.protection import PROTECTIONS  # noqa: E402
 from keras_lk.study import suite, sweep  # noqa: E402
 
 

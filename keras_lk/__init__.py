@@ -8,7 +8,7 @@ Example:
 ...     8, kernel_regularizer=keras_lk.LkRegularizer(k=0.5, alpha=1e-3))
 """
 
-from keras_lk._require_tf import require_tensorflow as _require_tensorflow
+from keras_lk._install import require_tensorflow as _require_tensorflow
 
 _require_tensorflow()
 

@@ -37,11 +37,12 @@ import keras
 from keras import ops
 
 from keras_lk import _validation, tags
-from keras_lk._require_tf import require_backend
+from keras_lk.backend import require_training
 from keras_lk.measures import WEIGHT_CHOICES, Report
 from keras_lk.measures.penalty import PenaltyMeasure, PullMeasure
 from keras_lk.measures.weights import WeightMeasure, ZeroOptions
-from keras_lk.recording import EVAL, TRAIN, Recording
+from keras_lk.recording import Recording
+from keras_lk.sinks import EVAL, TRAIN
 from keras_lk.stats import DEFAULT_BUCKETS
 from keras_lk.summary import RunWriter, check_writable
 
@@ -94,7 +95,7 @@ class _Monitor(keras.callbacks.Callback):
         # step_stats, the signs) recorded at every step, on any backend that
         # trains: on JAX through a host callback, on PyTorch from the eager
         # step.
-        require_backend(f"keras_lk.{type(self).__name__}")
+        require_training(f"keras_lk.{type(self).__name__}")
         super().__init__()
         self.log_dir = _check_log_dir(log_dir)
         self.update_freq = _check_update_freq(update_freq)

@@ -5,72 +5,49 @@ import warnings
 
 import keras
 import numpy as np
-import tensorflow as tf
 from keras import ops
 
-from keras_lk import _validation
-from keras_lk._require_tf import require_backend
+from keras_lk import _validation, backend
 from keras_lk.proximal import (half_threshold_newton, hard_threshold, prox,
                                soft_threshold)
-from keras_lk.regularizers import (LkRegularizer, mark_proximal_handled,
-                                   unwrap)
+from keras_lk.regularizers import LkRegularizer
+from keras_lk.sparsity.state import SparsityState
+from keras_lk.wrappers import mark_proximal_handled, optimizer_chain, unwrap
 
-
-def _compiled(function):
-    return tf.function(lambda y, t: function(y, ops.cast(t, y.dtype)),
-                       jit_compile=True, autograph=False)
-
-
-# The proximal steps that XLA compiles into one fused pass over the weight
-# (TensorFlow otherwise runs one kernel, one pass, per elementwise op):
-# 2.1M weights, k = 1 in 0.75 ms instead of 1.5; k = 1/2 by Newton's method
-# in 2.5 ms instead of 9 (the closed form's arccos is slower under XLA).
 # The proximal steps with a fast form: k -> function(y, t).
 _FAST_PROX = {0.0: hard_threshold, 1.0: soft_threshold,
               0.5: half_threshold_newton}
-_FUSED_PROX = {k: _compiled(function) for k, function in _FAST_PROX.items()}
 
 
-def _compiled_exempt(function):
-    return tf.function(
-        lambda y, t, exempt: ops.where(exempt, y,
-                                       function(y, ops.cast(t, y.dtype))),
-        jit_compile=True, autograph=False)
+def _fast(k, exempt):
+    """`(y, t[, exempt, enabled]) -> new y` of a fast form, fused into one
+    pass where the backend would run each operation apart."""
+    function = _FAST_PROX[k]
+    if not exempt:
+        return backend.current().fuse(
+            lambda y, t: function(y, ops.cast(t, y.dtype)), key=("prox", k))
+    return backend.current().fuse(
+        lambda y, t, exempt, enabled: ops.where(
+            ops.logical_and(exempt, enabled), y,
+            function(y, ops.cast(t, y.dtype))), key=("prox exempt", k))
 
 
-# The same, leaving the weights where `exempt` is True as they are (what
-# SparsityTarget's protection needs), still one pass.
-_FUSED_PROX_EXEMPT = {k: _compiled_exempt(function)
-                      for k, function in _FAST_PROX.items()}
-
-
-def _proximal_update(value, t, k, exempt=None):
+def proximal_update(value, t, k, exempt=None, enabled=True):
+    """`prox(value, t, k)`, leaving `value` where the bool `exempt` is True
+    (and the scalar bool `enabled` holds), in the fastest form the backend
+    runs: eager steps (PyTorch) take k = 1/2's closed form, with fewer
+    operations than Newton's steps; compiled ones take Newton's, which XLA
+    fuses into one cheaper pass."""
+    eager_half = k == 0.5 and backend.current().eager
+    if k not in _FAST_PROX or eager_half:
+        new = prox(value, t, k)
+        if exempt is None:
+            return new
+        return ops.where(ops.logical_and(exempt, enabled), value, new)
     if exempt is None:
-        fused = _FUSED_PROX.get(k)
-        return fused(value, t) if fused is not None else prox(value, t, k)
-    fused = _FUSED_PROX_EXEMPT.get(k)
-    if fused is not None:
-        # A tensor, not the mask variable (a traced argument).
-        return fused(value, t, tf.identity(exempt))
-    return ops.where(exempt, value, prox(value, t, k))
-
-
-def _plain_proximal_update(value, t, k):
-    """The same steps in plain keras.ops, for backends whose train step is
-    compiled as a whole (JAX: jax.jit fuses them with the rest of it) or
-    run eagerly (PyTorch: one kernel per operation, where k = 1/2's closed
-    form, with fewer operations than Newton's steps, is the faster)."""
-    function = _FAST_PROX.get(k)
-    if function is None or (k == 0.5 and keras.backend.backend() != "jax"):
-        return prox(value, t, k)
-    return function(value, ops.cast(t, value.dtype))
-
-
-def optimizer_chain(optimizer):
-    """`optimizer` and every optimizer it wraps (`inner_optimizer`)."""
-    while optimizer is not None:
-        yield optimizer
-        optimizer = getattr(optimizer, "inner_optimizer", None)
+        return _fast(k, False)(value, t)
+    return _fast(k, True)(value, t, ops.convert_to_tensor(exempt),
+                          ops.convert_to_tensor(enabled))
 
 
 def _proximal_regularizer(variable):
@@ -138,8 +115,11 @@ class ProximalOptimizer(keras.optimizers.Optimizer):
     3
     """
 
+    # What the regularizers and callbacks look for along an optimizer chain.
+    applies_proximal_steps = True
+
     def __init__(self, optimizer, name=None, **kwargs):
-        require_backend("keras_lk.ProximalOptimizer")
+        backend.require_training("keras_lk.ProximalOptimizer")
         if not isinstance(optimizer, keras.optimizers.Optimizer) or isinstance(
                 optimizer, ProximalOptimizer):
             raise _validation.invalid(
@@ -163,9 +143,8 @@ class ProximalOptimizer(keras.optimizers.Optimizer):
                          name=name or f"proximal_{optimizer.name}")
         self.inner_optimizer = optimizer
         self._proximal = {}
-        self._sparsity_slots = {}
-        self._sparsity_run = None
-        self._controller = None  # set by keras_lk.SparsityTarget
+        self.sparsity_state = None
+        self.controller = None
 
     def _find_proximal(self, var_list):
         """The proximal regularizers the weights carry now: `attach` and
@@ -180,32 +159,16 @@ class ProximalOptimizer(keras.optimizers.Optimizer):
                 mark_proximal_handled(variable)
 
     def build(self, var_list):
+        """Builds the wrapped optimizer, then this one's state:
+        `sparsity_state`, SparsityTarget's state of the weights with a
+        proximal regularizer (a `keras_lk.sparsity.state.SparsityState`,
+        or None without such weights), kept with the optimizer's own so
+        that BackupAndRestore and `.keras` files keep it."""
         self.inner_optimizer.build(var_list)
         self._find_proximal(var_list)
         super().build(var_list)
-        # SparsityTarget's state lives here, with the optimizer's own, so
-        # that BackupAndRestore and `.keras` files keep it: per proximal
-        # weight its mask and [log strength, threshold, unit, start], and
-        # the run [begin, end, locked, unfinished, settings].
-        self._sparsity_slots = {}
-        self._sparsity_run = None
-        proximal = [v for v in var_list if id(v) in self._proximal]
-        for variable in proximal:
-            name = variable.path.replace("/", "_")
-            self._sparsity_slots[id(variable)] = (
-                self.add_variable(tuple(variable.shape), "ones", "bool",
-                                  name=f"{name}_sparsity_mask"),
-                self.add_variable((4,), "zeros", "float32",
-                                  name=f"{name}_sparsity_state"))
-        if proximal:
-            self._sparsity_run = self.add_variable(
-                (5,), "zeros", "int64", name="sparsity_run")
-        self._sparsity_heartbeat = None
-        if proximal and keras.backend.backend() != "tensorflow":
-            # SparsityTarget's heartbeat (see its controller): on JAX the
-            # step sees only state it carries, the optimizer's included.
-            self._sparsity_heartbeat = self.add_variable(
-                (), "zeros", "int64", name="sparsity_heartbeat")
+        self.sparsity_state = SparsityState.build(
+            self, [v for v in var_list if id(v) in self._proximal])
 
     def apply(self, grads, trainable_variables=None):
         if not self.built:
@@ -223,92 +186,40 @@ class ProximalOptimizer(keras.optimizers.Optimizer):
         updated = ops.greater(ops.convert_to_tensor(inner.iterations), before)
         variables = [v for v in trainable_variables or self._trainable_variables
                      if id(v) in self._proximal]
-        if not variables:
-            return
-        if keras.backend.backend() == "tensorflow":
-            _in_cross_replica_context(self._proximal_step, variables,
-                                      learning_rate, updated)
-        else:
-            self._stateless_proximal_step(variables, learning_rate, updated)
+        if variables:
+            backend.current().in_update_context(
+                self._proximal_step, variables, learning_rate, updated)
 
-    def _stateless_proximal_step(self, variables, learning_rate, updated):
-        """`w <- prox(w, t, k)` where the step is a pure function (JAX).
+    def proximal_step(self, variable, value, learning_rate, strength=None,
+                      exempt=None, enabled=True):
+        """The new value of `variable` (now `value`) after its proximal
+        step: `prox(value, t, k)` with `t = strength(learning_rate)`, or
+        its regularizer's strength; where the bool `exempt` is True (and
+        the scalar `enabled` holds), `value` stays."""
+        regularizer = self._proximal[id(variable)]
+        t = (regularizer.proximal_strength(
+            learning_rate, math.prod(variable.shape))
+            if strength is None else strength(learning_rate))
+        return proximal_update(value, t, regularizer.k, exempt, enabled)
 
-        Inside `stateless_apply` every read and `assign` goes through the
-        stateless scope, so the new values leave the step with the rest of
-        the optimizer's. Branches (a step that gradient accumulation does
-        not apply, SparsityTarget's controller) are conds that return
-        values, assigned after them: a JAX cond cannot assign.
-        `keras.distribution` shards the values; the elementwise step needs
-        no cross-device work (k = inf reduces over the whole weight, which
-        XLA handles across shards).
-        """
-        def proximal(variable, value, strength=None, exempt=None):
-            regularizer = self._proximal[id(variable)]
-            t = (regularizer.proximal_strength(
-                learning_rate, math.prod(variable.shape))
-                if strength is None else strength(learning_rate))
-            new = _plain_proximal_update(value, t, regularizer.k)
-            return new if exempt is None else ops.where(exempt, value, new)
-
+    def _proximal_step(self, variables, learning_rate, updated):
+        """`w <- prox(w, t, k)` after real updates (under gradient
+        accumulation, a step that only accumulates takes none), with the
+        controller's strengths and exemptions while one steers."""
+        controller = self.controller
+        accumulating = self.inner_optimizer.gradient_accumulation_steps
         iterations = ops.convert_to_tensor(self.inner_optimizer.iterations)
 
-        def step_all():
-            if self._controller is None:
-                return [proximal(v, v.value) for v in variables]
-            return self._controller.step_values(variables, proximal,
-                                                iterations)
-
-        before = [v.value for v in variables]
-        if not self.inner_optimizer.gradient_accumulation_steps:
-            new = step_all()
-        else:
-            new = ops.cond(updated, step_all, lambda: before)
-        for variable, value in zip(variables, new):
-            variable.assign(value)
-        if self._controller is not None:
-            self._controller.after_step_values(
-                variables, iterations, updated if
-                self.inner_optimizer.gradient_accumulation_steps else None)
-
-    def _proximal_step(self, strategy, variables, learning_rate, updated):
-        """`w <- prox(w, t, k)` on every replica's copy, after real updates."""
-        controller = self._controller
-
-        def proximal(variable, strength=None, exempt=None):
-            regularizer = self._proximal[id(variable)]
-            size = math.prod(variable.shape)
-
-            def step(value, learning_rate, *exempt):
-                t = (regularizer.proximal_strength(learning_rate, size)
-                     if strength is None else strength(learning_rate))
-                return value.assign(_proximal_update(
-                    value, t, regularizer.k, exempt[0] if exempt else None))
-
-            args = (learning_rate,) if exempt is None else (learning_rate,
-                                                            exempt)
-            strategy.extended.update(variable.value, step, args=args,
-                                     group=False)
-
-        def step_all():
+        def new_values():
             if controller is None:
-                for variable in variables:
-                    proximal(variable)
-                return
-            controller.step(strategy, variables, proximal,
-                            ops.convert_to_tensor(
-                                self.inner_optimizer.iterations))
+                return [self.proximal_step(v, v.value, learning_rate)
+                        for v in variables]
+            return controller.step(self, variables, learning_rate, iterations)
 
-        if not self.inner_optimizer.gradient_accumulation_steps:
-            step_all()
-            return
-        # Every replica took the same decision: take the first one's.
-        updated = strategy.experimental_local_results(updated)[0]
-        ops.cond(updated, step_all, lambda: None)
-
-    def _set_controller(self, controller):
-        """Hands the proximal strengths to a `SparsityTarget` (or back)."""
-        self._controller = controller
+        condition = updated if accumulating else None
+        backend.current().assign(variables, new_values, condition)
+        if controller is not None:
+            controller.after_step(iterations, condition)
 
     @property
     def variables(self):
@@ -412,16 +323,3 @@ class ProximalOptimizer(keras.optimizers.Optimizer):
         optimizer = keras.saving.deserialize_keras_object(
             config.pop("optimizer"), custom_objects=custom_objects)
         return cls(optimizer, **config)
-
-
-def _in_cross_replica_context(fn, *args):
-    """Calls `fn(strategy, *args)` where a strategy's updates may run.
-
-    Keras applies gradients in the replica context of `tf.distribute`
-    strategies (the default one included); updating every replica's copy of
-    a weight needs the cross-replica context, reached with `merge_call`.
-    """
-    context = tf.distribute.get_replica_context()
-    if context is None:
-        return fn(tf.distribute.get_strategy(), *args)
-    return context.merge_call(fn, args=args)

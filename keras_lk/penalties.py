@@ -29,6 +29,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_lk import backend
+
 # Integer powers above this use `pow`: the product chain would be long and
 # |w|^k overflows float32 for any |w| > 1 long before.
 _MAX_PRODUCT_POWER = 64
@@ -158,15 +160,8 @@ def _abs_pow(x, k, reduce_sum):
     k = float(k)
     x = ops.convert_to_tensor(x)
     if k in (1.0, 2.0):  # Keras's own L1/L2 ops: autodiff is exact and cheap
-        if k == 2.0:
-            value = ops.square(x)
-        elif keras.backend.backend() == "tensorflow":
-            value = ops.abs(x)
-        else:
-            # JAX differentiates abs at 0 as 1; sign(0) = 0 is the
-            # subgradient promised. x * sign(x) = |x| exactly, and autodiff
-            # gives sign(x).
-            value = ops.multiply(x, ops.stop_gradient(ops.sign(x)))
+        # |x| with the subgradient 0 at 0, as promised.
+        value = ops.square(x) if k == 2.0 else backend.current().abs(x)
         return ops.sum(value) if reduce_sum else value
     # A variable read inside a custom gradient would need a backend-specific
     # `variables` argument; `copy` reads it outside (an identity in TF).

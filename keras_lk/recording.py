@@ -33,16 +33,15 @@ callbacks watch.
 """
 
 import contextlib
-import functools
-import math
 import weakref
 
-import keras
 import numpy as np
-import tensorflow as tf
+
 from keras import ops
 
-OFF, TRAIN, EVAL = -1, 0, 1
+from keras_lk import backend, sinks
+from keras_lk.sinks import OFF, TRAIN
+from keras_lk.wrappers import RegularizerWrapper, unwrap
 
 # model id -> (weakref to the model, its Recording)
 _RECORDINGS = {}
@@ -53,55 +52,7 @@ def _strategy_scope(model):
     return strategy.scope() if strategy is not None else contextlib.nullcontext()
 
 
-def on_tensorflow():
-    """Whether Keras runs on TensorFlow (stateful, traced steps)."""
-    return keras.backend.backend() == "tensorflow"
-
-
-class _HostSums:
-    """An accumulator on the host, with a variable's `numpy()`: where the
-    step is a pure function (JAX), the recorders add to it from the step
-    through a host callback; on PyTorch, from the eager step."""
-
-    def __init__(self):
-        self.values = np.zeros(2)
-
-    def numpy(self):
-        return self.values.copy()
-
-
-class _HostMask:
-    """A sign mask on the host (JAX, PyTorch), with what the code reads of a
-    variable: `value` (the array) and `assign`."""
-
-    def __init__(self, array):
-        self.array = np.asarray(array, bool)
-
-    @property
-    def value(self):
-        return self.array
-
-    def assign(self, array):
-        self.array = np.array(ops.convert_to_numpy(array), bool)
-
-
-def wait_for_recorded_steps():
-    """On JAX, waits until every dispatched step's host callbacks ran (so
-    the accumulators hold every step before they are read). PyTorch's
-    steps record as they run."""
-    if keras.backend.backend() == "jax":
-        import jax
-        jax.effects_barrier()
-
-
-def _new_variable(value, dtype, synchronization="auto"):
-    # Updated from every replica's step; one replica's value is the value.
-    return keras.Variable(value, dtype=dtype, trainable=False,
-                          aggregation="only_first_replica",
-                          synchronization=synchronization)
-
-
-class Recorder:
+class Recorder(RegularizerWrapper):
     """Stands in for one weight's regularizer (same value) while recording.
 
     Attributes:
@@ -114,63 +65,30 @@ class Recorder:
             otherwise.
     """
 
-    def __init__(self, regularizer, control):
+    def __init__(self, regularizer, control, sink):
         self.regularizer = regularizer
         self.control = control
-        self.batch = None  # JAX: the Recording's _StepBatch
-        if on_tensorflow():
-            self.sums = _new_variable(np.zeros(2), "float64")
-            self.counts = _new_variable(np.zeros(2), "float64")
-        else:  # `control` is the Recording's host state [mode, signs]
-            self.sums, self.counts = _HostSums(), _HostSums()
+        self.sink = sink
+        self.batch = None  # the Recording's StepBatch, where it batches
+        self.sums, self.counts = sink.accumulator(), sink.accumulator()
         self.seen_positive = self.seen_negative = None
 
     def track_signs(self, variable):
         """Adds the sign masks; returns whether they are new."""
         if self.seen_positive is not None:
             return False
-        # Each replica updates its own copy (the same weights, the same
-        # masks): inside the step's `cond`, a mirrored update would need a
-        # cross-replica merge, which a `cond` in a replica cannot hold.
         value = ops.convert_to_numpy(variable)
-        if not on_tensorflow():  # ORed on the host, from the step
-            self.seen_positive = _HostMask(value > 0)
-            self.seen_negative = _HostMask(value < 0)
-            return True
-        self.seen_positive = _new_variable(value > 0, "bool", "on_read")
-        self.seen_negative = _new_variable(value < 0, "bool", "on_read")
+        self.seen_positive = self.sink.mask(value > 0)
+        self.seen_negative = self.sink.mask(value < 0)
         return True
 
     def __call__(self, x):
         value = self.regularizer(x)
-        if not on_tensorflow():
-            # JAX's step is a pure function: the value goes to the host,
-            # where the mode at that time decides (read as the step runs).
-            # PyTorch runs the step eagerly: the host records it at once.
-            args = (value,) if self.seen_positive is None else (
-                value, ops.convert_to_tensor(x))  # the weight, for its signs
-            if keras.backend.backend() == "jax":
-                if self.batch is not None:
-                    self.batch.add(self, args)
-                else:
-                    import jax
-                    jax.debug.callback(self._record_on_host, *args)
-            else:
-                self._record_on_host(*(ops.convert_to_numpy(a)
-                                       for a in args))
-            return value
-        mode, signs = self.control[0], self.control[1]
-        # OFF gives a zero one-hot: the adds cost nothing and change nothing.
-        one_hot = ops.one_hot(mode, 2, dtype="float64")
-        self.sums.assign_add(one_hot * ops.cast(value, "float64"))
-        self.counts.assign_add(one_hot)
-        if self.seen_positive is not None:
-            ops.cond(ops.logical_and(ops.equal(mode, TRAIN),
-                                     ops.equal(signs, 1)),
-                     lambda: self._see_signs(x), lambda: None)
+        self.sink.record(self, value, x)
         return value
 
-    def _record_on_host(self, value, x=None):
+    def record_on_host(self, value, x=None):
+        """A step's penalty (and weight, for its signs), on the host."""
         mode, signs = self.control[0], self.control[1]
         if mode == OFF:
             return
@@ -180,87 +98,6 @@ class Recorder:
             x = np.asarray(x)
             self.seen_positive.array |= x > 0
             self.seen_negative.array |= x < 0
-
-    def _see_signs(self, x):
-        self.seen_positive.assign(
-            ops.logical_or(self.seen_positive, ops.greater(x, 0)))
-        self.seen_negative.assign(
-            ops.logical_or(self.seen_negative, ops.less(x, 0)))
-
-
-class _StepBatch:
-    """JAX: one host callback per step for every recorder, not one each.
-
-    A host callback costs about 0.35 ms on the CPU, and a model has
-    hundreds of regularized weights. Keras calls the regularizers of a
-    model's trainable weights in one loop, in `model.trainable_weights`
-    order, whenever the step collects `model.losses` (train and test
-    steps alike). Each recorder adds its values here; the last one of that
-    order sends them all to the host in one callback.
-
-    Only a complete run of that order is a step. A partial one (a
-    sublayer's `losses` read on its own, outside the step) is not
-    recorded, and never mixes with a step's values: a run that breaks
-    the order is dropped. A recorder outside the order (a regularized
-    weight that is not trainable, whose regularizer Keras does not call
-    in the step) calls the host on its own.
-    """
-
-    def __init__(self):
-        self._index = {}
-        self._pending = []
-
-    def set_order(self, recorders):
-        """The recorders in the order the step calls them."""
-        self._index = {id(r): i for i, r in enumerate(recorders)}
-        self._pending = []
-
-    def add(self, recorder, args):
-        import jax
-        index = self._index.get(id(recorder))
-        if index is None:
-            jax.debug.callback(recorder._record_on_host, *args)
-            return
-        if index == 0:
-            self._pending = []
-        if index != len(self._pending):  # not a step's complete run
-            self._pending = []
-            return
-        self._pending.append((recorder, len(args), args))
-        if len(self._pending) < len(self._index):
-            return
-        pending, self._pending = self._pending, []
-        # Two arrays, not one per value: the callback's cost grows with
-        # the number of arrays it takes (measured on 40 weights: 9.3 ms a
-        # step with one array per weight, against 2.4 ms without it).
-        penalties = ops.stack([ops.cast(args[0], "float32")
-                               for _, _, args in pending])
-        signed = [(r, args[1]) for r, arity, args in pending if arity == 2]
-        # Only the signs matter: int8 is exact for any dtype, and a quarter
-        # of float32's transfer.
-        weights = (ops.concatenate([ops.cast(ops.sign(ops.reshape(w, (-1,))),
-                                             "int8") for _, w in signed])
-                   if signed else ops.zeros((0,), "int8"))
-        shapes = {id(r): tuple(w.shape) for r, w in signed}
-        recorders = [(r, shapes.get(id(r))) for r, _, _ in pending]
-        jax.debug.callback(functools.partial(_record_all, recorders),
-                           penalties, weights)
-
-
-def _record_all(recorders, penalties, weights):
-    """The host side of a `_StepBatch` callback: each recorder's penalty,
-    and the signs (-1, 0, 1) of the weights of those that track signs,
-    flattened one after another."""
-    weights = np.asarray(weights)
-    start = 0
-    for (recorder, shape), penalty in zip(recorders, np.asarray(penalties)):
-        if shape is None:
-            recorder._record_on_host(penalty)
-            continue
-        size = math.prod(shape)
-        recorder._record_on_host(
-            penalty, weights[start:start + size].reshape(shape))
-        start += size
 
 
 class SignWindow:
@@ -300,24 +137,6 @@ def _reset_signs(variables, shared):
         negative.assign(ops.less(variable, 0))
 
 
-_COMPILED_MASKS = {}
-
-
-def _masks_function(function):
-    """`function` as a tf.function on TensorFlow, as is elsewhere."""
-    if not on_tensorflow():
-        return function
-    if function not in _COMPILED_MASKS:
-        _COMPILED_MASKS[function] = tf.function(function, autograph=False)
-    return _COMPILED_MASKS[function]
-
-
-def user_regularizer(regularizer):
-    """The user's regularizer behind a `Recorder`, or `regularizer` itself."""
-    return regularizer.regularizer if isinstance(regularizer, Recorder) else (
-        regularizer)
-
-
 class Recording:
     """The recorders of one model's regularized weights, and their control.
 
@@ -327,6 +146,7 @@ class Recording:
     def __init__(self, model):
         self._model = weakref.ref(model)
         self._recorders = {}   # variable id -> (weakref, Recorder)
+        self._sink = sinks.sink()  # device or host, for this backend
         self._control = None   # int32 [mode, sign tracking on]
         self._state = [OFF, 0]  # its value, kept on the host
         self._traced = (None, None)  # weakrefs: functions traced with us
@@ -353,28 +173,25 @@ class Recording:
         changed = False
         with _strategy_scope(model):
             if self._control is None:
-                # On JAX the host state itself (the step calls back to it).
-                self._control = (
-                    _new_variable(np.array([OFF, 0]), "int32")
-                    if on_tensorflow() else self._state)
+                self._control = self._sink.control(self._state)
             for variable in _regularized_weights(model):
                 current = variable.regularizer
                 recorder = self.recorder(variable)
                 if recorder is None:
-                    recorder = Recorder(user_regularizer(current),
-                                        self._control)
+                    recorder = Recorder(unwrap(current), self._control,
+                                        self._sink)
                     self._recorders[id(variable)] = (weakref.ref(variable),
                                                      recorder)
                     changed = True
-                elif user_regularizer(current) is not recorder.regularizer:
+                elif unwrap(current) is not recorder.regularizer:
                     # The user set another regularizer since: the traced
                     # steps call the old one.
-                    recorder.regularizer = user_regularizer(current)
+                    recorder.regularizer = unwrap(current)
                     changed = True
                 if track_signs:
                     changed = recorder.track_signs(variable) or changed
                 variable.regularizer = recorder
-        if keras.backend.backend() == "jax":
+        if backend.current().batches_host_calls:
             self._batch_host_calls(model)
         self._retrace_unless_valid(model, changed)
         # Within one fit every callback installs: sign tracking only turns on.
@@ -383,13 +200,13 @@ class Recording:
 
     def _batch_host_calls(self, model):
         """Lets the recorders of the trainable weights share one host
-        callback per step (`_StepBatch`), in the order Keras calls them.
+        callback per step (`sinks.StepBatch`), in the order Keras calls them.
         Traced steps keep the order they were traced with."""
         ours = {id(r) for _, r in self._recorders.values()}
         order = [v.regularizer for v in model.trainable_weights
                  if id(v.regularizer) in ours]
         if self._batch is None:
-            self._batch = _StepBatch()
+            self._batch = sinks.StepBatch()
         if len({id(r) for r in order}) != len(order):
             # A recorder twice in the order (a weight listed twice): each
             # calls the host on its own, as no run could complete.
@@ -400,14 +217,8 @@ class Recording:
             recorder.batch = self._batch
 
     def _set(self, state):
-        if not on_tensorflow():
-            # The steps dispatched so far record under the mode they ran
-            # with; then the mode changes in place (the recorders hold it).
-            wait_for_recorded_steps()
-            self._state[:] = list(state)
-            return
-        self._state = list(state)
-        self._control.assign(self._state)
+        self._sink.set_state(self._control, state)
+        self._state[:] = list(state)
 
     def _retrace_unless_valid(self, model, changed):
         """Makes sure the compiled steps call the recorders.
@@ -462,20 +273,19 @@ class Recording:
         window.positive = window.negative = None
         if not tracked:
             return
-        wait_for_recorded_steps()
+        backend.current().wait()
         masks = [(r.seen_positive, r.seen_negative) for _, r in tracked]
-        # TensorFlow: its variables, arguments of the traced functions; on
-        # JAX and PyTorch the host masks' arrays.
         shared = [(positive.value, negative.value) for positive, negative
                   in masks]
         for other in others:
-            folded = _masks_function(_or_masks)(
+            folded = self._sink.masks_function(_or_masks)(
                 shared, None if other.positive is None else
                 list(zip(other.positive, other.negative)))
             other.positive = [p for p, _ in folded]
             other.negative = [n for _, n in folded]
-        _masks_function(_reset_signs)([v.value for v, _ in tracked],
-                                      shared if on_tensorflow() else masks)
+        self._sink.masks_function(_reset_signs)(
+            [v.value for v, _ in tracked],
+            [tuple(self._sink.writable(m) for m in pair) for pair in masks])
 
     def recorder(self, variable):
         """The `Recorder` of `variable`, or None."""

@@ -1,79 +1,15 @@
 """`LkRegularizer`: the Keras glue around `penalties.lk_penalty`."""
 
-import inspect
 import math
-import weakref
 
 import keras
 from keras import ops
 
-from keras_lk import _validation
-from keras_lk._require_tf import require_backend
+from keras_lk import _validation, backend
 from keras_lk.penalties import lk_penalty
+from keras_lk.wrappers import is_proximal_handled
 
 REDUCTIONS = ("mean", "sum")
-
-# Weights whose proximal step a built ProximalOptimizer takes: id -> weakref.
-# Consulted only outside `fit` (a custom training loop, where the README
-# asks for `optimizer.build(...)` before the first gradient).
-_PROXIMAL_HANDLED = {}
-# The regularizers of those weights: where the backend differentiates
-# arrays, not variables (JAX), the weight is not known at the gradient.
-_PROXIMAL_HANDLED_REGULARIZERS = weakref.WeakSet()
-
-
-def mark_proximal_handled(variable):
-    """Records that an optimizer applies `variable`'s proximal step."""
-    _PROXIMAL_HANDLED[id(variable)] = weakref.ref(variable)
-    regularizer = unwrap(getattr(variable, "regularizer", None))
-    if regularizer is not None:
-        _PROXIMAL_HANDLED_REGULARIZERS.add(regularizer)
-
-
-def _model_in_training():
-    """The `keras.Model` whose train step takes this gradient, or None.
-
-    Keras takes gradients inside the model's own `train_step`, so the
-    nearest caller whose `self` is a Model is the one being trained. Its
-    optimizer decides, not any state shared between models.
-    """
-    frame = inspect.currentframe()
-    try:
-        while frame is not None:
-            owner = frame.f_locals.get("self")
-            if isinstance(owner, keras.Model):
-                return owner
-            frame = frame.f_back
-    finally:
-        del frame
-    return None
-
-
-def is_proximal_handled(variable, regularizer=None):
-    """Whether a ProximalOptimizer applies `variable`'s proximal step.
-
-    In `fit` (and any train step of a model): whether the model's optimizer
-    is, or wraps, a ProximalOptimizer. Elsewhere: whether a built one holds
-    the weight, or, where the weight is not known (`variable` None: JAX
-    differentiates arrays), a weight with this very `regularizer`.
-    """
-    model = _model_in_training()
-    if model is not None:
-        from keras_lk.optimizers import ProximalOptimizer, optimizer_chain
-        return any(isinstance(optimizer, ProximalOptimizer) for optimizer
-                   in optimizer_chain(getattr(model, "optimizer", None)))
-    if variable is None:
-        return regularizer in _PROXIMAL_HANDLED_REGULARIZERS
-    ref = _PROXIMAL_HANDLED.get(id(variable))
-    return ref is not None and ref() is variable
-
-
-def unwrap(regularizer):
-    """The regularizer itself, under any wrapper keras_lk's callbacks add."""
-    while regularizer is not None and not isinstance(
-            regularizer, LkRegularizer) and hasattr(regularizer, "regularizer"):
-        regularizer = regularizer.regularizer
-    return regularizer
 
 
 @keras.saving.register_keras_serializable(package="keras_lk")
@@ -155,7 +91,7 @@ class LkRegularizer(keras.regularizers.Regularizer):
     def _proximal_penalty(self, x):
         # Its step is ProximalOptimizer's, on TensorFlow, JAX and PyTorch:
         # on another backend the weight would train silently unregularized.
-        require_backend(
+        backend.require_training(
             f"{self!r} (proximal=True, applied by keras_lk.ProximalOptimizer)")
         variable = x if isinstance(x, keras.Variable) else None
         name = getattr(variable, "path", None)
@@ -175,9 +111,7 @@ class LkRegularizer(keras.regularizers.Regularizer):
             def grad(*args, upstream=None):
                 check()
                 # The proximal step applies the penalty: no gradient.
-                if keras.backend.backend() == "tensorflow":
-                    return None
-                return ops.zeros_like(x)
+                return backend.current().no_gradient(x)
 
             return lk_penalty(x, self.k, self.alpha, self.reduction), grad
 

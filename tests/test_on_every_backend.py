@@ -372,7 +372,8 @@ def test_the_packed_pass_gives_each_weights_statistics_and_numpys():
     # run eagerly on this backend, it gives what the pass over each weight
     # gives, to the bit, and NumPy's counts: zeros, padding (sizes that
     # are not whole rows of 1024), NaN and inf, a weight spanning blocks.
-    from keras_lk.stats import packed_statistics, unstack, weight_statistics
+    from keras_lk.packed_stats import packed_statistics, unstack
+    from keras_lk.stats import weight_statistics
     rng = np.random.default_rng(5)
     tensors = [rng.normal(size=shape).astype("float32") * scale
                for shape, scale in [((3, 4), 1.0), ((0,), 1.0),

@@ -631,7 +631,7 @@ def test_the_locks_selection_is_top_ks_ties_included():
     # binary search; it must choose exactly what top_k chose: the count
     # smallest, ties to the lower index, +inf (protected) last.
     import tensorflow as tf
-    from keras_lk.sparsity.target import lowest
+    from keras_lk.sparsity.lock import lowest
     rng = np.random.default_rng(0)
     for trial in range(30):
         n = (1, 64, 199)[trial % 3]   # one XLA compile per length

@@ -140,7 +140,7 @@ def test_the_packed_pass_gives_exactly_the_per_weight_statistics():
     # the last bit, moving a weight on a bucket edge to the next bucket).
     import tensorflow as tf
     from keras_lk.measures.weights import _fuse
-    from keras_lk.stats import packed_statistics, unstack
+    from keras_lk.packed_stats import packed_statistics, unstack
     rng = np.random.default_rng(0)
     tensors = [rng.normal(size=shape).astype("float32") * scale
                for shape, scale in [((3, 4), 1.0), ((100,), 1e-3), ((0,), 1),
@@ -177,7 +177,7 @@ def test_the_packed_pass_gives_exactly_the_per_weight_statistics():
 
 
 def test_packs_are_bounded_and_large_weights_go_alone():
-    from keras_lk.stats import PACK, PACK_TENSORS, PACK_WEIGHT, ROW, packs
+    from keras_lk.packed_stats import PACK, PACK_TENSORS, PACK_WEIGHT, ROW, packs
     sizes = [PACK_WEIGHT, PACK_WEIGHT + 1, 10, PACK_WEIGHT, PACK_WEIGHT,
              PACK_WEIGHT, 5]
     groups = packs(sizes)

@@ -4,15 +4,14 @@ import math
 
 import keras
 import numpy as np
-import tensorflow as tf
 from keras import ops
 
-from keras_lk import _validation, tags
+from keras_lk import _validation, backend, tags
 from keras_lk.measures import fraction, layers_and_weights
 from keras_lk.penalties import lk_penalty
-from keras_lk.recording import (EVAL, TRAIN, user_regularizer,
-                                wait_for_recorded_steps)
+from keras_lk.sinks import EVAL, TRAIN
 from keras_lk.regularizers import LkRegularizer
+from keras_lk.wrappers import unwrap
 
 
 def _regularized_layers(model, recording):
@@ -46,7 +45,7 @@ class PenaltyMeasure:
 
     def _totals(self):
         """`{path: (sums[2], counts[2])}` so far, as host arrays."""
-        wait_for_recorded_steps()
+        backend.current().wait()
         # Copies: a mark must not follow the variable.
         return {path: (sum(np.array(r.sums.numpy()) for r in recorders),
                        np.array(recorders[0].counts.numpy()))
@@ -95,33 +94,12 @@ def check_pull_batch(pull_batch):
     return tuple(pull_batch)
 
 
-@tf.function(autograph=False)
-def _lk_gradient_sums(variables, alphas, exponents):
-    """sum |d/dw lk_penalty(w)| per weight; `exponents`: (k, reduction)s.
-
-    The penalty is `lk_penalty` itself, not the regularizer: a proximal
-    LkRegularizer hides its gradient from training (the proximal step
-    applies it), and its pull is that of the same penalty as a gradient.
-    """
-    sums = []
-    for variable, alpha, (k, reduction) in zip(variables, alphas, exponents):
-        with tf.GradientTape() as tape:
-            tape.watch(variable)
-            penalty = lk_penalty(variable, k, alpha, reduction)
-        # k = 0 (a count of nonzeros) has no gradient: zeros, not None.
-        sums.append(ops.sum(ops.abs(tape.gradient(
-            penalty, variable,
-            unconnected_gradients=tf.UnconnectedGradients.ZERO))))
-    return sums
-
-
-_JAX_SUMS = {}
-
-
 def _penalty_function(regularizer):
     """`(key, function(w, alpha), alpha)` whose gradient is the pull of
-    `regularizer`: `lk_penalty` for an LkRegularizer (see
-    `_lk_gradient_sums`); any other regularizer as it is."""
+    `regularizer`: for an LkRegularizer, `lk_penalty` itself (a proximal
+    one hides its gradient from training, since the proximal step applies
+    it, and its pull is that of the same penalty as a gradient); any other
+    regularizer as it is."""
     if isinstance(regularizer, LkRegularizer):
         k, reduction = regularizer.k, regularizer.reduction
         return (("lk", k, reduction),
@@ -131,41 +109,23 @@ def _penalty_function(regularizer):
             np.float32(0.0))
 
 
-def _jax_gradient_sums(weights):
-    """sum |d penalty / dw| of `[(variable, regularizer)]` on JAX, one
-    jitted function per set of shapes and exponents (alphas are
-    arguments)."""
-    import jax
-
+def _gradient_sums(weights):
+    """sum |d penalty / dw| of `[(variable, regularizer)]`, compiled once
+    per set of shapes and penalties (alphas are arguments, so a sweep's
+    fresh models and callbacks reuse it)."""
+    seam = backend.current()
     keys, functions, alphas = zip(*(_penalty_function(r) for _, r in weights))
-    key = (keys, tuple(tuple(v.shape) for v, _ in weights))
-    if key not in _JAX_SUMS:
-        def sums(values, alphas):
-            return [ops.sum(ops.abs(jax.grad(function)(value, alpha)))
-                    for function, value, alpha in zip(functions, values,
-                                                      alphas)]
-        _JAX_SUMS[key] = jax.jit(sums)
-    return [float(value) for value in _JAX_SUMS[key](
-        [v.value for v, _ in weights], list(alphas))]
+    key = ("pull", keys, tuple(tuple(v.shape) for v, _ in weights))
 
+    def sums(values, alphas):
+        # k = 0 (a count of nonzeros) has no gradient: zeros.
+        return [ops.sum(ops.abs(seam.gradient(function, value, alpha)))
+                for function, value, alpha in zip(functions, values, alphas)]
 
-def _torch_gradient_sums(weights):
-    """sum |d penalty / dw| of `[(variable, regularizer)]` on PyTorch, by
-    autograd on a detached copy of each weight (the model's own gradients
-    are left alone)."""
-    import torch
-
-    sums = []
-    for variable, regularizer in weights:
-        _, function, alpha = _penalty_function(regularizer)
-        value = variable.value.detach().clone().requires_grad_(True)
-        with torch.enable_grad():
-            penalty = function(value, float(alpha))
-            # k = 0 (a count of nonzeros) has no gradient: zero.
-            grad = (torch.autograd.grad(penalty, value, allow_unused=True)[0]
-                    if penalty.requires_grad else None)
-        sums.append(0.0 if grad is None else float(grad.abs().sum()))
-    return sums
+    compiled = seam.cached(key, lambda: seam.compile_pass(sums))
+    return [float(value) for value in compiled(
+        [v.value for v, _ in weights],
+        [ops.convert_to_tensor(alpha) for alpha in alphas])]
 
 
 def _mean_abs(grads):
@@ -193,7 +153,7 @@ class PullMeasure:
     def start(self, model, recording):
         self._model = model
         self._layers = [
-            (path, [(v, user_regularizer(r.regularizer)) for v, r in pairs])
+            (path, [(v, unwrap(r.regularizer)) for v, r in pairs])
             for path, pairs in _regularized_layers(model, recording)]
         self._loss = self._loss_function(model)
 
@@ -225,30 +185,8 @@ class PullMeasure:
 
     def _gradient_sums(self):
         """sum |d penalty / dw| of every regularized weight, in order."""
-        weights = [(v, reg) for _, layer in self._layers for v, reg in layer]
-        if keras.backend.backend() == "jax":
-            return _jax_gradient_sums(weights)
-        if keras.backend.backend() != "tensorflow":
-            return _torch_gradient_sums(weights)
-        lk = [(i, v, reg) for i, (v, reg) in enumerate(weights)
-              if isinstance(reg, LkRegularizer)]
-        sums = [None] * len(weights)
-        if lk:
-            # Traced once per set of shapes and exponents, whatever the
-            # model or alpha: a sweep's fresh models and callbacks reuse it.
-            results = _lk_gradient_sums(
-                [v.value for _, v, _ in lk],
-                [np.float32(reg.alpha) for _, _, reg in lk],
-                tuple((reg.k, reg.reduction) for _, _, reg in lk))
-            for (i, _, _), value in zip(lk, results):
-                sums[i] = float(value)
-        for i, (variable, regularizer) in enumerate(weights):
-            if sums[i] is None:  # any other regularizer: eager
-                with tf.GradientTape() as tape:
-                    penalty = regularizer(variable)
-                sums[i] = float(ops.sum(ops.abs(tape.gradient(
-                    penalty, variable))))
-        return sums
+        return _gradient_sums([(v, reg) for _, layer in self._layers
+                               for v, reg in layer])
 
     def _data_pull(self):
         """Mean |d data loss / dw| per layer on `pull_batch`, or []."""
@@ -256,51 +194,13 @@ class PullMeasure:
             return []
         x, y = (ops.convert_to_tensor(part) for part in self.pull_batch)
         variables = [v for _, layer in self._layers for v, _ in layer]
-        if keras.backend.backend() == "tensorflow":
-            with tf.GradientTape() as tape:
-                data_loss = ops.mean(self._loss(
-                    y, self._model(x, training=False)))
-            grads = tape.gradient(data_loss, variables)
-        elif keras.backend.backend() == "jax":
-            grads = self._jax_data_gradients(x, y, variables)
-        else:
-            grads = self._torch_data_gradients(x, y, variables)
+        grads = backend.current().model_gradients(
+            self._model, self._loss, x, y, variables)
         pulls, start = [], 0
         for _, layer in self._layers:
             pulls.append(float(_mean_abs(grads[start:start + len(layer)])))
             start += len(layer)
         return pulls
-
-    def _jax_data_gradients(self, x, y, variables):
-        """d data loss / dw of `variables` on JAX (None where a weight is
-        not trainable), through the model's stateless call."""
-        import jax
-        model = self._model
-        trainable = model.trainable_variables
-        non_trainable = [v.value for v in model.non_trainable_variables]
-
-        def data_loss(values):
-            outputs, _ = model.stateless_call(values, non_trainable, x,
-                                              training=False)
-            return ops.mean(self._loss(y, outputs))
-
-        grads = jax.grad(data_loss)([v.value for v in trainable])
-        index = {id(v): i for i, v in enumerate(trainable)}
-        return [grads[index[id(v)]] if id(v) in index else None
-                for v in variables]
-
-    def _torch_data_gradients(self, x, y, variables):
-        """d data loss / dw of `variables` on PyTorch (None where a weight
-        is not trainable), by autograd through the model's call."""
-        import torch
-        trainable = [v for v in variables if v.trainable]
-        with torch.enable_grad():
-            data_loss = ops.mean(self._loss(
-                y, self._model(x, training=False)))
-            grads = torch.autograd.grad(
-                data_loss, [v.value for v in trainable], allow_unused=True)
-        found = {id(v): g for v, g in zip(trainable, grads)}
-        return [found.get(id(v)) for v in variables]
 
     def layout(self):
         return {}

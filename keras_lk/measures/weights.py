@@ -4,62 +4,30 @@ import math
 
 import keras
 import numpy as np
-import tensorflow as tf
 from keras import ops
 
-from keras_lk import tags
+from keras_lk import backend, tags
 from keras_lk.measures import fraction, layers_and_weights
-from keras_lk.recording import (SignWindow, on_tensorflow,
-                                wait_for_recorded_steps)
-from keras_lk.stats import (PACK_WEIGHT, histogram_buckets,
-                            log_histogram_buckets, packed_statistics, packs,
-                            sign_window_counts, unstack, weight_statistics)
+from keras_lk.packed_stats import PACK_WEIGHT, packed_statistics, packs, unstack
+from keras_lk.recording import SignWindow
+from keras_lk.stats import (histogram_buckets, log_histogram_buckets,
+                            sign_window_counts, weight_statistics)
 
 
-# One XLA-compiled function per block step and setting, shared by every
-# weight and model: it only sees full blocks (one shape), so it is compiled
-# once, not once per weight shape. XLA fuses a block's ~15 elementwise
-# operations into one pass (the 5e7-weight pass from 244 to about 130 ms),
-# with results bit-identical to the unfused ones.
-_FUSED = {}
-
-
-def _fuse(block_step):
-    if not on_tensorflow():  # jax.jit compiles the whole pass (_compiled)
-        return block_step
-    key = (block_step.func, tuple(sorted(block_step.keywords.items())))
-    if key not in _FUSED:
-        _FUSED[key] = tf.function(block_step, jit_compile=True,
-                                  autograph=False)
-    return _FUSED[key]
-
-
-_FUSED_ROWS = {}
-
-
-def _fuse_rows(row_step):
-    # The packed pass's elementwise steps, XLA-compiled (one pass over the
-    # rows each); XLA compiles them once per pack shape, kept across logs.
-    if not on_tensorflow():
-        return row_step
-    key = (getattr(row_step, "func", row_step),
-           tuple(sorted(getattr(row_step, "keywords", {}).items())))
-    if key not in _FUSED_ROWS:
-        _FUSED_ROWS[key] = tf.function(row_step, jit_compile=True,
-                                       autograph=False)
-    return _FUSED_ROWS[key]
+def _fuse(step):
+    """A block or row step of the pass, fused into one pass where the
+    backend runs each operation apart: it only sees blocks of one shape, so
+    it is compiled once for every weight and model, not once per weight
+    shape (results bit-identical to the unfused ones)."""
+    return backend.current().fuse(step)
 
 
 def _plan(variables):
     """`[[index, ...]]`: the weights packed together (float32, at most
     PACK_WEIGHT elements each, a bounded number per pack); the others go
-    through the pass one by one.
-
-    On PyTorch, which runs the pass eagerly (nothing to trace, nothing to
-    fuse), every weight goes through it alone: copying weights into packs
-    only adds a pass (measured: 0.83 s instead of 1.4 s for 200 kernels of
-    500x500, the same results)."""
-    if keras.backend.backend() not in ("tensorflow", "jax"):
+    through the pass one by one. Where the pass runs eagerly, every
+    weight goes alone: packing only adds a copy there."""
+    if not backend.current().packs_weights:
         return []
     packed = [i for i, v in enumerate(variables)
               if keras.backend.standardize_dtype(v.dtype) == "float32"]
@@ -82,7 +50,7 @@ def _statistics(variables, signs, tol, relative, buckets):
     plan = _plan(variables)
     packed = {i for group in plan for i in group}
     stacked = [packed_statistics([variables[i] for i in group], tol,
-                                 relative, buckets, fuse=_fuse_rows)
+                                 relative, buckets, fuse=_fuse)
                for group in plan]
     single, sign_counts = {}, {}
     for index, (variable, sign) in enumerate(zip(variables, signs)):
@@ -99,33 +67,11 @@ def _statistics(variables, signs, tol, relative, buckets):
     return stacked, single, sign_counts
 
 
-_COMPILED = {}
-
-
 def _compiled_statistics():
-    """`_statistics`, compiled by the backend: a tf.function on TensorFlow
-    (its block steps XLA-compiled inside), jax.jit on JAX (XLA compiles
-    the whole pass; one compile per set of shapes, kept across logs); on
-    PyTorch it runs eagerly."""
-    backend = keras.backend.backend()
-    if backend not in _COMPILED:
-        if backend == "tensorflow":
-            _COMPILED[backend] = tf.function(_statistics, autograph=False)
-        elif backend == "jax":
-            import jax
-            _COMPILED[backend] = jax.jit(
-                _statistics, static_argnames=("relative", "buckets"))
-        else:
-            _COMPILED[backend] = _eager_statistics
-    return _COMPILED[backend]
-
-
-def _eager_statistics(*args, **kwargs):
-    """`_statistics` run eagerly (PyTorch), outside autograd: the weights
-    are parameters that require gradients, and a measure needs none."""
-    import torch
-    with torch.no_grad():
-        return _statistics(*args, **kwargs)
+    """`_statistics`, compiled by the backend once per set of shapes (and
+    kept across logs), or run eagerly where it runs so."""
+    return backend.current().compile_pass(
+        _statistics, static_argnames=("relative", "buckets"))
 
 
 def _per_weight(variables, stacked, single, sign_counts):
@@ -194,8 +140,8 @@ class WeightMeasure:
         if report.run != tags.TRAIN or not self._layers:
             return
         variables = [v.value for _, weights in self._layers for _, v in weights]
-        if self.tracks_signs:  # (JAX: the masks are ORed on the host)
-            wait_for_recorded_steps()
+        if self.tracks_signs:  # (the masks may be ORed on the host)
+            backend.current().wait()
         window = self._windows.get(report.window)
         signs, tracked = [], 0
         for recorder in self._recorders:

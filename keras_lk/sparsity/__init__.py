@@ -1,10 +1,14 @@
-"""Sparsity in one place: counting exact zeros, the schedule, the
-`SparsityTarget` controller (allocation, protection, lock) and `strip`.
+"""Sparsity in one place, one concept a file:
 
 - `shipping.py`: `exact_zeros` (the one zero count), `sparsity`, `strip`;
 - `schedule.py`: the polynomial schedule shared by `SparsityTarget` and
   `keras-lk sweep`;
-- `target.py`: `SparsityTarget` and its in-step controller.
+- `groups.py`: the weights covered, and how they are allocated to groups;
+- `protection.py`: the weights never zeroed, so that no layer collapses;
+- `lock.py`: the exact pattern fixed at `end_step`;
+- `state.py`: the state the optimizer keeps, with named fields;
+- `controller.py`: the control law, run inside the train step;
+- `target.py`: the `SparsityTarget` callback.
 """
 
 from keras_lk.sparsity.shipping import exact_zeros, sparsity, strip

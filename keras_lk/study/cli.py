@@ -20,8 +20,9 @@ import os
 import shlex
 import sys
 
-from keras_lk._require_tf import require_backend
-from keras_lk.sparsity.target import ALLOCATIONS, PROTECTIONS
+from keras_lk.backend import require_training
+from keras_lk.sparsity.groups import ALLOCATIONS
+from keras_lk.sparsity.protection import PROTECTIONS
 from keras_lk.study import figures, report, runs, suite, sweep
 from keras_lk.summary import check_writable
 
@@ -175,7 +176,7 @@ def run(args):
         # They train with the monitors, the proximal steps and
         # SparsityTarget: TensorFlow, JAX or PyTorch.
         try:
-            require_backend(f"keras-lk {args.command}")
+            require_training(f"keras-lk {args.command}")
         except NotImplementedError as error:
             raise _UsageError(str(error)) from None
     if args.command == "plot":
