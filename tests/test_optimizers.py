@@ -139,6 +139,26 @@ def test_another_models_unbuilt_proximal_optimizer_lets_no_misuse_through():
     first.fit(x, y, verbose=0)  # A itself trains
 
 
+def test_a_layer_shared_by_a_proximal_and_a_plain_model():
+    # One layer in two models: A trains it with a ProximalOptimizer (built,
+    # so the weight is known to be handled), B with plain SGD. B must still
+    # be refused: whether a step is proximal depends on the model in
+    # training, not on the weight.
+    x, y = data()
+    shared = keras.layers.Dense(1, kernel_regularizer=LkRegularizer(
+        k=1, alpha=0.1, proximal=True), name="shared")
+    first = keras.Sequential([keras.Input((5,)), shared])
+    second = keras.Sequential([keras.Input((5,)), shared])
+    first.compile(ProximalOptimizer(keras.optimizers.SGD(0.1)), "mse")
+    first.fit(x, y, verbose=0)
+    second.compile(keras.optimizers.SGD(0.1), "mse")
+    before = shared.kernel.numpy().copy()
+    with pytest.raises(ValueError, match=MISUSE):
+        second.fit(x, y, verbose=0)
+    np.testing.assert_array_equal(shared.kernel.numpy(), before)
+    first.fit(x, y, verbose=0)  # A still trains it
+
+
 def test_recompiling_without_the_proximal_optimizer_is_refused():
     x, y = data()
     model = linear_model(LkRegularizer(k=0.5, alpha=0.1, proximal=True))
@@ -367,3 +387,21 @@ def test_optimizer_state_loads_by_path_when_a_regularizer_was_not_saved(
     moments = [v for v in here if "momentum" in v.path]
     assert moments and all(np.any(v.numpy() != 0) for v in moments
                            if "query" in v.path or "head" in v.path)
+
+
+def test_the_registry_of_handled_weights_drops_them_with_their_weights():
+    import gc
+    import weakref
+
+    from keras_lk.wrappers import HANDLED, mark_proximal_handled
+    regularizer = LkRegularizer(k=1, alpha=0.1, proximal=True)
+    variable = keras.Variable(np.ones((3, 2), "float32"))
+    variable.regularizer = regularizer
+    mark_proximal_handled(variable)
+    assert variable in HANDLED and regularizer in HANDLED.regularizers
+    count = len(HANDLED.variables)
+    gone, gone_regularizer = weakref.ref(variable), weakref.ref(regularizer)
+    del variable, regularizer
+    gc.collect()
+    assert gone() is None and gone_regularizer() is None
+    assert len(HANDLED.variables) == count - 1

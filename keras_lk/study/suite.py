@@ -26,7 +26,6 @@ scikit-learn.
 from dataclasses import dataclass
 
 import keras
-import numpy as np
 
 from keras_lk.optimizers import ProximalOptimizer
 from keras_lk.study.suite_data import (LENGTH, SEQUENCE, TOKENS, VOCAB,
