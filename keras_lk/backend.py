@@ -244,6 +244,14 @@ class _TensorFlow(Backend):
     def detached(self, value):
         return value
 
+    def count_indices(self, index, width):
+        # Without the max over `index` that `tf.math.bincount` (and so
+        # `ops.bincount`) takes to size its output: the counts are the same.
+        import tensorflow as tf
+        return tf.raw_ops.DenseBincount(
+            input=index, size=width, weights=tf.zeros([0], index.dtype),
+            binary_output=False)
+
 
 class _Jax(Backend):
     name = "jax"
