@@ -2,11 +2,14 @@
 
 Usage (needs only python3):
     python3 dev.py demo [ARGS...]   # set up, then run `keras-lk demo ARGS`
-    python3 dev.py test [ARGS...]   # set up, then run the whole test suite
-    python3 dev.py setup            # only set up .venv
+    python3 dev.py test [ARGS...]   # set up, then run the tests and docs build
+    python3 dev.py docs             # set up, then serve the docs locally
+    python3 dev.py setup            # only set up .venv for the tests
 
-The environment lives in .venv and is reused; it is reinstalled when
-pyproject.toml changes.
+The environment lives in .venv and is reused. The demo installs only what
+it needs (TensorFlow for the CPU, keras-lk and its `study` extra); the
+tests add JAX, PyTorch, the test tools and the docs tools. It is
+reinstalled when pyproject.toml changes.
 """
 
 import hashlib
@@ -24,11 +27,18 @@ BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
 PYTHON = BIN / ("python.exe" if os.name == "nt" else "python")
 
 
-def extras():
+def tensorflow_extra():
     # tensorflow-cpu publishes x86_64 wheels only; elsewhere the full
     # `tensorflow` wheel is the CPU build.
-    tf = "cpu" if platform.machine().lower() in ("x86_64", "amd64") else "gpu"
-    return f"{tf},study,test,jax,torch"
+    return "cpu" if platform.machine().lower() in ("x86_64", "amd64") else "gpu"
+
+
+def extras(command):
+    """The extras `command` needs."""
+    needed = {tensorflow_extra(), "study"}
+    if command != "demo":
+        needed |= {"test", "docs", "jax", "torch"}
+    return needed
 
 
 # The PyTorch the tests were run with. Pinned: pip would otherwise take the
@@ -37,18 +47,26 @@ def extras():
 TORCH = "torch==2.13.0"
 
 
-def setup():
-    wanted = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
-    wanted += f" {extras()} {TORCH}"
-    if STAMP.exists() and STAMP.read_text() == wanted and PYTHON.exists():
+def setup(command):
+    """Installs what `command` needs, unless .venv already has it."""
+    digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    installed = set()
+    if STAMP.exists() and PYTHON.exists():
+        stamp_digest, _, names = STAMP.read_text().partition(" ")
+        if stamp_digest == digest:
+            installed = set(names.split(","))
+    wanted = extras(command) | installed
+    if wanted == installed:
         return
     if not PYTHON.exists():
         print(f"Creating {VENV}", flush=True)
         venv.EnvBuilder(with_pip=True).create(VENV)
     pip = [str(PYTHON), "-m", "pip", "install", "--disable-pip-version-check"]
     subprocess.run(pip + ["--upgrade", "pip"], check=True)
-    subprocess.run(pip + ["-e", f"{ROOT}[{extras()}]", TORCH], check=True)
-    STAMP.write_text(wanted)
+    pins = [TORCH] if "torch" in wanted else []
+    subprocess.run(pip + ["-e", f"{ROOT}[{','.join(sorted(wanted))}]"] + pins,
+                   check=True)
+    STAMP.write_text(f"{digest} {','.join(sorted(wanted))}")
 
 
 def workers(rest):
@@ -68,13 +86,16 @@ def run(command):
 
 
 def main(argv):
-    if not argv or argv[0] not in ("demo", "test", "setup"):
+    if not argv or argv[0] not in ("demo", "test", "docs", "setup"):
         print(__doc__.strip())
         return 2
     command, rest = argv[0], argv[1:]
-    setup()
+    setup(command)
     if command == "demo":
         return run([str(BIN / "keras-lk"), "demo"] + rest)
+    if command == "docs":
+        return run([str(PYTHON), "-m", "mkdocs", "serve", "-a",
+                    "127.0.0.1:8000"] + rest)
     if command == "test":
         return run([str(PYTHON), "-m", "pytest", "tests", "keras_lk",
                     "--doctest-modules"] + workers(rest) + rest)

@@ -1,11 +1,11 @@
 """keras_lk: generalized Lk weight penalties for Keras 3, and the tools to
 watch what they do to the weights.
 
-Example:
+Examples:
 
->>> import keras, keras_lk
->>> layer = keras.layers.Dense(
-...     8, kernel_regularizer=keras_lk.LkRegularizer(k=0.5, alpha=1e-3))
+    >>> import keras, keras_lk
+    >>> layer = keras.layers.Dense(
+    ...     8, kernel_regularizer=keras_lk.LkRegularizer(k=0.5, alpha=1e-3))
 """
 
 from keras_lk._install import require_tensorflow as _require_tensorflow

@@ -51,14 +51,14 @@ def iter_layers(model):
         below `model` down to the layer, e.g. `"encoder/dense"` or
         `"block_1/mha/query"`.
 
-    Example:
+    Examples:
 
-    >>> import keras
-    >>> tokens = keras.Input((5, 8))
-    >>> mha = keras.layers.MultiHeadAttention(2, 4, name="mha")
-    >>> model = keras.Model(tokens, mha(tokens, tokens))
-    >>> [path for path, _ in iter_layers(model)][1:3]
-    ['mha', 'mha/query']
+        >>> import keras
+        >>> tokens = keras.Input((5, 8))
+        >>> mha = keras.layers.MultiHeadAttention(2, 4, name="mha")
+        >>> model = keras.Model(tokens, mha(tokens, tokens))
+        >>> [path for path, _ in iter_layers(model)][1:3]
+        ['mha', 'mha/query']
     """
     seen = {id(model)}
 
@@ -258,15 +258,15 @@ def attach(model, regularizer, *, layer_types=None, names=None,
         ValueError: If the regularizer is not one, a name is unknown, or no
             layer matches.
 
-    Example:
+    Examples:
 
-    >>> import keras, keras_lk
-    >>> model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4),
-    ...                           keras.layers.Dense(2)])
-    >>> layers = keras_lk.attach(model, keras_lk.LkRegularizer(k=1),
-    ...                          layer_types=keras.layers.Dense)
-    >>> len(layers), len(model.losses)
-    (2, 2)
+        >>> import keras, keras_lk
+        >>> model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4),
+        ...                           keras.layers.Dense(2)])
+        >>> layers = keras_lk.attach(model, keras_lk.LkRegularizer(k=1),
+        ...                          layer_types=keras.layers.Dense)
+        >>> len(layers), len(model.losses)
+        (2, 2)
     """
     if not isinstance(regularizer, keras.regularizers.Regularizer):
         raise _validation.invalid(
@@ -306,13 +306,13 @@ def detach(model, *, layer_types=None, names=None, predicate=None,
     Returns:
         The list of layers a regularizer was removed from.
 
-    Example:
+    Examples:
 
-    >>> import keras, keras_lk
-    >>> model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4)])
-    >>> _ = keras_lk.attach(model, keras_lk.LkRegularizer())
-    >>> len(keras_lk.detach(model)), len(model.losses)
-    (1, 0)
+        >>> import keras, keras_lk
+        >>> model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4)])
+        >>> _ = keras_lk.attach(model, keras_lk.LkRegularizer())
+        >>> len(keras_lk.detach(model)), len(model.losses)
+        (1, 0)
     """
     chosen = [(path, layer) for path, layer in _select(
         model, layer_types, names, predicate, weight)

@@ -85,14 +85,14 @@ class AbsWeightHistograms(Monitor):
             to `"kernels"`.
         buckets: Buckets per histogram. Defaults to 30.
 
-    Example:
+    Examples:
 
-    >>> import keras, keras_lk, numpy as np, tempfile
-    >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
-    >>> model.compile("sgd", "mse")
-    >>> cb = keras_lk.AbsWeightHistograms(tempfile.mkdtemp())
-    >>> _ = model.fit(np.ones((8, 4)), np.ones((8, 2)), verbose=0,
-    ...               callbacks=[cb])
+        >>> import keras, keras_lk, numpy as np, tempfile
+        >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+        >>> model.compile("sgd", "mse")
+        >>> cb = keras_lk.AbsWeightHistograms(tempfile.mkdtemp())
+        >>> _ = model.fit(np.ones((8, 4)), np.ones((8, 2)), verbose=0,
+        ...               callbacks=[cb])
     """
 
     def __init__(self, log_dir, update_freq="epoch", weights="kernels",
@@ -136,16 +136,16 @@ class ZeroCounts(Monitor):
             step time of the benchmark MLP, hence opt-in. Defaults to
             False.
 
-    Example:
+    Examples:
 
-    >>> import keras, keras_lk, numpy as np, tempfile
-    >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(
-    ...     2, kernel_initializer="zeros")])
-    >>> model.compile("sgd", "mse")
-    >>> h = model.fit(np.ones((8, 4)), np.zeros((8, 2)), verbose=0,
-    ...               callbacks=[keras_lk.ZeroCounts(tempfile.mkdtemp())])
-    >>> h.history["zero_frac"]
-    [1.0]
+        >>> import keras, keras_lk, numpy as np, tempfile
+        >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(
+        ...     2, kernel_initializer="zeros")])
+        >>> model.compile("sgd", "mse")
+        >>> h = model.fit(np.ones((8, 4)), np.zeros((8, 2)), verbose=0,
+        ...               callbacks=[keras_lk.ZeroCounts(tempfile.mkdtemp())])
+        >>> h.history["zero_frac"]
+        [1.0]
     """
 
     def __init__(self, log_dir, update_freq="epoch", tol=DEFAULT_TOL,
@@ -189,16 +189,16 @@ class RegularizationShare(Monitor):
         pull_batch: None, or a batch `(x, y)` on which to measure the data
             loss's gradient for `penalty_pull_ratio`. Defaults to None.
 
-    Example:
+    Examples:
 
-    >>> import keras, keras_lk, numpy as np, tempfile
-    >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(
-    ...     2, kernel_regularizer=keras.regularizers.L2(0.01))])
-    >>> model.compile("sgd", "mse")
-    >>> h = model.fit(np.ones((8, 4)), np.ones((8, 2)), verbose=0, callbacks=[
-    ...     keras_lk.RegularizationShare(tempfile.mkdtemp())])
-    >>> 0 < h.history["reg_share"][0] < 1
-    True
+        >>> import keras, keras_lk, numpy as np, tempfile
+        >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(
+        ...     2, kernel_regularizer=keras.regularizers.L2(0.01))])
+        >>> model.compile("sgd", "mse")
+        >>> h = model.fit(np.ones((8, 4)), np.ones((8, 2)), verbose=0, callbacks=[
+        ...     keras_lk.RegularizationShare(tempfile.mkdtemp())])
+        >>> 0 < h.history["reg_share"][0] < 1
+        True
     """
 
     def __init__(self, log_dir, update_freq="epoch", pull_batch=None):
@@ -233,16 +233,16 @@ class LkMonitor(Monitor):
         pull_batch: None, or a batch `(x, y)` for `penalty_pull_ratio` (see
             `RegularizationShare`). Defaults to None.
 
-    Example:
+    Examples:
 
-    >>> import keras, keras_lk, numpy as np, tempfile
-    >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(
-    ...     2, kernel_regularizer=keras_lk.LkRegularizer(k=1, alpha=0.1))])
-    >>> model.compile("sgd", "mse")
-    >>> h = model.fit(np.ones((8, 4)), np.ones((8, 2)), verbose=0,
-    ...               callbacks=[keras_lk.LkMonitor(tempfile.mkdtemp())])
-    >>> sorted(k for k in h.history if k != "loss")
-    ['reg_loss', 'reg_share', 'zero_frac']
+        >>> import keras, keras_lk, numpy as np, tempfile
+        >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(
+        ...     2, kernel_regularizer=keras_lk.LkRegularizer(k=1, alpha=0.1))])
+        >>> model.compile("sgd", "mse")
+        >>> h = model.fit(np.ones((8, 4)), np.ones((8, 2)), verbose=0,
+        ...               callbacks=[keras_lk.LkMonitor(tempfile.mkdtemp())])
+        >>> sorted(k for k in h.history if k != "loss")
+        ['reg_loss', 'reg_share', 'zero_frac']
     """
 
     def __init__(self, log_dir, update_freq="epoch", tol=DEFAULT_TOL,

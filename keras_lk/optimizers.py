@@ -102,17 +102,17 @@ class ProximalOptimizer(keras.optimizers.Optimizer):
         optimizer: A `keras.optimizers.Optimizer` instance: SGD, Adam, ...
         name: Name of the wrapper. Defaults to `"proximal_<inner name>"`.
 
-    Example:
+    Examples:
 
-    >>> import keras, keras_lk, numpy as np
-    >>> model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(
-    ...     1, kernel_regularizer=keras_lk.LkRegularizer(
-    ...         k=1, alpha=60.0, proximal=True))])
-    >>> model.compile(keras_lk.ProximalOptimizer(keras.optimizers.SGD(0.1)),
-    ...               "mse")
-    >>> _ = model.fit(np.ones((8, 3)), np.zeros((8, 1)), epochs=2, verbose=0)
-    >>> int((model.layers[0].kernel.numpy() == 0).sum())  # exact zeros
-    3
+        >>> import keras, keras_lk, numpy as np
+        >>> model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(
+        ...     1, kernel_regularizer=keras_lk.LkRegularizer(
+        ...         k=1, alpha=60.0, proximal=True))])
+        >>> model.compile(keras_lk.ProximalOptimizer(keras.optimizers.SGD(0.1)),
+        ...               "mse")
+        >>> _ = model.fit(np.ones((8, 3)), np.zeros((8, 1)), epochs=2, verbose=0)
+        >>> int((model.layers[0].kernel.numpy() == 0).sum())  # exact zeros
+        3
     """
 
     # What the regularizers and callbacks look for along an optimizer chain.

@@ -155,13 +155,13 @@ def packed_statistics(tensors, tol, relative=False, buckets=DEFAULT_BUCKETS,
         slicing per tensor is left to the host (`unstack`), since a graph
         op per tensor and value is what made tracing cost grow.
 
-    Example:
+    Examples:
 
-    >>> import numpy as np
-    >>> stats = packed_statistics([np.zeros(3, "float32"),
-    ...                            np.array([1e-4, 2.0], "float32")], 1e-3)
-    >>> np.asarray(stats["near_zeros"]).tolist()
-    [3, 1]
+        >>> import numpy as np
+        >>> stats = packed_statistics([np.zeros(3, "float32"),
+        ...                            np.array([1e-4, 2.0], "float32")], 1e-3)
+        >>> np.asarray(stats["near_zeros"]).tolist()
+        [3, 1]
     """
     count = len(tensors)
     fuse = fuse or (lambda function: function)
@@ -260,10 +260,10 @@ def _bucket_counts(layout, max_abs, min_nonzero, tol, relative, buckets,
 def unstack(stats):
     """`packed_statistics`'s stacked results as one dict per tensor.
 
-    Example:
+    Examples:
 
-    >>> [int(s["size"]) for s in unstack({"size": np.array([3, 2])})]
-    [3, 2]
+        >>> [int(s["size"]) for s in unstack({"size": np.array([3, 2])})]
+        [3, 2]
     """
     count = len(stats["size"])
     return [{key: value[i] for key, value in stats.items()}

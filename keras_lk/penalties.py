@@ -124,11 +124,11 @@ def safe_abs_pow(x, k):
     Returns:
         A tensor of the shape and dtype of `x`.
 
-    Example:
+    Examples:
 
-    >>> import numpy as np
-    >>> np.asarray(safe_abs_pow(np.array([-4.0, 0.0, 9.0]), 0.5)).tolist()
-    [2.0, 0.0, 3.0]
+        >>> import numpy as np
+        >>> np.asarray(safe_abs_pow(np.array([-4.0, 0.0, 9.0]), 0.5)).tolist()
+        [2.0, 0.0, 3.0]
     """
     return _abs_pow(x, k, reduce_sum=False)
 
@@ -147,10 +147,10 @@ def sum_abs_pow(x, k):
     Returns:
         A scalar tensor of the dtype of `x`.
 
-    Example:
+    Examples:
 
-    >>> float(sum_abs_pow([3.0, -4.0], 2))
-    25.0
+        >>> float(sum_abs_pow([3.0, -4.0], 2))
+        25.0
     """
     return _abs_pow(x, k, reduce_sum=True)
 
@@ -199,11 +199,11 @@ def lk_penalty(x, k, alpha, reduction="mean"):
     Returns:
         A scalar tensor.
 
-    Example:
+    Examples:
 
-    >>> import numpy as np
-    >>> float(lk_penalty(np.array([1.0, -3.0]), k=2, alpha=0.5))
-    2.5
+        >>> import numpy as np
+        >>> float(lk_penalty(np.array([1.0, -3.0]), k=2, alpha=0.5))
+        2.5
     """
     x = ops.convert_to_tensor(x)
     dtype = keras.backend.standardize_dtype(x.dtype)

@@ -185,11 +185,11 @@ def hard_threshold(y, t):
     with a strength that follows a sparsity schedule, this is magnitude
     pruning.
 
-    Example:
+    Examples:
 
-    >>> import numpy as np
-    >>> np.asarray(hard_threshold(np.array([-2.0, 0.5, 1.5]), 1.0)).tolist()
-    [-2.0, 0.0, 1.5]
+        >>> import numpy as np
+        >>> np.asarray(hard_threshold(np.array([-2.0, 0.5, 1.5]), 1.0)).tolist()
+        [-2.0, 0.0, 1.5]
     """
     y = _as_float(y)
     t = _strength(t, y.dtype)
@@ -204,10 +204,10 @@ def zeroing_threshold(t, k):
     k = 0, `1.5 t^(2/3)` at k = 1/2, `t` at k = 1. Works on floats and
     tensors.
 
-    Example:
+    Examples:
 
-    >>> round(float(zeroing_threshold(8.0, 0.5)), 6)
-    6.0
+        >>> round(float(zeroing_threshold(8.0, 0.5)), 6)
+        6.0
     """
     k = float(k)
     if not 0.0 <= k <= 1.0:
@@ -238,11 +238,11 @@ def prox(w, t, k):
     Returns:
         A tensor of the shape and dtype of `w`.
 
-    Example:
+    Examples:
 
-    >>> import numpy as np
-    >>> np.asarray(prox(np.array([-2.0, 0.5, 3.0]), 1.0, 1)).tolist()
-    [-1.0, 0.0, 2.0]
+        >>> import numpy as np
+        >>> np.asarray(prox(np.array([-2.0, 0.5, 3.0]), 1.0, 1)).tolist()
+        [-1.0, 0.0, 2.0]
     """
     w = _as_float(w)
     t = _strength(t, w.dtype)

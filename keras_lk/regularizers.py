@@ -54,14 +54,14 @@ class LkRegularizer(keras.regularizers.Regularizer):
         proximal: Whether `ProximalOptimizer` applies the penalty as a
             proximal step instead of a gradient. Defaults to False.
 
-    Example:
+    Examples:
 
-    >>> import keras, keras_lk
-    >>> layer = keras.layers.Dense(
-    ...     4, kernel_regularizer=keras_lk.LkRegularizer(k=0.5, alpha=1e-3))
-    >>> reg = keras_lk.LkRegularizer(k=3, alpha=0.1, reduction="sum")
-    >>> round(float(reg(keras.ops.convert_to_tensor([[1.0, -2.0]]))), 4)
-    0.9
+        >>> import keras, keras_lk
+        >>> layer = keras.layers.Dense(
+        ...     4, kernel_regularizer=keras_lk.LkRegularizer(k=0.5, alpha=1e-3))
+        >>> reg = keras_lk.LkRegularizer(k=3, alpha=0.1, reduction="sum")
+        >>> round(float(reg(keras.ops.convert_to_tensor([[1.0, -2.0]]))), 4)
+        0.9
     """
 
     def __init__(self, k=2.0, alpha=0.01, reduction="mean", proximal=False):

@@ -56,12 +56,12 @@ def weight_statistics(w, tol, relative=False, buckets=DEFAULT_BUCKETS,
         Both histograms count every finite weight exactly once; NaN and
         inf weights are counted in `nan` and `inf` only.
 
-    Example:
+    Examples:
 
-    >>> import numpy as np
-    >>> stats = weight_statistics(np.array([0.0, 1e-4, 0.5, -1.0]), tol=1e-3)
-    >>> int(stats["exact_zeros"]), int(stats["near_zeros"])
-    (1, 2)
+        >>> import numpy as np
+        >>> stats = weight_statistics(np.array([0.0, 1e-4, 0.5, -1.0]), tol=1e-3)
+        >>> int(stats["exact_zeros"]), int(stats["near_zeros"])
+        (1, 2)
     """
     block = BLOCK if block is None else block
     flat = ops.reshape(ops.convert_to_tensor(w), (-1,))
@@ -275,10 +275,10 @@ def histogram_buckets(counts, low, high):
         low: Left edge of the first bucket.
         high: Right edge of the last bucket.
 
-    Example:
+    Examples:
 
-    >>> histogram_buckets([2, 1], 0.0, 1.0).tolist()
-    [[0.0, 0.5, 2.0], [0.5, 1.0, 1.0]]
+        >>> histogram_buckets([2, 1], 0.0, 1.0).tolist()
+        [[0.0, 0.5, 2.0], [0.5, 1.0, 1.0]]
     """
     counts = np.asarray(counts, dtype="float64")
     edges = np.linspace(float(low), float(high), len(counts) + 1)
@@ -291,10 +291,10 @@ def log_histogram_buckets(log_counts, log_lo, log_hi):
     Exact zeros, whose log10 is -inf, get their own lowest bucket one bucket
     width below `log_lo`, so they stay visible next to tiny magnitudes.
 
-    Example:
+    Examples:
 
-    >>> log_histogram_buckets([3, 1, 2], -2.0, 0.0).tolist()[0]
-    [-3.0, -2.0, 3.0]
+        >>> log_histogram_buckets([3, 1, 2], -2.0, 0.0).tolist()[0]
+        [-3.0, -2.0, 3.0]
     """
     log_counts = np.asarray(log_counts, dtype="float64")
     width = (float(log_hi) - float(log_lo)) / (len(log_counts) - 1)
@@ -318,13 +318,13 @@ def sign_window_counts(w, seen_positive, seen_negative):
     Returns:
         `(stable_zeros, sign_flips)`, int32 counts.
 
-    Example:
+    Examples:
 
-    >>> w = np.array([0.0, 0.5, 0.0])
-    >>> counts = sign_window_counts(w, np.array([False, True, True]),
-    ...                             np.array([False, True, False]))
-    >>> [int(c) for c in counts]
-    [1, 1]
+        >>> w = np.array([0.0, 0.5, 0.0])
+        >>> counts = sign_window_counts(w, np.array([False, True, True]),
+        ...                             np.array([False, True, False]))
+        >>> [int(c) for c in counts]
+        [1, 1]
     """
     w = ops.convert_to_tensor(w)
     positive = ops.logical_or(seen_positive, ops.greater(w, 0))

@@ -58,10 +58,10 @@ LOG_SPARSITY_TARGET = "sparsity_target"
 def tag(quantity, *path):
     """`quantity/part/...`, e.g. `tag(ZERO_FRACTION, ALL_LAYERS)`.
 
-    Example:
+    Examples:
 
-    >>> tag(ABS_WEIGHTS, "encoder/dense", "kernel")
-    'abs_weights/encoder/dense/kernel'
+        >>> tag(ABS_WEIGHTS, "encoder/dense", "kernel")
+        'abs_weights/encoder/dense/kernel'
     """
     return "/".join((quantity,) + path)
 

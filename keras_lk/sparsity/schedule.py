@@ -17,10 +17,10 @@ def polynomial(step, begin, end, target, start=0.0, power=POWER):
     (returns a float32 tensor), so the controller's compiled step and the
     sweep's magnitude-pruning baseline share it.
 
-    Example:
+    Examples:
 
-    >>> round(polynomial(50, 0, 100, 0.8), 6)  # half way: 0.8 * (1 - 1/8)
-    0.7
+        >>> round(polynomial(50, 0, 100, 0.8), 6)  # half way: 0.8 * (1 - 1/8)
+        0.7
     """
     if all(isinstance(x, (int, float)) for x in (step, begin, end, target,
                                                   start)):

@@ -21,13 +21,13 @@ def sparsity(model, weights="kernels"):
         A dict: `{"layers": {layer path: counts}, "total": counts}`, each
         `counts` being `{"zeros": int, "size": int, "fraction": float}`.
 
-    Example:
+    Examples:
 
-    >>> import keras, keras_lk, numpy as np
-    >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(
-    ...     2, name="d", kernel_initializer="zeros")])
-    >>> keras_lk.sparsity(model)["layers"]["d"]
-    {'zeros': 8, 'size': 8, 'fraction': 1.0}
+        >>> import keras, keras_lk, numpy as np
+        >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(
+        ...     2, name="d", kernel_initializer="zeros")])
+        >>> keras_lk.sparsity(model)["layers"]["d"]
+        {'zeros': 8, 'size': 8, 'fraction': 1.0}
     """
     _validation.check_choice("weights", weights, WEIGHT_CHOICES)
     if not isinstance(model, keras.Model) or not model.built:
@@ -86,14 +86,14 @@ def strip(model):
     Returns:
         The new, uncompiled `keras.Model`.
 
-    Example:
+    Examples:
 
-    >>> import keras, keras_lk
-    >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(
-    ...     2, kernel_regularizer=keras_lk.LkRegularizer(k=1, alpha=0.1))])
-    >>> plain = keras_lk.strip(model)
-    >>> plain.layers[0].kernel_regularizer is None
-    True
+        >>> import keras, keras_lk
+        >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(
+        ...     2, kernel_regularizer=keras_lk.LkRegularizer(k=1, alpha=0.1))])
+        >>> plain = keras_lk.strip(model)
+        >>> plain.layers[0].kernel_regularizer is None
+        True
     """
     if not isinstance(model, keras.Model) or not model.built:
         raise _validation.invalid("model", "a built keras.Model", model)

@@ -100,19 +100,19 @@ class SparsityTarget(keras.callbacks.Callback):
             cannot find (a subclassed model, or a functional output layer
             without weights).
 
-    Example:
+    Examples:
 
-    >>> import keras, keras_lk, numpy as np
-    >>> model = keras.Sequential([keras.Input((20,)), keras.layers.Dense(
-    ...     4, kernel_regularizer=keras_lk.LkRegularizer(
-    ...         k=1, alpha=0.1, proximal=True))])
-    >>> model.compile(keras_lk.ProximalOptimizer(keras.optimizers.SGD(0.1)),
-    ...               "mse")
-    >>> x = np.random.default_rng(0).normal(size=(64, 20))
-    >>> _ = model.fit(x, x[:, :4], epochs=4, batch_size=8, verbose=0,
-    ...               callbacks=[keras_lk.SparsityTarget(0.75)])
-    >>> keras_lk.sparsity(model)["total"]["fraction"]
-    0.75
+        >>> import keras, keras_lk, numpy as np
+        >>> model = keras.Sequential([keras.Input((20,)), keras.layers.Dense(
+        ...     4, kernel_regularizer=keras_lk.LkRegularizer(
+        ...         k=1, alpha=0.1, proximal=True))])
+        >>> model.compile(keras_lk.ProximalOptimizer(keras.optimizers.SGD(0.1)),
+        ...               "mse")
+        >>> x = np.random.default_rng(0).normal(size=(64, 20))
+        >>> _ = model.fit(x, x[:, :4], epochs=4, batch_size=8, verbose=0,
+        ...               callbacks=[keras_lk.SparsityTarget(0.75)])
+        >>> keras_lk.sparsity(model)["total"]["fraction"]
+        0.75
     """
 
     def __init__(self, target, begin_step=None, end_step=None,

@@ -14,11 +14,11 @@ def fixed_order(x, y, seed, epochs):
     `shuffle=False`) and every framework sees the same batches in the same
     order, where each one's own shuffling would differ.
 
-    Example:
+    Examples:
 
-    >>> x, y = fixed_order(np.arange(3), np.arange(3), seed=0, epochs=2)
-    >>> len(x), sorted(x[:3].tolist())
-    (6, [0, 1, 2])
+        >>> x, y = fixed_order(np.arange(3), np.arange(3), seed=0, epochs=2)
+        >>> len(x), sorted(x[:3].tolist())
+        (6, [0, 1, 2])
     """
     rng = np.random.default_rng(2000 + seed)
     order = np.concatenate([rng.permutation(len(x)) for _ in range(epochs)])
