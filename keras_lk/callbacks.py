@@ -78,7 +78,9 @@ class AbsWeightHistograms(Monitor):
     Args:
         log_dir: Directory of the TensorBoard logs; histograms go to its
             `train` run.
-        update_freq: `"epoch"` or an integer N: log every N batches.
+        update_freq: `"epoch"`, `"batch"` (every batch) or an integer N
+            (every N batches; the step axis is then the optimizer's
+            iteration count). Defaults to `"epoch"`.
             Defaults to `"epoch"`.
         weights: `"kernels"` (kernels and embeddings) or `"all"` (every
             weight, biases and normalization statistics included). Defaults
@@ -124,7 +126,9 @@ class ZeroCounts(Monitor):
 
     Args:
         log_dir: Directory of the TensorBoard logs.
-        update_freq: `"epoch"` or an integer N: log every N batches.
+        update_freq: `"epoch"`, `"batch"` (every batch) or an integer N
+            (every N batches; the step axis is then the optimizer's
+            iteration count). Defaults to `"epoch"`.
             Defaults to `"epoch"`.
         tol: Near-zero threshold, `>= 0`. Defaults to `1e-3`.
         relative_tol: Whether `tol` is relative to each tensor's max|w|.
@@ -184,7 +188,9 @@ class RegularizationShare(Monitor):
 
     Args:
         log_dir: Directory of the TensorBoard logs.
-        update_freq: `"epoch"` or an integer N: log every N batches.
+        update_freq: `"epoch"`, `"batch"` (every batch) or an integer N
+            (every N batches; the step axis is then the optimizer's
+            iteration count). Defaults to `"epoch"`.
             Defaults to `"epoch"`.
         pull_batch: None, or a batch `(x, y)` on which to measure the data
             loss's gradient for `penalty_pull_ratio`. Defaults to None.
@@ -221,7 +227,9 @@ class LkMonitor(Monitor):
 
     Args:
         log_dir: Directory of the TensorBoard logs.
-        update_freq: `"epoch"` or an integer N: log every N batches.
+        update_freq: `"epoch"`, `"batch"` (every batch) or an integer N
+            (every N batches; the step axis is then the optimizer's
+            iteration count). Defaults to `"epoch"`.
             Defaults to `"epoch"`.
         tol: Near-zero threshold, `>= 0`. Defaults to `1e-3`.
         relative_tol: Whether `tol` is relative to each tensor's max|w|.

@@ -202,3 +202,35 @@ def test_data_parallel_on_two_host_devices_gives_one_devices_zeros(tmp_path):
     assert all(int(results[f"parallel_k{k}_devices"]) == 2 for k in RUNS)
     assert all(int(results[f"k{k}_devices"]) == 1 for k in RUNS)
     assert_same_fit(results, results, prefix="parallel_")
+
+
+@pytest.mark.parametrize("command", ["demo", "sweep"])
+def test_the_training_commands_say_in_one_line_which_backend_they_need(
+        command, tmp_path):
+    # Keras's inference-only numpy backend stands in for one keras_lk does
+    # not train on: one line, `keras-lk: error: ...`, exit status 2.
+    env = dict(os.environ, KERAS_BACKEND="numpy", TF_CPP_MIN_LOG_LEVEL="3")
+    result = subprocess.run(
+        [sys.executable, "-m", "keras_lk", command, "--logdir",
+         str(tmp_path / "logs")], cwd=os.path.dirname(HERE), env=env,
+        capture_output=True, text=True, check=False)
+    assert result.returncode == 2, result.stdout + result.stderr[-2000:]
+    errors = [line for line in result.stderr.splitlines()
+              if line.startswith("keras-lk")]
+    assert errors == [errors[0]] and errors[0].startswith(
+        f"keras-lk: error: keras-lk {command} needs the TensorFlow, JAX or "
+        "PyTorch backend; this Keras runs on 'numpy'"), result.stderr[-2000:]
+    assert not (tmp_path / "logs").exists()
+
+
+# A fast check that the other backends train at all (the full runs above
+# are slow): the penalty, prox and a proximal fit against NumPy.
+FAST_ON_EVERY_BACKEND = ("penalty_is_numpys or prox_minimizes or "
+                         "numpys_sgd_then_prox")
+
+
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_a_few_backend_neutral_tests_pass_quickly_on(backend):
+    summary = run_on(backend, "-k", FAST_ON_EVERY_BACKEND)
+    passed = re.search(r"(\d+) passed", summary)
+    assert passed and int(passed.group(1)) >= 20, summary

@@ -220,7 +220,24 @@ def test_nested_shared_and_frozen_layers(tmp_path):
         "zero_count/head", "zero_count/(all layers)"}
     assert {t for t in train if t.startswith("reg_loss/")} == {
         "reg_loss/encoder/enc", "reg_loss/total"}
-    assert read(tmp_path)[("train", "exact_zero_count/(all layers)")][0] == 0.0
+    events = read(tmp_path)
+    assert events[("train", "exact_zero_count/(all layers)")][0] == 0.0
+    # By value: the shared layer's kernel is counted once, the frozen one's
+    # too, and the total is the sum of the layers' kernels.
+    sizes = {"encoder/enc": 16, "shared": 16, "frozen": 8, "head": 2}
+    for layer, size in sizes.items():
+        kernel = (model.get_layer("encoder").get_layer("enc") if "/" in layer
+                  else model.get_layer(layer)).kernel.numpy()
+        assert kernel.size == size
+        histogram = events[("train", f"abs_weights/{layer}/kernel")][0]
+        assert histogram[:, 2].sum() == size, layer
+        assert events[("train", f"max_abs_weight/{layer}")][0] == (
+            pytest.approx(np.abs(kernel).max())), layer
+        assert events[("train", f"zero_count/{layer}")][0] == np.sum(
+            np.abs(kernel) <= np.float32(1e-3)), layer
+    assert events[("train", "zero_fraction/(all layers)")][0] == pytest.approx(
+        sum(events[("train", f"zero_count/{layer}")][0] for layer in sizes)
+        / sum(sizes.values()))
 
 
 class Subclassed(keras.Model):
@@ -278,6 +295,42 @@ def test_batch_frequency_writes_at_optimizer_iterations(tmp_path):
               callbacks=[keras_lk.ZeroCounts(tmp_path, update_freq=3)])
     events = read(tmp_path)
     assert set(events[("train", "zero_fraction/first")]) == {3, 6}
+
+
+KILLED_MID_FIT = """
+import os, signal, sys
+import keras, keras_lk
+sys.path.insert(0, "tests")
+from helpers import regression_data as data, two_layer_model
+
+
+class Kill(keras.callbacks.Callback):
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == 1:  # no cleanup, no writer freed: only flushed events
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+x, y = data()
+model = two_layer_model(lr=0.01)
+# Four histograms a log: fewer than the writer's queue holds before it
+# writes on its own, so only the flush at every log puts them on disk.
+model.fit(x, y, epochs=4, verbose=0,
+          callbacks=[keras_lk.AbsWeightHistograms(sys.argv[1]), Kill()])
+"""
+
+
+def test_events_are_on_disk_when_the_process_is_killed_mid_fit(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    result = subprocess.run(
+        [sys.executable, "-c", KILLED_MID_FIT, str(tmp_path)],
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        capture_output=True, text=True, check=False)
+    assert result.returncode == -signal.SIGKILL, result.stderr[-2000:]
+    events = read(tmp_path)
+    assert set(events[("train", "abs_weights/first/kernel")]) == {0}
+    assert set(events[("train", "log10_abs_weights/second/kernel")]) == {0}
 
 
 def test_events_are_on_disk_when_fit_raises(tmp_path):
@@ -357,9 +410,20 @@ def test_unwritable_log_dir_is_an_os_error_at_train_start(tmp_path):
 def test_all_weights_option_includes_biases(tmp_path):
     x, y = data()
     model = two_layer_model()
-    model.fit(x, y, verbose=0,
-              callbacks=[keras_lk.AbsWeightHistograms(tmp_path, weights="all")])
-    assert "abs_weights/first/bias" in tags(read(tmp_path), "train")
+    model.fit(x, y, verbose=0, callbacks=[keras_lk.LkMonitor(
+        tmp_path, weights="all")])
+    events = read(tmp_path)
+    assert "abs_weights/first/bias" in tags(events, "train")
+    for layer in ("first", "second"):
+        kernel = model.get_layer(layer).kernel.numpy()
+        bias = model.get_layer(layer).bias.numpy()
+        histogram = events[("train", f"abs_weights/{layer}/bias")][0]
+        assert histogram[:, 2].sum() == bias.size, layer
+        assert histogram[-1, 1] == pytest.approx(np.abs(bias).max()), layer
+        # The layer's counts include its bias, by value.
+        assert events[("train", f"zero_count/{layer}")][0] == np.sum(
+            np.abs(kernel) <= np.float32(1e-3)) + np.sum(
+            np.abs(bias) <= np.float32(1e-3)), layer
 
 
 def test_importable_from_callbacks_module():

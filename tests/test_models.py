@@ -80,7 +80,9 @@ def test_monitors_cover_every_kind_of_kernel_by_value(tmp_path):
         penalty += layer_penalty
         histogram = events[("train", f"abs_weights/{layer}/{KERNELS[layer][0]}")]
         assert histogram[0][:, 2].sum() == weights[0].size
-        assert size > 0
+        assert events[("train", f"zero_fraction/{layer}")][0] == (
+            pytest.approx(sum(np.sum(np.abs(w) <= np.float32(1e-3))
+                              for w in weights) / size)), layer
     assert events[("train", "exact_zero_count/conv")][0] > 0
     assert events[("train", "zero_count/embed")][0] >= 80
     assert history.history["reg_loss"][0] == pytest.approx(penalty, rel=1e-5)

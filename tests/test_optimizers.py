@@ -172,13 +172,20 @@ def test_recompiling_without_the_proximal_optimizer_is_refused():
 def test_a_custom_loop_without_build_is_refused():
     x, y = data()
     model = linear_model(LkRegularizer(k=1, alpha=0.1, proximal=True))
-    optimizer = keras.optimizers.SGD(0.1)
-    with pytest.raises(ValueError, match=MISUSE):
+    optimizer = ProximalOptimizer(keras.optimizers.SGD(0.1))
+
+    def gradients():
         with tf.GradientTape() as tape:
             loss = (keras.losses.MeanSquaredError()(y, model(x))
                     + sum(model.losses))
-        tape.gradient(loss, model.trainable_variables)
-    assert optimizer.iterations.numpy() == 0
+        return tape.gradient(loss, model.trainable_variables)
+
+    with pytest.raises(ValueError, match=MISUSE):
+        gradients()
+    # Built, as the docs ask, the same loop trains.
+    optimizer.build(model.trainable_variables)
+    optimizer.apply_gradients(zip(gradients(), model.trainable_variables))
+    assert int(optimizer.iterations.numpy()) == 1
 
 
 @pytest.mark.parametrize("inner", [keras.optimizers.SGD, keras.optimizers.Adam])

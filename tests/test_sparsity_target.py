@@ -647,3 +647,56 @@ def test_the_locks_selection_is_top_ks_ties_included():
         got = np.asarray(lowest(scores, count))
         np.testing.assert_array_equal(got, expected, err_msg=str(trial))
         assert got.sum() == count
+
+
+class Kernels(keras.callbacks.Callback):
+    """Every step's kernels, after the step."""
+
+    def __init__(self):
+        super().__init__()
+        self.steps = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.steps.append({name: self.model.get_layer(name).kernel.numpy()
+                           for name in ("hidden", "out")})
+
+
+def test_the_logged_zeroing_threshold_is_the_one_the_next_step_applies(
+        tmp_path):
+    # k = 0 while steering. The threshold logged at an epoch's end (step
+    # 32) is the one step 33 applies: after it every weight at or below it
+    # is zero, except the protected ones (each unit's largest, as found at
+    # step 32), and the threshold is at least the scheduled quantile of
+    # |w| at step 32.
+    model = mlp(k=0.0)
+    kernels = Kernels()
+    history = fit(model, [keras_lk.SparsityTarget(
+        0.8, begin_step=0, end_step=60, log_dir=tmp_path), kernels],
+        epochs=3)
+    threshold = read(tmp_path)[("train", "zeroing_threshold/(all layers)")]
+    assert set(threshold) == {0, 1, 2}
+    tau = threshold[1]
+    at_32, at_33 = kernels.steps[31], kernels.steps[32]
+    survivors = []
+    for name in ("hidden", "out"):
+        protected = np.abs(at_32[name]) == np.abs(at_32[name]).max(
+            axis=0, keepdims=True)
+        after = np.abs(at_33[name])
+        assert not np.any((after > 0) & (after <= tau) & ~protected), name
+        survivors.append(after[~protected & (after > 0)])
+    assert np.concatenate(survivors).min() > tau
+    magnitudes = np.sort(np.concatenate([np.abs(k).ravel()
+                                         for k in at_32.values()]))
+    scheduled = history.history["sparsity_target"][1]
+    quantile = magnitudes[round(scheduled * magnitudes.size) - 1]
+    assert tau >= quantile > 0
+
+
+def test_weights_of_different_k_in_one_group_are_refused():
+    model = mlp(k=1.0, hidden_k=0.5)
+    with pytest.raises(ValueError, match=(
+            r"one k: group '\(all layers\)' has k in \[0.5, 1.0\]\. Give them "
+            r"the same k, or use allocation='uniform'")):
+        fit(model, [keras_lk.SparsityTarget(0.5)], epochs=1)
+    # A group per layer has one k each: allowed.
+    fit(model, [keras_lk.SparsityTarget(0.5, allocation="uniform")], epochs=1)
