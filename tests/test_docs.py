@@ -80,3 +80,45 @@ def test_the_docs_site_builds_strictly(tmp_path):
     for name in ("LkRegularizer", "LkMonitor", "ProximalOptimizer",
                  "SparsityTarget", "strip"):
         assert f'id="keras_lk.{name}"' in api, name
+
+
+@pytest.mark.slow
+def test_the_wheel_and_sdist_build_and_the_wheel_imports(tmp_path):
+    import tarfile
+    import zipfile
+    result = subprocess.run(
+        [sys.executable, "-m", "build", "--no-isolation", "--outdir",
+         str(tmp_path / "dist"), str(ROOT)], capture_output=True, text=True,
+        check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    wheel, = (tmp_path / "dist").glob("keras_lk-*.whl")
+    sdist, = (tmp_path / "dist").glob("keras_lk-*.tar.gz")
+    names = zipfile.ZipFile(wheel).namelist()
+    for module in ("keras_lk/backend.py", "keras_lk/sparsity/controller.py",
+                   "keras_lk/study/cli.py", "keras_lk_cli.py"):
+        assert module in names, module
+    metadata = zipfile.ZipFile(wheel).read(
+        next(n for n in names if n.endswith("METADATA"))).decode()
+    assert "Description-Content-Type: text/markdown" in metadata
+    assert "License-Expression: Apache-2.0" in metadata
+    assert "## Quick start: regularize a model and watch it" in metadata
+    assert any(n.endswith("licenses/LICENSE") for n in names)
+    members = tarfile.open(sdist).getnames()
+    for name in ("README.md", "LICENSE", "pyproject.toml"):
+        assert any(m.endswith("/" + name) for m in members), name
+    # The wheel, installed on its own (its dependencies are this
+    # environment's), imports from where it was installed.
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps",
+                    "--no-index", "--target", str(target), str(wheel)],
+                   check=True, capture_output=True)
+    smoke = subprocess.run(
+        [sys.executable, "-c", "import keras_lk; print(keras_lk.__file__, "
+         "keras_lk.__version__, len(keras_lk.__all__))"],
+        cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(target),
+                               TF_CPP_MIN_LOG_LEVEL="3"),
+        capture_output=True, text=True, check=False)
+    assert smoke.returncode == 0, smoke.stderr[-2000:]
+    path, version, count = smoke.stdout.split()
+    assert path.startswith(str(target)) and version == "0.1.0"
+    assert int(count) >= 14
