@@ -1,6 +1,7 @@
 """Sparsity in one place, one concept a file:
 
-- `shipping.py`: `exact_zeros` (the one zero count), `sparsity`, `strip`;
+- `counting.py`: `exact_zeros` (the one zero count) and `sparsity`;
+- `shipping.py`: `strip`;
 - `schedule.py`: the polynomial schedule shared by `SparsityTarget` and
   `keras-lk sweep`;
 - `groups.py`: the weights covered, and how they are allocated to groups;
@@ -11,7 +12,8 @@
 - `target.py`: the `SparsityTarget` callback.
 """
 
-from keras_lk.sparsity.shipping import exact_zeros, sparsity, strip
+from keras_lk.sparsity.counting import exact_zeros, sparsity
+from keras_lk.sparsity.shipping import strip
 from keras_lk.sparsity.target import SparsityTarget
 
 __all__ = ["SparsityTarget", "exact_zeros", "sparsity", "strip"]

@@ -3,8 +3,8 @@ requested sparsity, and owns its controller for the duration of `fit`.
 
 The room, one concept a file: `groups` (what is covered, and allocation),
 `protection`, `lock`, `controller` (the control law, in the step),
-`state` (kept in the optimizer), `schedule`, and `shipping` (counting
-zeros, `strip`).
+`state` (kept in the optimizer), `schedule`, `counting` (exact zeros) and
+`shipping` (`strip`).
 """
 
 import contextlib
@@ -20,7 +20,7 @@ from keras_lk.sparsity import groups as grouping
 from keras_lk.sparsity.controller import Controller, initial_log_scale
 from keras_lk.sparsity.groups import ALLOCATIONS
 from keras_lk.sparsity.protection import PROTECTIONS, Protection
-from keras_lk.sparsity.shipping import exact_zeros
+from keras_lk.sparsity.counting import exact_zeros
 from keras_lk.summary import RunWriter, check_writable
 from keras_lk.wrappers import proximal_optimizer
 

@@ -33,7 +33,7 @@ from tensorboard.plugins.hparams import api as hparams_api
 
 from keras_lk.regularizers import LkRegularizer
 from keras_lk.sparsity.schedule import polynomial
-from keras_lk.sparsity.shipping import exact_zeros
+from keras_lk.sparsity.counting import exact_zeros
 from keras_lk.sparsity.target import SparsityTarget
 from keras_lk.study import suite, suite_data
 from keras_lk.study.runs import DEFAULT_ALPHA, Progress
