@@ -649,7 +649,7 @@ def test_the_locks_selection_is_top_ks_ties_included():
         assert got.sum() == count
 
 
-class Kernels(keras.callbacks.Callback):
+class StepKernels(keras.callbacks.Callback):
     """Every step's kernels, after the step."""
 
     def __init__(self):
@@ -669,7 +669,7 @@ def test_the_logged_zeroing_threshold_is_the_one_the_next_step_applies(
     # step 32), and the threshold is at least the scheduled quantile of
     # |w| at step 32.
     model = mlp(k=0.0)
-    kernels = Kernels()
+    kernels = StepKernels()
     history = fit(model, [keras_lk.SparsityTarget(
         0.8, begin_step=0, end_step=60, log_dir=tmp_path), kernels],
         epochs=3)
