@@ -223,10 +223,10 @@ def test_the_training_commands_say_in_one_line_which_backend_they_need(
     assert not (tmp_path / "logs").exists()
 
 
-# A fast check that the other backends train at all (the full runs above
-# are slow): the penalty, prox and a proximal fit against NumPy.
+# A fast check of the other backends (the full runs above are slow): the
+# penalty and its gradient, and the proximal operators, against NumPy.
 FAST_ON_EVERY_BACKEND = ("penalty_is_numpys or prox_minimizes or "
-                         "numpys_sgd_then_prox")
+                         "gradients_are_exact")
 
 
 @pytest.mark.parametrize("backend", ["jax", "torch"])

@@ -23,7 +23,10 @@ def runnable_blocks(path):
                       re.S)
 
 
-@pytest.mark.parametrize("page", ["README.md", "docs/getting-started.md"])
+@pytest.mark.parametrize("page", [
+    "README.md",
+    # The same code as the README's: slow, so the fast subset runs it once.
+    pytest.param("docs/getting-started.md", marks=pytest.mark.slow)])
 def test_the_code_a_page_says_runs_runs(page, tmp_path, monkeypatch):
     import keras
     import keras_lk

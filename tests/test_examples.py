@@ -91,6 +91,7 @@ def run_example(name, *args, env=None):
     return result.stdout
 
 
+@pytest.mark.slow
 def test_watch_in_tensorboard_logs_both_runs(tmp_path):
     from events import read, tags
     printed = run_example("watch_in_tensorboard.py", "--logdir",
@@ -102,6 +103,7 @@ def test_watch_in_tensorboard_logs_both_runs(tmp_path):
     assert f"tensorboard --logdir {tmp_path}" in printed
 
 
+@pytest.mark.slow
 def test_prune_and_ship_reaches_the_target_and_reloads(tmp_path):
     out = str(tmp_path / "pruned.keras")
     printed = run_example("prune_and_ship.py", "--out", out)
