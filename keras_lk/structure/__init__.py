@@ -1,0 +1,18 @@
+"""Structure: the units a model can lose, and the smaller model without them.
+
+- `graph.py`: the call graph, read from a Functional model's config;
+- `channels.py`: channel spaces (the union-find of coupled units) and the
+  weight slices of each unit;
+- `rules.py`: what each kind of layer does to the channels;
+- `analysis.py`: the pass over the graph that applies the rules;
+- `groups.py`: `UnitGroup` and `unit_groups`;
+- `prune.py`: `prune_units`;
+- `surgery.py`: `shrink`;
+- `flops.py`: multiply-accumulates, dense and live.
+"""
+
+from keras_lk.structure.groups import UnitGroup, unit_groups
+from keras_lk.structure.prune import prune_units
+from keras_lk.structure.surgery import shrink
+
+__all__ = ["UnitGroup", "prune_units", "shrink", "unit_groups"]

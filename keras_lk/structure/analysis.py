@@ -1,0 +1,135 @@
+"""Reads a model's graph into channel spaces: the analysis behind
+`unit_groups`, `prune_units`, `shrink` and the live-units count."""
+
+import dataclasses
+
+import numpy as np
+
+from keras_lk.structure import rules
+from keras_lk.structure.channels import EXACT, UNKNOWN, Spaces
+from keras_lk.structure.graph import read
+
+_LAYER_MODULES = ("keras.layers", "keras.src.layers")
+_OP_MODULES = ("keras.src.ops.numpy", "keras.src.ops.nn", "keras.ops")
+_APPLICATION_LAYERS = {
+    ("keras.src.applications.inception_resnet_v2", "CustomScaleLayer")}
+_NEEDS_IN_SHAPE = {"Flatten": rules.flatten, "Reshape": rules.reshape}
+
+
+@dataclasses.dataclass
+class Analysis:
+    """`graph`: the model's `Graph`; `spaces`: the union-find; `maps`:
+    `Channels` per tensor key; `nodes`: the nodes with a layer rule."""
+
+    graph: object
+    spaces: Spaces
+    maps: dict
+
+    def roots(self):
+        """Every space that is its own root, in the order made."""
+        return [s for s in range(len(self.spaces.parent))
+                if self.spaces.root(s) == s]
+
+    def slices_of(self, root):
+        return [s for s in self.spaces.slices
+                if self.spaces.root(s.space) == root]
+
+    def live(self, channels, dead):
+        """How many positions of `channels` are not in `dead`, a set of
+        (root, unit)."""
+        if not dead:
+            return len(channels)
+        root = self.spaces.root
+        return sum((root(int(s)), int(u)) not in dead
+                   for s, u in zip(channels.space, channels.unit))
+
+
+def rule_of(node):
+    """The rule for `node`, or None when keras_lk does not know its layer."""
+    module = node.module
+    if module.startswith(_LAYER_MODULES):
+        if node.class_name in _NEEDS_IN_SHAPE:
+            return _NEEDS_IN_SHAPE[node.class_name]
+        if node.class_name in rules.PASS_THROUGH:
+            return lambda spaces, node, layer, maps, shape: maps[0]
+        return rules.RULES.get(node.class_name)
+    if module.startswith(_OP_MODULES) and (
+            node.class_name in rules.ELEMENTWISE_OPS):
+        return rules.merge
+    if (module, node.class_name) in _APPLICATION_LAYERS:
+        return rules.merge
+    return None
+
+
+def analyze(model):
+    """The `Analysis` of a built Functional or Sequential model."""
+    graph = read(model)
+    spaces, maps = Spaces(), {}
+
+    def channels_of(key, maker, reason, kind=EXACT):
+        shape = graph.shapes.get(key)
+        size = shape[-1] if shape and shape[-1] is not None else 0
+        return spaces.new(size, maker, reason, kind)
+
+    for key in graph.inputs:
+        maps[key] = channels_of(key, key[0], "it is one of the model's "
+                                "inputs")
+    for node in graph.nodes:
+        if not node.calls:
+            for key in node.outputs:
+                maps.setdefault(key, channels_of(
+                    key, node.name, "it is one of the model's inputs"))
+            continue
+        inputs = [maps[key] for key in node.inputs]
+        extra = [maps[k] for keys in node.kwargs.values() for k in keys]
+        shape = graph.shapes.get(node.outputs[0]) if node.outputs else None
+        in_shape = graph.shapes.get(node.inputs[0]) if node.inputs else None
+        rule = rule_of(node)
+        layer = node.operation
+        out = None
+        if node.calls > 1:
+            for m in inputs + extra:
+                spaces.keep(m, f"'{node.name}' is called more than once "
+                               "(a shared layer)")
+        elif rule is None or not inputs:
+            rules._unknown(spaces, node, inputs + extra, shape)
+        elif node.class_name in _NEEDS_IN_SHAPE and (
+                node.module.startswith(_LAYER_MODULES)):
+            out = rule(spaces, node, layer, inputs, shape, in_shape)
+        else:
+            for m in extra:
+                spaces.keep(m, f"'{node.name}' takes it as a keyword "
+                               "argument")
+            out = rule(spaces, node, layer, inputs, shape)
+        for key in node.outputs:
+            size = graph.shapes[key][-1] if graph.shapes[key] else None
+            if out is not None and len(out) == size:
+                maps[key] = out
+            else:
+                kind = EXACT if node.calls > 1 else UNKNOWN
+                maps[key] = channels_of(
+                    key, node.name, f"'{node.name}' makes it in a way "
+                    "keras_lk cannot rebuild", kind)
+    for key in graph.outputs:
+        spaces.keep(maps[key], "it is one of the model's outputs")
+    return Analysis(graph=graph, spaces=spaces, maps=maps)
+
+
+def unit_norms(analysis, root, size, p=2, values=None):
+    """Per unit of space `root`, the p-norm (p = 1, 2 or inf) of its counted
+    slices. `values`: a dict caching each variable's numpy value."""
+    values = {} if values is None else values
+    total = np.zeros(size)
+    for piece in analysis.slices_of(root):
+        if not piece.counted:
+            continue
+        key = id(piece.variable)
+        if key not in values:
+            values[key] = np.asarray(piece.variable.numpy(), np.float64)
+        rows = np.abs(np.moveaxis(values[key], piece.axis, 0)[piece.indices])
+        rows = rows.reshape(len(piece.units), -1)
+        if p == np.inf:
+            np.maximum.at(total, piece.units, rows.max(axis=1, initial=0))
+        else:
+            np.add.at(total, piece.units, np.sum(rows ** p, axis=1))
+    return total if p == np.inf else total ** (1.0 / p)

@@ -1,0 +1,159 @@
+"""Channel spaces: which unit of which group each channel of a tensor is.
+
+A *space* is a set of units that must go together: the output units of one
+layer, joined (by a union) with every other space an Add, a Multiply or a
+Concatenate along another axis ties it to. A tensor's last axis is a
+`Channels` map: for each position, its space and its unit. A Concatenate
+along the last axis puts maps side by side, a Flatten repeats one, a
+depthwise convolution with multiplier m repeats each position m times.
+
+Every weight slice that belongs to a unit is recorded as a `Slice`: a
+variable, an axis and, per row, the unit and the indices along that axis.
+"""
+
+import dataclasses
+
+import numpy as np
+
+# Reasons a space is kept. "exact": removing it would change the outputs.
+# "unknown": a layer keras_lk does not know touches it.
+EXACT, UNKNOWN = "exact", "unknown"
+
+
+@dataclasses.dataclass
+class Slice:
+    """The rows of one variable along one axis that belong to units of one
+    space: `indices[r]` are the indices of unit `units[r]`. `counted`:
+    whether the slice takes part in the unit's norm (a BatchNormalization's
+    moving statistics do not)."""
+
+    space: int
+    layer: str
+    variable: object
+    axis: int
+    units: np.ndarray
+    indices: np.ndarray
+    counted: bool = True
+
+
+@dataclasses.dataclass
+class Edit:
+    """A config entry of `layer` set from the live positions of `channels`
+    when the model is rebuilt: `kind` is "count" (an int), "last" (the
+    last entry of a shape), or "output_shape" (MultiHeadAttention's)."""
+
+    layer: str
+    key: str
+    kind: str
+    channels: object
+
+
+@dataclasses.dataclass(frozen=True)
+class Channels:
+    """The last axis of one tensor: space and unit per position."""
+
+    space: np.ndarray
+    unit: np.ndarray
+
+    def __len__(self):
+        return len(self.space)
+
+    def repeat(self, times):
+        """Each position `times` times in a row (a depthwise convolution)."""
+        return Channels(np.repeat(self.space, times),
+                        np.repeat(self.unit, times))
+
+    def tile(self, times):
+        """The whole map `times` times (a Flatten of `times` positions)."""
+        return Channels(np.tile(self.space, times), np.tile(self.unit, times))
+
+    @staticmethod
+    def join(maps):
+        return Channels(np.concatenate([m.space for m in maps]),
+                        np.concatenate([m.unit for m in maps]))
+
+
+class Spaces:
+    """The union-find of spaces, with their slices, edits and reasons."""
+
+    def __init__(self):
+        self.parent, self.size, self.producer = [], [], []
+        self.reasons = {}
+        self.slices, self.edits = [], []
+
+    def new(self, size, producer, reason=None, kind=EXACT):
+        """A new space of `size` units made by layer `producer`."""
+        self.parent.append(len(self.parent))
+        self.size.append(int(size))
+        self.producer.append(producer)
+        index = len(self.parent) - 1
+        if reason:
+            self.reasons.setdefault(index, []).append((kind, reason))
+        return Channels(np.full(size, index), np.arange(size))
+
+    def root(self, space):
+        while self.parent[space] != space:
+            self.parent[space] = self.parent[self.parent[space]]
+            space = self.parent[space]
+        return space
+
+    def union(self, a, b):
+        a, b = self.root(a), self.root(b)
+        if a != b:
+            first, second = min(a, b), max(a, b)
+            self.parent[second] = first
+            self.reasons.setdefault(first, []).extend(
+                self.reasons.pop(second, []))
+
+    def whole(self, channels):
+        """The one space `channels` is, unit for unit, or None."""
+        if not len(channels):
+            return None
+        roots = {self.root(s) for s in set(channels.space.tolist())}
+        if len(roots) != 1:
+            return None
+        root = roots.pop()
+        if (self.size[root] == len(channels)
+                and np.array_equal(channels.unit, np.arange(len(channels)))):
+            return root
+        return None
+
+    def tie(self, maps, layer):
+        """Makes the positions of `maps` the same units (an Add). Maps that
+        are not each one whole space are kept, with the reason."""
+        spaces = [self.whole(m) for m in maps]
+        if all(s is not None for s in spaces):
+            for space in spaces[1:]:
+                self.union(spaces[0], space)
+            return
+        if all(np.array_equal(m.space, maps[0].space)
+               and np.array_equal(m.unit, maps[0].unit) for m in maps):
+            return
+        for m in maps:
+            self.keep(m, f"'{layer}' joins channels that come from several "
+                         "layers in different orders")
+
+    def keep(self, channels, reason, kind=EXACT):
+        """Marks every space of `channels` as not removable."""
+        for space in set(channels.space.tolist()):
+            self.reasons.setdefault(self.root(space), []).append(
+                (kind, reason))
+
+    def record(self, channels, layer, variable, axis, indices, counted=True):
+        """Records `variable`'s slices along `axis` for the positions of
+        `channels`: `indices(positions)` gives each position's indices, an
+        array of shape (len(positions), k)."""
+        positions = np.arange(len(channels))
+        rows = np.asarray(indices(positions)).reshape(len(positions), -1)
+        for space in sorted(set(channels.space.tolist())):
+            mask = channels.space == space
+            self.slices.append(Slice(
+                space=space, layer=layer, variable=variable,
+                axis=axis % len(variable.shape), units=channels.unit[mask],
+                indices=rows[mask], counted=counted))
+
+    def edit(self, layer, key, channels, kind="count"):
+        self.edits.append(Edit(layer, key, kind, channels))
+
+    def reasons_of(self, space):
+        return self.reasons.get(self.root(space), [])

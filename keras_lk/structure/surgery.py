@@ -1,0 +1,169 @@
+"""`shrink`: a smaller Keras model without the units that are all zero."""
+
+import keras
+import numpy as np
+
+from keras_lk import _validation
+from keras_lk.structure.analysis import analyze, unit_norms
+from keras_lk.structure.groups import build_groups, unknown_reasons
+
+UNKNOWN_LAYERS = ("raise", "keep")
+
+
+def dead_units(analysis, groups, unknown_layers="raise"):
+    """`{root: set of units}` whose counted slices are all exactly zero, in
+    the removable groups. A group a layer keras_lk does not know keeps
+    from shrinking, yet with units all zero, raises unless
+    `unknown_layers="keep"`."""
+    dead, values = {}, {}
+    for group in groups:
+        norms = unit_norms(analysis, group._root, group.size, np.inf, values)
+        zero = np.flatnonzero(norms == 0)
+        if not len(zero):
+            continue
+        if not group.removable:
+            blocked = unknown_reasons(group)
+            if blocked and unknown_layers == "raise":
+                raise ValueError(
+                    f"shrink() cannot rebuild unit group '{group.name}': "
+                    f"{len(zero)} of its {group.size} units are zero, but "
+                    f"{blocked[0]}. Write that part of the model with Keras "
+                    "layers, or pass unknown_layers=\"keep\" to keep this "
+                    "group's units and shrink the rest.")
+            continue
+        if len(zero) == group.size:
+            zero = zero[1:]  # A layer keeps one unit: it stays all zero.
+        dead[group._root] = set(int(u) for u in zero)
+    return dead
+
+
+def _removals(analysis, dead):
+    """`{id(variable): (variable, {axis: indices})}` to delete."""
+    found = {}
+    for piece in analysis.spaces.slices:
+        units = dead.get(analysis.spaces.root(piece.space))
+        if not units:
+            continue
+        rows = piece.indices[np.isin(piece.units, list(units))].ravel()
+        if len(rows):
+            entry = found.setdefault(id(piece.variable),
+                                     (piece.variable, {}))
+            entry[1].setdefault(piece.axis, set()).update(rows.tolist())
+    return found
+
+
+def _live_dead(analysis, dead):
+    flat = {(root, u) for root, units in dead.items() for u in units}
+    return lambda channels: analysis.live(channels, flat)
+
+
+def _edited(serialized, analysis, dead):
+    """The serialized model with every layer's unit counts set to what is
+    left, and no build or compile state (the shapes change)."""
+    config = serialized["config"]
+    entries = {}
+    for entry in config["layers"]:
+        entries[entry.get("name") or entry["config"]["name"]] = entry
+        entry.pop("build_config", None)
+    serialized.pop("build_config", None)
+    serialized.pop("compile_config", None)
+    if "build_input_shape" in config and config["layers"] and (
+            config["layers"][0]["class_name"] == "InputLayer"):
+        config.pop("build_input_shape", None)
+    live = _live_dead(analysis, dead)
+    for edit in analysis.spaces.edits:
+        layer = entries[edit.layer]["config"]
+        count, size = live(edit.channels), len(edit.channels)
+        if count == size:
+            continue
+        if edit.kind == "count":
+            layer[edit.key] = count
+        elif edit.kind == "last":
+            layer[edit.key] = tuple(layer[edit.key][:-1]) + (count,)
+        else:  # MultiHeadAttention's output_shape
+            shape = layer.get(edit.key)
+            layer[edit.key] = (tuple(shape[:-1]) + (count,)
+                               if isinstance(shape, (list, tuple)) else count)
+    return serialized
+
+
+def shrink(model, unknown_layers="raise"):
+    """A new, smaller Keras model without every unit whose slices are all
+    exactly zero.
+
+    Each removable group of `unit_groups(model)` loses its zero units: the
+    layers get fewer units, filters or heads, and the weights are copied
+    without the removed slices. The outputs equal `model`'s up to float32
+    summation order, and the new model is plain Keras: its `.keras` file
+    loads without keras_lk (unless `model` itself holds keras_lk
+    regularizers; `strip(model, shrink=True)` removes those too). Layer
+    names and settings (initializers, regularizers, constraints, dtype
+    policies) are kept. A layer that would lose every unit keeps one, all
+    zero. The new model is not compiled.
+
+    Args:
+        model: A built Functional or Sequential `keras.Model`.
+        unknown_layers: "raise" (the default): a group with zero units that
+            a layer keras_lk cannot rebuild holds back raises a ValueError
+            naming it. "keep": such units stay, the rest shrinks.
+
+    Returns:
+        The new `keras.Model`: Sequential for a Sequential model,
+        Functional otherwise (a Functional subclass comes back as a plain
+        Functional model with the same layers).
+
+    Examples:
+
+        >>> import keras, keras_lk, numpy as np
+        >>> inputs = keras.Input((8,))
+        >>> hidden = keras.layers.Dense(16, "relu", name="hidden")(inputs)
+        >>> model = keras.Model(inputs, keras.layers.Dense(2)(hidden))
+        >>> _ = keras_lk.prune_units(model, 0.75)
+        >>> small = keras_lk.shrink(model)
+        >>> small.get_layer("hidden").units
+        4
+        >>> x = np.ones((3, 8), "float32")
+        >>> bool(np.allclose(small(x), model(x), atol=1e-6))
+        True
+    """
+    if unknown_layers not in UNKNOWN_LAYERS:
+        raise _validation.invalid("unknown_layers",
+                                  f"one of {list(UNKNOWN_LAYERS)}",
+                                  unknown_layers)
+    analysis = analyze(model)
+    groups = build_groups(analysis)
+    dead = dead_units(analysis, groups, unknown_layers)
+    graph = analysis.graph
+    source = model if (graph.view is model
+                       or isinstance(model, keras.Sequential)) else graph.view
+    serialized = keras.saving.serialize_keras_object(source)
+    serialized = _edited(serialized, analysis, dead)
+    try:
+        smaller = keras.saving.deserialize_keras_object(serialized)
+    except (TypeError, ValueError) as error:
+        raise ValueError(
+            "shrink() could not rebuild the model from its config with "
+            f"fewer units: {error}") from error
+    _copy_weights(source, smaller, _removals(analysis, dead))
+    return smaller
+
+
+def _copy_weights(source, smaller, removals):
+    for layer in source.layers:
+        new = smaller.get_layer(layer.name)
+        if len(layer.weights) != len(new.weights):
+            raise ValueError(
+                f"shrink() rebuilt layer '{layer.name}' with "
+                f"{len(new.weights)} variables instead of "
+                f"{len(layer.weights)}.")
+        for old, variable in zip(layer.weights, new.weights):
+            value = np.asarray(old.numpy())
+            for axis, rows in removals.get(id(old), (None, {}))[1].items():
+                value = np.delete(value, sorted(rows), axis=axis)
+            if tuple(value.shape) != tuple(variable.shape):
+                raise ValueError(
+                    f"shrink() could not rebuild layer '{layer.name}' "
+                    f"({type(layer).__name__}): variable '{old.path}' has "
+                    f"shape {tuple(variable.shape)} in the new model but "
+                    f"{tuple(value.shape)} after removing the zero units.")
+            variable.assign(value)
