@@ -20,6 +20,8 @@ from keras_lk.optimizers import ProximalOptimizer  # noqa: E402
 from keras_lk.proximal import prox  # noqa: E402
 from keras_lk.regularizers import LkRegularizer  # noqa: E402
 from keras_lk.sparsity import SparsityTarget, sparsity, strip  # noqa: E402
+from keras_lk.structure import (  # noqa: E402
+    UnitGroup, macs, prune_units, shrink, unit_groups)
 
 __version__ = "0.1.0"
 
@@ -31,11 +33,16 @@ __all__ = [
     "ZeroCounts",
     "LkRegularizer",
     "ProximalOptimizer",
+    "UnitGroup",
     "attach",
     "detach",
     "lk_penalty",
+    "macs",
     "prox",
+    "prune_units",
     "safe_abs_pow",
+    "shrink",
     "sparsity",
     "strip",
+    "unit_groups",
 ]

@@ -10,13 +10,18 @@ def test_public_names_are_pinned():
         "ZeroCounts",
         "LkRegularizer",
         "ProximalOptimizer",
+        "UnitGroup",
         "attach",
         "detach",
         "lk_penalty",
+        "macs",
         "prox",
+        "prune_units",
         "safe_abs_pow",
+        "shrink",
         "sparsity",
         "strip",
+        "unit_groups",
     ])
     for name in keras_lk.__all__:
         assert getattr(keras_lk, name).__doc__, name

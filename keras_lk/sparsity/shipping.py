@@ -3,6 +3,7 @@
 import keras
 
 from keras_lk import _validation
+from keras_lk.structure.surgery import shrink as _shrink
 
 _KERAS_LK = "keras_lk>"
 
@@ -24,7 +25,7 @@ def _without_keras_lk(config):
     return config
 
 
-def strip(model):
+def strip(model, shrink=False):
     """A plain Keras copy of `model` that loads without keras_lk.
 
     The same architecture and weights (exact zeros included), with every
@@ -36,8 +37,13 @@ def strip(model):
     Functional models (nested ones too); a subclassed model has no config
     to copy it from, and raises a ValueError.
 
+    With `shrink=True` the copy is also smaller: every unit whose slices are
+    all exactly zero is removed, as `keras_lk.shrink` does, so the shipping
+    path from a pruned model to a small `.keras` file is one call.
+
     Args:
         model: A built Sequential or Functional `keras.Model`.
+        shrink: Whether to remove the units that are all zero.
 
     Returns:
         The new, uncompiled `keras.Model`.
@@ -50,9 +56,14 @@ def strip(model):
         >>> plain = keras_lk.strip(model)
         >>> plain.layers[0].kernel_regularizer is None
         True
+        >>> _ = keras_lk.prune_units(model, 0.5)  # no unit: the output stays
+        >>> keras_lk.strip(model, shrink=True).layers[0].units
+        2
     """
     if not isinstance(model, keras.Model) or not model.built:
         raise _validation.invalid("model", "a built keras.Model", model)
+    if not isinstance(shrink, bool):
+        raise _validation.invalid("shrink", "True or False", shrink)
     serialized = keras.saving.serialize_keras_object(model)
     serialized.pop("compile_config", None)
     serialized = _without_keras_lk(serialized)
@@ -72,7 +83,7 @@ def strip(model):
             "class without keras_lk regularizers and copy the weights with "
             f"set_weights(). Received: model of type {type(model).__name__} "
             f"({error})") from error
-    return plain
+    return _shrink(plain) if shrink else plain
 
 
 def _registered_names(config):

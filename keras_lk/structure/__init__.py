@@ -11,8 +11,9 @@
 - `flops.py`: multiply-accumulates, dense and live.
 """
 
+from keras_lk.structure.flops import macs
 from keras_lk.structure.groups import UnitGroup, unit_groups
 from keras_lk.structure.prune import prune_units
 from keras_lk.structure.surgery import shrink
 
-__all__ = ["UnitGroup", "prune_units", "shrink", "unit_groups"]
+__all__ = ["UnitGroup", "macs", "prune_units", "shrink", "unit_groups"]

@@ -35,13 +35,17 @@ class Analysis:
                 if self.spaces.root(s.space) == root]
 
     def live(self, channels, dead):
-        """How many positions of `channels` are not in `dead`, a set of
-        (root, unit)."""
+        """How many positions of `channels` are not in `dead`, a dict from
+        root space to a set of units."""
+        count = len(channels)
         if not dead:
-            return len(channels)
-        root = self.spaces.root
-        return sum((root(int(s)), int(u)) not in dead
-                   for s, u in zip(channels.space, channels.unit))
+            return count
+        for space in np.unique(channels.space):
+            units = dead.get(self.spaces.root(int(space)))
+            if units:
+                mine = channels.unit[channels.space == space]
+                count -= int(np.isin(mine, list(units)).sum())
+        return count
 
 
 def rule_of(node):
@@ -92,7 +96,7 @@ def analyze(model):
                 spaces.keep(m, f"'{node.name}' is called more than once "
                                "(a shared layer)")
         elif rule is None or not inputs:
-            rules._unknown(spaces, node, inputs + extra, shape)
+            rules.unknown(spaces, node, inputs + extra, shape)
         elif node.class_name in _NEEDS_IN_SHAPE and (
                 node.module.startswith(_LAYER_MODULES)):
             out = rule(spaces, node, layer, inputs, shape, in_shape)

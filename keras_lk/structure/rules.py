@@ -95,7 +95,7 @@ def conv(spaces, node, layer, maps, shape):
     x = maps[0]
     transpose = "Transpose" in node.class_name
     if not channels_last(node) or node.config.get("groups", 1) != 1:
-        return _unknown(spaces, node, maps, shape,
+        return unknown(spaces, node, maps, shape,
                         "channels_first or grouped convolutions")
     rank = len(layer.kernel.shape)
     in_axis, out_axis = (rank - 1, rank - 2) if transpose else (
@@ -113,7 +113,7 @@ def conv(spaces, node, layer, maps, shape):
 def depthwise(spaces, node, layer, maps, shape):
     x = maps[0]
     if not channels_last(node):
-        return _unknown(spaces, node, maps, shape, "channels_first")
+        return unknown(spaces, node, maps, shape, "channels_first")
     m = layer.depth_multiplier
     kernel = _variable(layer, "kernel")
     rank = len(kernel.shape)
@@ -130,7 +130,7 @@ def depthwise(spaces, node, layer, maps, shape):
 def separable(spaces, node, layer, maps, shape):
     x = maps[0]
     if not channels_last(node):
-        return _unknown(spaces, node, maps, shape, "channels_first")
+        return unknown(spaces, node, maps, shape, "channels_first")
     m = layer.depth_multiplier
     dw, pw = layer.depthwise_kernel, layer.pointwise_kernel
     rank = len(dw.shape)
@@ -176,7 +176,7 @@ def recurrent(spaces, node, layer, maps, shape):
     x = maps[0]
     if node.config.get("stateful") or len(maps) > 1 or node.kwargs.get(
             "initial_state"):
-        return _unknown(spaces, node, maps, shape,
+        return unknown(spaces, node, maps, shape,
                         "stateful recurrent layers or initial states")
     units = layer.units
     kernel = _variable(layer, "/kernel")
@@ -210,13 +210,13 @@ def attention(spaces, node, layer, maps, shape):
     value = maps[1] if len(maps) > 1 else query
     key = maps[2] if len(maps) > 2 else value
     if "key" in node.kwargs or "value" in node.kwargs:
-        return _unknown(spaces, node, maps, shape,
+        return unknown(spaces, node, maps, shape,
                         "query, key or value passed by keyword")
     find = lambda suffix: _variable(layer, suffix)  # noqa: E731
     for part, channels in (("query", query), ("key", key), ("value", value)):
         spaces.record(channels, node.name, find(f"{part}/kernel"), 0,
                       _single)
-    heads = spaces.new(layer.num_heads, node.name)
+    heads = spaces.new(layer.num_heads, f"{node.name}/heads")
     for part in ("query", "key", "value"):
         spaces.record(heads, node.name, find(f"{part}/kernel"), 1, _single)
         bias = find(f"{part}/bias")
@@ -261,7 +261,7 @@ def concatenate(spaces, node, layer, maps, shape):
 def flatten(spaces, node, layer, maps, shape, in_shape):
     x = maps[0]
     if not channels_last(node):
-        return _unknown(spaces, node, maps, shape, "channels_first")
+        return unknown(spaces, node, maps, shape, "channels_first")
     positions = int(np.prod(in_shape[1:-1])) if len(in_shape) > 2 else 1
     return x.tile(positions)
 
@@ -294,7 +294,7 @@ def rescaling(spaces, node, layer, maps, shape):
     return maps[0]
 
 
-def _unknown(spaces, node, maps, shape, what=None):
+def unknown(spaces, node, maps, shape, what=None):
     because = (f"keras_lk cannot rebuild {what} ('{node.name}')" if what
                else f"'{node.name}' is a {node.class_name}, a layer "
                "keras_lk cannot look inside")

@@ -52,11 +52,6 @@ def _removals(analysis, dead):
     return found
 
 
-def _live_dead(analysis, dead):
-    flat = {(root, u) for root, units in dead.items() for u in units}
-    return lambda channels: analysis.live(channels, flat)
-
-
 def _edited(serialized, analysis, dead):
     """The serialized model with every layer's unit counts set to what is
     left, and no build or compile state (the shapes change)."""
@@ -70,10 +65,10 @@ def _edited(serialized, analysis, dead):
     if "build_input_shape" in config and config["layers"] and (
             config["layers"][0]["class_name"] == "InputLayer"):
         config.pop("build_input_shape", None)
-    live = _live_dead(analysis, dead)
     for edit in analysis.spaces.edits:
         layer = entries[edit.layer]["config"]
-        count, size = live(edit.channels), len(edit.channels)
+        count = analysis.live(edit.channels, dead)
+        size = len(edit.channels)
         if count == size:
             continue
         if edit.kind == "count":
