@@ -3,6 +3,7 @@
 
 import dataclasses
 
+import keras
 import numpy as np
 
 from keras_lk.structure import rules
@@ -19,11 +20,13 @@ _NEEDS_IN_SHAPE = {"Flatten": rules.flatten, "Reshape": rules.reshape}
 @dataclasses.dataclass
 class Analysis:
     """`graph`: the model's `Graph`; `spaces`: the union-find; `maps`:
-    `Channels` per tensor key; `nodes`: the nodes with a layer rule."""
+    `Channels` per (scope, tensor key); `nodes`: every call walked, those
+    of nested models included (each with its `scope` and `graph`)."""
 
     graph: object
     spaces: Spaces
     maps: dict
+    nodes: list
 
     def roots(self):
         """Every space that is its own root, in the order made."""
@@ -68,55 +71,95 @@ def rule_of(node):
 def analyze(model):
     """The `Analysis` of a built Functional or Sequential model."""
     graph = read(model)
-    spaces, maps = Spaces(), {}
-
-    def channels_of(key, maker, reason, kind=EXACT):
-        shape = graph.shapes.get(key)
-        size = shape[-1] if shape and shape[-1] is not None else 0
-        return spaces.new(size, maker, reason, kind)
-
+    analysis = Analysis(graph=graph, spaces=Spaces(), maps={}, nodes=[])
+    spaces = analysis.spaces
     for key in graph.inputs:
-        maps[key] = channels_of(key, key[0], "it is one of the model's "
-                                "inputs")
+        analysis.maps[("", key)] = _fresh(
+            analysis, graph, "", key, key[0],
+            "it is one of the model's inputs")
+    _walk(analysis, graph, "")
+    for key in graph.outputs:
+        spaces.keep(analysis.maps[("", key)],
+                    "it is one of the model's outputs")
+    return analysis
+
+
+def _fresh(analysis, graph, scope, key, maker, reason, kind=EXACT):
+    """A new space for tensor `key`, kept for `reason`."""
+    shape = graph.shapes.get(key)
+    size = shape[-1] if shape and shape[-1] is not None else 0
+    return analysis.spaces.new(size, scope + maker, reason, kind)
+
+
+def _is_graph_model(node):
+    return (isinstance(node.operation, keras.Model) and node.calls == 1
+            and node.class_name in ("Functional", "Sequential"))
+
+
+def _walk(analysis, graph, scope):
+    """Applies the rules to every call of `graph`, a model nested in
+    `scope` ("" for the outer one, else "outer/")."""
+    spaces, maps = analysis.spaces, analysis.maps
     for node in graph.nodes:
+        node.scope, node.graph = scope, graph
+        node.name = scope + node.name
         if not node.calls:
             for key in node.outputs:
-                maps.setdefault(key, channels_of(
-                    key, node.name, "it is one of the model's inputs"))
+                maps.setdefault((scope, key), _fresh(
+                    analysis, graph, scope, key, node.name,
+                    "it is one of the model's inputs"))
             continue
-        inputs = [maps[key] for key in node.inputs]
-        extra = [maps[k] for keys in node.kwargs.values() for k in keys]
+        analysis.nodes.append(node)
+        inputs = [maps[(scope, key)] for key in node.inputs]
+        extra = [maps[(scope, k)] for keys in node.kwargs.values()
+                 for k in keys]
         shape = graph.shapes.get(node.outputs[0]) if node.outputs else None
         in_shape = graph.shapes.get(node.inputs[0]) if node.inputs else None
         rule = rule_of(node)
-        layer = node.operation
         out = None
         if node.calls > 1:
             for m in inputs + extra:
                 spaces.keep(m, f"'{node.name}' is called more than once "
                                "(a shared layer)")
+        elif _is_graph_model(node) and not extra:
+            out = _nested(analysis, node, inputs)
         elif rule is None or not inputs:
             rules.unknown(spaces, node, inputs + extra, shape)
         elif node.class_name in _NEEDS_IN_SHAPE and (
                 node.module.startswith(_LAYER_MODULES)):
-            out = rule(spaces, node, layer, inputs, shape, in_shape)
+            out = rule(spaces, node, node.operation, inputs, shape, in_shape)
         else:
             for m in extra:
                 spaces.keep(m, f"'{node.name}' takes it as a keyword "
                                "argument")
-            out = rule(spaces, node, layer, inputs, shape)
-        for key in node.outputs:
+            out = rule(spaces, node, node.operation, inputs, shape)
+        outs = out if isinstance(out, list) else [out] * len(node.outputs)
+        for key, made in zip(node.outputs, outs):
             size = graph.shapes[key][-1] if graph.shapes[key] else None
-            if out is not None and len(out) == size:
-                maps[key] = out
+            if made is not None and len(made) == size:
+                maps[(scope, key)] = made
             else:
                 kind = EXACT if node.calls > 1 else UNKNOWN
-                maps[key] = channels_of(
-                    key, node.name, f"'{node.name}' makes it in a way "
-                    "keras_lk cannot rebuild", kind)
-    for key in graph.outputs:
-        spaces.keep(maps[key], "it is one of the model's outputs")
-    return Analysis(graph=graph, spaces=spaces, maps=maps)
+                maps[(scope, key)] = _fresh(
+                    analysis, graph, scope, key, node.name[len(scope):],
+                    f"'{node.name}' makes it in a way keras_lk cannot "
+                    "rebuild", kind)
+
+
+def _nested(analysis, node, inputs):
+    """A Functional or Sequential model called as a layer: its graph is
+    walked in place, its inputs bound to the caller's channels. Returns the
+    channels of each of its outputs."""
+    inner = read(node.operation)
+    if len(inner.inputs) != len(inputs):
+        rules.unknown(analysis.spaces, node, inputs, None,
+                      "a nested model called with its inputs nested")
+        return None
+    scope = node.name + "/"
+    for key, channels in zip(inner.inputs, inputs):
+        analysis.maps[(scope, key)] = channels
+    _walk(analysis, inner, scope)
+    return [analysis.maps[(scope, key)] for key in inner.outputs]
 
 
 def unit_norms(analysis, root, size, p=2, values=None):

@@ -39,8 +39,9 @@ class Slice:
 @dataclasses.dataclass
 class Edit:
     """A config entry of `layer` set from the live positions of `channels`
-    when the model is rebuilt: `kind` is "count" (an int), "last" (the
-    last entry of a shape), or "output_shape" (MultiHeadAttention's)."""
+    when the model is rebuilt: `kind` is "count" (an int), "path" (an int
+    inside nested config dicts, `key` their keys), "last" (the last entry
+    of a shape), or "output_shape" (MultiHeadAttention's)."""
 
     layer: str
     key: str

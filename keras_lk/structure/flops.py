@@ -16,9 +16,12 @@ def _positions(shape):
 
 def node_macs(analysis, node, dead):
     """The multiply-accumulates of one call, per example."""
-    graph, maps = analysis.graph, analysis.maps
+    graph, scope = node.graph, node.scope
     if node.calls != 1 or not node.inputs or not node.outputs:
         return 0
+    maps = {key: analysis.maps[(scope, key)]
+            for key in node.inputs + node.outputs
+            if (scope, key) in analysis.maps}
     live = lambda channels: analysis.live(channels, dead)  # noqa: E731
     name, layer = node.class_name, node.operation
     ins = [maps[k] for k in node.inputs]
@@ -38,17 +41,24 @@ def node_macs(analysis, node, dead):
         middle = live(ins[0].repeat(layer.depth_multiplier))
         return _positions(out_shape) * (
             math.prod(layer.kernel_size) * middle + middle * live(out))
-    if name in ("LSTM", "GRU", "SimpleRNN"):
+    if name in ("LSTM", "GRU", "SimpleRNN", "Bidirectional"):
+        directions, units = 1, live(out)
+        if name == "Bidirectional":
+            name, directions = node.config["layer"]["class_name"], 2
+            if node.config.get("merge_mode", "concat") == "concat":
+                units //= 2  # `out` holds both directions' units
         gates = {"LSTM": 4, "GRU": 3, "SimpleRNN": 1}[name]
-        units = live(out)
-        return (in_shape[1] or 1) * gates * (live(ins[0]) + units) * units
+        steps = in_shape[1] or 1
+        return directions * steps * gates * (live(ins[0]) + units) * units
     if name == "MultiHeadAttention":
         return _attention_macs(analysis, node, ins, out, dead)
+    if name in ("Functional", "Sequential"):
+        return 0  # its layers are counted as calls of their own
     return 0
 
 
 def _attention_macs(analysis, node, ins, out, dead):
-    layer, shapes = node.operation, analysis.graph.shapes
+    layer, shapes = node.operation, node.graph.shapes
     query, value = ins[0], ins[1] if len(ins) > 1 else ins[0]
     key = ins[2] if len(ins) > 2 else value
     keys = node.inputs + node.inputs[-1:] * (3 - len(node.inputs))
@@ -100,4 +110,4 @@ def macs(model, live=False):
     if live:
         dead = dead_units(analysis, build_groups(analysis), "keep")
     return int(sum(node_macs(analysis, node, dead)
-                   for node in analysis.graph.nodes))
+                   for node in analysis.nodes))

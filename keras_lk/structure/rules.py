@@ -172,28 +172,63 @@ def per_channel(spaces, node, layer, maps, shape):
     return x
 
 
-def recurrent(spaces, node, layer, maps, shape):
-    x = maps[0]
-    if node.config.get("stateful") or len(maps) > 1 or node.kwargs.get(
-            "initial_state"):
-        return unknown(spaces, node, maps, shape,
-                        "stateful recurrent layers or initial states")
+def _recurrent_units(spaces, name, layer, x):
+    """Records an LSTM's, GRU's or SimpleRNN's slices: `x`'s units slice its
+    kernel's rows; each of its units is a column per gate of the kernel, of
+    the recurrent kernel and of the bias, and a row of the recurrent
+    kernel. Returns its units."""
     units = layer.units
     kernel = _variable(layer, "/kernel")
     recurrent_kernel = _variable(layer, "recurrent_kernel")
     bias = _variable(layer, "/bias")
     gates = kernel.shape[-1] // units
     by_gate = lambda p: p[:, None] + units * np.arange(gates)  # noqa: E731
-    spaces.record(x, node.name, kernel, 0, _single)
-    out = spaces.new(units, node.name)
-    spaces.record(out, node.name, kernel, 1, by_gate)
-    spaces.record(out, node.name, recurrent_kernel, 1, by_gate)
-    spaces.record(out, node.name, recurrent_kernel, 0, _single)
+    spaces.record(x, name, kernel, 0, _single)
+    out = spaces.new(units, name)
+    spaces.record(out, name, kernel, 1, by_gate)
+    spaces.record(out, name, recurrent_kernel, 1, by_gate)
+    spaces.record(out, name, recurrent_kernel, 0, _single)
     if bias is not None:
-        spaces.record(out, node.name, bias, len(bias.shape) - 1, by_gate)
+        spaces.record(out, name, bias, len(bias.shape) - 1, by_gate)
+    return out
+
+
+def _plain_recurrent(node, config, maps):
+    return not (config.get("stateful") or len(maps) > 1
+                or node.kwargs.get("initial_state"))
+
+
+def recurrent(spaces, node, layer, maps, shape):
+    if not _plain_recurrent(node, node.config, maps):
+        return unknown(spaces, node, maps, shape,
+                       "stateful recurrent layers or initial states")
+    out = _recurrent_units(spaces, node.name, layer, maps[0])
     spaces.edit(node.name, "units", out)
     _check_activation(spaces, node, out)
     return out
+
+
+def bidirectional(spaces, node, layer, maps, shape):
+    """Both directions lose the same units; their outputs are
+    concatenated, or combined position by position."""
+    forward, backward = layer.forward_layer, layer.backward_layer
+    inner = node.config.get("layer", {})
+    mode = node.config.get("merge_mode", "concat")
+    if (inner.get("class_name") not in ("LSTM", "GRU", "SimpleRNN")
+            or not _plain_recurrent(node, inner.get("config", {}), maps)
+            or mode not in ("concat", "sum", "mul", "ave")
+            or inner.get("config", {}).get("return_state")):
+        return unknown(spaces, node, maps, shape,
+                       "this Bidirectional layer (a stateful or custom "
+                       "layer, states returned, or no merge)")
+    ahead = _recurrent_units(spaces, node.name, forward, maps[0])
+    behind = _recurrent_units(spaces, node.name, backward, maps[0])
+    spaces.tie([ahead, behind], node.name)
+    spaces.edit(node.name, ("layer", "config", "units"), ahead, kind="path")
+    if node.config.get("backward_layer"):
+        spaces.edit(node.name, ("backward_layer", "config", "units"), ahead,
+                    kind="path")
+    return Channels.join([ahead, behind]) if mode == "concat" else ahead
 
 
 def embedding(spaces, node, layer, maps, shape):
@@ -320,7 +355,8 @@ RULES = {
     "DepthwiseConv2D": depthwise, "SeparableConv1D": separable,
     "SeparableConv2D": separable, "BatchNormalization": batch_norm,
     "PReLU": per_channel, "LSTM": recurrent, "GRU": recurrent,
-    "SimpleRNN": recurrent, "Embedding": embedding,
+    "SimpleRNN": recurrent, "Bidirectional": bidirectional,
+    "Embedding": embedding,
     "MultiHeadAttention": attention, "Concatenate": concatenate,
     "Activation": activation, "Rescaling": rescaling,
     "LayerNormalization": keep_all("normalizes across the channel axis"),

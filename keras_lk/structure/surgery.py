@@ -55,16 +55,8 @@ def _removals(analysis, dead):
 def _edited(serialized, analysis, dead):
     """The serialized model with every layer's unit counts set to what is
     left, and no build or compile state (the shapes change)."""
-    config = serialized["config"]
-    entries = {}
-    for entry in config["layers"]:
-        entries[entry.get("name") or entry["config"]["name"]] = entry
-        entry.pop("build_config", None)
-    serialized.pop("build_config", None)
-    serialized.pop("compile_config", None)
-    if "build_input_shape" in config and config["layers"] and (
-            config["layers"][0]["class_name"] == "InputLayer"):
-        config.pop("build_input_shape", None)
+    _scrub(serialized)
+    entries = _entries(serialized, "")
     for edit in analysis.spaces.edits:
         layer = entries[edit.layer]["config"]
         count = analysis.live(edit.channels, dead)
@@ -73,6 +65,11 @@ def _edited(serialized, analysis, dead):
             continue
         if edit.kind == "count":
             layer[edit.key] = count
+        elif edit.kind == "path":
+            entry = layer
+            for part in edit.key[:-1]:
+                entry = entry[part]
+            entry[edit.key[-1]] = count
         elif edit.kind == "last":
             layer[edit.key] = tuple(layer[edit.key][:-1]) + (count,)
         else:  # MultiHeadAttention's output_shape
@@ -80,6 +77,35 @@ def _edited(serialized, analysis, dead):
             layer[edit.key] = (tuple(shape[:-1]) + (count,)
                                if isinstance(shape, (list, tuple)) else count)
     return serialized
+
+
+def _scrub(config):
+    """Removes every build state (`build_config`, `build_input_shape`,
+    `compile_config`), nested ones too: the shapes change."""
+    if isinstance(config, dict):
+        for key in ("build_config", "compile_config"):
+            config.pop(key, None)
+        if "layers" in config and config.get("layers") and (
+                config["layers"][0].get("class_name") == "InputLayer"):
+            config.pop("build_input_shape", None)
+        for value in config.values():
+            _scrub(value)
+    elif isinstance(config, list):
+        for item in config:
+            _scrub(item)
+
+
+def _entries(serialized, scope):
+    """`{"outer/inner": serialized layer}` of a model and the models nested
+    in it, each stripped of its build state."""
+    found = {}
+    for entry in serialized["config"]["layers"]:
+        name = scope + (entry.get("name") or entry["config"]["name"])
+        found[name] = entry
+        if entry["class_name"] in ("Functional", "Sequential") and (
+                "layers" in entry.get("config", {})):
+            found.update(_entries(entry, name + "/"))
+    return found
 
 
 def shrink(model, unknown_layers="raise"):
