@@ -139,11 +139,13 @@ def _walk(analysis, graph, scope):
             if made is not None and len(made) == size:
                 maps[(scope, key)] = made
             else:
-                kind = EXACT if node.calls > 1 else UNKNOWN
+                shared = node.calls > 1
                 maps[(scope, key)] = _fresh(
                     analysis, graph, scope, key, node.name[len(scope):],
-                    f"'{node.name}' makes it in a way keras_lk cannot "
-                    "rebuild", kind)
+                    f"'{node.name}' is called more than once (a shared "
+                    "layer)" if shared else f"'{node.name}' makes it in a "
+                    "way keras_lk cannot rebuild",
+                    EXACT if shared else UNKNOWN)
 
 
 def _nested(analysis, node, inputs):
