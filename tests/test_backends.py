@@ -234,3 +234,19 @@ def test_a_few_backend_neutral_tests_pass_quickly_on(backend):
     summary = run_on(backend, "-k", FAST_ON_EVERY_BACKEND)
     passed = re.search(r"(\d+) passed", summary)
     assert passed and int(passed.group(1)) >= 20, summary
+
+
+# The structure tests that cover each kind of coupling; the rest of
+# test_shrink.py is graph reading, the same code on every backend.
+STRUCTURE_ON_JAX = ("same_outputs and (residual or squeeze or recurrent or "
+                    "encoder or nested) or saves_and_loads or every_setting "
+                    "or trains")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_shrink_passes_on(backend):
+    selection = ("-k", STRUCTURE_ON_JAX) if backend == "jax" else ()
+    summary = run_on(backend, *selection, files=("test_shrink.py",))
+    passed = re.search(r"(\d+) passed", summary)
+    assert passed and int(passed.group(1)) >= 8, summary

@@ -33,7 +33,10 @@ def node_macs(analysis, node, dead):
     if name.startswith(("Conv1D", "Conv2D", "Conv3D")):
         size = math.prod(layer.kernel_size)
         where = in_shape if "Transpose" in name else out_shape
-        return _positions(where) * size * live(ins[0]) * live(out)
+        groups = node.config.get("groups", 1) or 1
+        if groups > 1 and groups == len(ins[0]) == len(out):
+            return _positions(where) * size * live(out)  # one per channel
+        return _positions(where) * size * live(ins[0]) * live(out) // groups
     if name.startswith("DepthwiseConv"):
         return _positions(out_shape) * math.prod(layer.kernel_size) * live(
             out)

@@ -128,9 +128,10 @@ def unit_groups(model):
         ...     keras.layers.BatchNormalization(name="bn"),
         ...     keras.layers.Flatten(),
         ...     keras.layers.Dense(2, name="head")])
-        >>> [(g.name, g.size, g.removable) for g in keras_lk.unit_groups(model)]
+        >>> groups = keras_lk.unit_groups(model)
+        >>> [(g.name, g.size, g.removable) for g in groups]
         [('pixels', 3, False), ('conv', 4, True), ('head', 2, False)]
-        >>> keras_lk.unit_groups(model)[1].layers
+        >>> groups[1].layers
         ('conv', 'bn', 'head')
     """
     return build_groups(analyze(model))

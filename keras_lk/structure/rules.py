@@ -24,8 +24,8 @@ ELEMENTWISE = {
 
 PASS_THROUGH = {
     "Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D",
-    "GaussianDropout", "GaussianNoise", "AlphaDropout", "ActivityRegularization",
-    "Identity", "ReLU", "LeakyReLU", "ELU", "ThresholdedReLU",
+    "GaussianDropout", "GaussianNoise", "AlphaDropout",
+    "ActivityRegularization", "Identity", "ReLU", "LeakyReLU", "ELU", "ThresholdedReLU",
     "MaxPooling1D", "MaxPooling2D", "MaxPooling3D", "AveragePooling1D",
     "AveragePooling2D", "AveragePooling3D", "GlobalMaxPooling1D",
     "GlobalMaxPooling2D", "GlobalMaxPooling3D", "GlobalAveragePooling1D",
@@ -94,9 +94,12 @@ def _check_activation(spaces, node, out):
 def conv(spaces, node, layer, maps, shape):
     x = maps[0]
     transpose = "Transpose" in node.class_name
-    if not channels_last(node) or node.config.get("groups", 1) != 1:
+    groups = node.config.get("groups", 1)
+    if not transpose and groups == len(x) == layer.filters and groups > 1:
+        return _channelwise(spaces, node, layer, x)
+    if not channels_last(node) or groups != 1:
         return unknown(spaces, node, maps, shape,
-                        "channels_first or grouped convolutions")
+                       "channels_first or grouped convolutions")
     rank = len(layer.kernel.shape)
     in_axis, out_axis = (rank - 1, rank - 2) if transpose else (
         rank - 2, rank - 1)
@@ -108,6 +111,19 @@ def conv(spaces, node, layer, maps, shape):
     spaces.edit(node.name, "filters", out)
     _check_activation(spaces, node, out)
     return out
+
+
+def _channelwise(spaces, node, layer, x):
+    """A convolution with one group per channel (ConvNeXt's depthwise
+    convolution): each channel keeps its own filter and bias."""
+    rank = len(layer.kernel.shape)
+    spaces.record(x, node.name, layer.kernel, rank - 1, _single)
+    if layer.bias is not None:
+        spaces.record(x, node.name, layer.bias, 0, _single)
+    spaces.edit(node.name, "filters", x)
+    spaces.edit(node.name, "groups", x)
+    _check_activation(spaces, node, x)
+    return x
 
 
 def depthwise(spaces, node, layer, maps, shape):
@@ -246,7 +262,7 @@ def attention(spaces, node, layer, maps, shape):
     key = maps[2] if len(maps) > 2 else value
     if "key" in node.kwargs or "value" in node.kwargs:
         return unknown(spaces, node, maps, shape,
-                        "query, key or value passed by keyword")
+                       "query, key or value passed by keyword")
     find = lambda suffix: _variable(layer, suffix)  # noqa: E731
     for part, channels in (("query", query), ("key", key), ("value", value)):
         spaces.record(channels, node.name, find(f"{part}/kernel"), 0,
