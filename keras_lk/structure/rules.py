@@ -25,7 +25,8 @@ ELEMENTWISE = {
 PASS_THROUGH = {
     "Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D",
     "GaussianDropout", "GaussianNoise", "AlphaDropout",
-    "ActivityRegularization", "Identity", "ReLU", "LeakyReLU", "ELU", "ThresholdedReLU",
+    "ActivityRegularization", "Identity", "ReLU", "LeakyReLU", "ELU",
+    "ThresholdedReLU",
     "MaxPooling1D", "MaxPooling2D", "MaxPooling3D", "AveragePooling1D",
     "AveragePooling2D", "AveragePooling3D", "GlobalMaxPooling1D",
     "GlobalMaxPooling2D", "GlobalMaxPooling3D", "GlobalAveragePooling1D",
