@@ -1,0 +1,101 @@
+"""`prune_units(m, 0.5)` then `shrink` on every `keras.applications`
+family (random weights, `weights=None`) and on the model zoo: the same
+outputs, a `.keras` round trip, and at least 30% of the parameters gone.
+The larger families are slow-marked; `keras-lk`'s coverage table
+(`benchmarks/bench_shrink.py coverage`) reports the same runs' figures."""
+
+import keras
+import numpy as np
+import pytest
+
+import keras_lk
+import zoo
+from structure_models import lively
+
+# family: (constructor, input side, fast enough for the fast subset)
+FAMILIES = {
+    "ConvNeXt": ("ConvNeXtTiny", 32, False),
+    "DenseNet": ("DenseNet121", 32, False),
+    "EfficientNet": ("EfficientNetB0", 32, False),
+    "EfficientNetV2": ("EfficientNetV2B0", 32, False),
+    "InceptionResNetV2": ("InceptionResNetV2", 75, False),
+    "InceptionV3": ("InceptionV3", 75, False),
+    "MobileNet": ("MobileNet", 32, True),
+    "MobileNetV2": ("MobileNetV2", 32, True),
+    "MobileNetV3": ("MobileNetV3Small", 32, True),
+    "NASNet": ("NASNetMobile", 32, False),
+    "ResNet": ("ResNet50", 32, False),
+    "ResNetV2": ("ResNet50V2", 32, False),
+    "VGG": ("VGG16", 32, False),
+    "Xception": ("Xception", 71, False),
+}
+
+
+def family_params():
+    for family, (_, _, fast) in FAMILIES.items():
+        marks = () if fast else (pytest.mark.slow,)
+        yield pytest.param(family, marks=marks, id=family)
+
+
+def build(family):
+    constructor, side, _ = FAMILIES[family]
+    model = getattr(keras.applications, constructor)(
+        weights=None, input_shape=(side, side, 3), classes=10,
+        classifier_activation=None)
+    x = np.random.default_rng(0).uniform(0, 255, (2, side, side, 3))
+    return lively(model), x.astype("float32")
+
+
+def shrinks_exactly(model, x, tmp_path, min_removed=0.3):
+    keras_lk.prune_units(model, 0.5)
+    pruned = keras.ops.convert_to_numpy(model(x))
+    small = keras_lk.shrink(model)
+    got = keras.ops.convert_to_numpy(small(x))
+    scale = float(np.max(np.abs(pruned)))
+    assert float(np.max(np.abs(got - pruned))) <= 1e-5 * scale
+    assert small.count_params() <= (1 - min_removed) * model.count_params()
+    assert keras_lk.macs(small) == keras_lk.macs(model, live=True)
+    small.save(tmp_path / "small.keras")
+    loaded = keras.saving.load_model(tmp_path / "small.keras")
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(loaded(x)), got)
+    return small
+
+
+@pytest.mark.parametrize("family", family_params())
+def test_every_application_family_shrinks_exactly(family, tmp_path):
+    model, x = build(family)
+    shrinks_exactly(model, x, tmp_path)
+
+
+def test_convnext_keeps_its_residual_stream_and_says_why():
+    model, _ = build("ConvNeXt")
+    groups = keras_lk.unit_groups(model)
+    kept = [g for g in groups if not g.removable and "stem" in g.name]
+    assert kept and "LayerNormalization" in kept[0].reason
+    ffn = [g for g in groups if g.name.endswith("pointwise_conv_1")]
+    assert len(ffn) == 18 and all(g.removable for g in ffn)
+
+
+@pytest.mark.parametrize("name", ["recurrent", "embedding_bag",
+                                  pytest.param("resnet50",
+                                               marks=pytest.mark.slow),
+                                  pytest.param("mobilenet_v3_small",
+                                               marks=pytest.mark.slow)])
+def test_zoo_models_shrink_exactly(name, tmp_path):
+    entry = zoo.ZOO[name]
+    model = lively(entry.build(), kernels=name != "resnet50")
+    x, _ = entry.data(np.random.default_rng(0))
+    shrinks_exactly(model, x[:4], tmp_path)
+
+
+@pytest.mark.parametrize("name", ["bert_like", "gpt_like"])
+def test_custom_transformer_blocks_are_reported_not_rebuilt(name):
+    """The zoo's Transformers are keras_hub-style custom layers: their
+    insides are no group, and what touches them says so."""
+    model = zoo.ZOO[name].build()
+    groups = keras_lk.unit_groups(model)
+    assert not any(g.removable for g in groups)
+    reasons = " ".join(r for g in groups for r in g.reasons)
+    assert "PositionEmbedding" in reasons
+    assert keras_lk.prune_units(model, 0.5) == {}
+    assert keras_lk.shrink(model).count_params() == model.count_params()
