@@ -12,8 +12,13 @@ from keras_lk.structure.graph import read
 
 _LAYER_MODULES = ("keras.layers", "keras.src.layers")
 _OP_MODULES = ("keras.src.ops.numpy", "keras.src.ops.nn", "keras.ops")
+# Layers keras.applications define for themselves: InceptionResNetV2's
+# residual (inputs[0] + inputs[1] * scale) and ConvNeXt's per-channel
+# scale.
 _APPLICATION_LAYERS = {
-    ("keras.src.applications.inception_resnet_v2", "CustomScaleLayer")}
+    ("keras.src.applications.inception_resnet_v2", "CustomScaleLayer"):
+        rules.merge,
+    ("keras.src.applications.convnext", "LayerScale"): rules.per_channel}
 _NEEDS_IN_SHAPE = {"Flatten": rules.flatten, "Reshape": rules.reshape}
 
 
@@ -63,9 +68,7 @@ def rule_of(node):
     if module.startswith(_OP_MODULES) and (
             node.class_name in rules.ELEMENTWISE_OPS):
         return rules.merge
-    if (module, node.class_name) in _APPLICATION_LAYERS:
-        return rules.merge
-    return None
+    return _APPLICATION_LAYERS.get((module, node.class_name))
 
 
 def analyze(model):
