@@ -25,6 +25,8 @@ their own names, nested models as paths such as `encoder/dense_1`; names in
 | `reg_share/<layer>`, `reg_share/total` | penalty / loss | RegularizationShare |
 | `data_loss` | loss - penalty | RegularizationShare |
 | `penalty_pull/<layer>`, `penalty_pull_ratio/<layer>` | mean \\|dP/dw\\|, and over mean \\|dL/dw\\| | RegularizationShare |
+| `live_units/<group>` | units of a removable group with a nonzero slice (`units=True`) | LkMonitor |
+| `live_macs_fraction/(all layers)` | multiply-accumulates left if the zero units were removed (`units=True`) | LkMonitor |
 
 `<layer>` is `(all layers)` for model totals. Training values go to the run
 `<log_dir>/train`, validation values to `<log_dir>/validation`, the runs
@@ -34,6 +36,7 @@ their own names, nested models as paths such as `encoder/dense_1`; names in
 from keras_lk import _validation
 from keras_lk.measures import WEIGHT_CHOICES
 from keras_lk.measures.penalty import PenaltyMeasure, PullMeasure
+from keras_lk.measures.units import UnitMeasure
 from keras_lk.measures.weights import WeightMeasure, ZeroOptions
 from keras_lk.monitor import Monitor
 from keras_lk.stats import DEFAULT_BUCKETS
@@ -240,6 +243,14 @@ class LkMonitor(Monitor):
             step (see `ZeroCounts`; it costs step time). Defaults to False.
         pull_batch: None, or a batch `(x, y)` for `penalty_pull_ratio` (see
             `RegularizationShare`). Defaults to None.
+        units: Whether to log the structure `shrink` would leave: per
+            removable unit group (see `unit_groups`), the units with a
+            nonzero slice (`live_units/<group>`), and the fraction of the
+            model's multiply-accumulates they keep
+            (`live_macs_fraction/(all layers)`, `logs` key
+            `live_macs_frac`). Read on the host at each log, so best at
+            `update_freq="epoch"`; needs a Functional or Sequential model.
+            Defaults to False.
 
     Examples:
 
@@ -255,11 +266,15 @@ class LkMonitor(Monitor):
 
     def __init__(self, log_dir, update_freq="epoch", tol=DEFAULT_TOL,
                  relative_tol=False, weights="kernels",
-                 buckets=DEFAULT_BUCKETS, step_stats=False, pull_batch=None):
+                 buckets=DEFAULT_BUCKETS, step_stats=False, pull_batch=None,
+                 units=False):
         tol = _check_weight_options(tol, relative_tol, weights, buckets,
                                     step_stats)
+        if not isinstance(units, bool):
+            raise _validation.invalid("units", "True or False", units)
         self.tol = tol
         super().__init__(log_dir, update_freq, [
             WeightMeasure(weights, buckets=buckets, zeros=ZeroOptions(
                 tol, relative_tol, step_stats)),
-            PenaltyMeasure(), PullMeasure(pull_batch)])
+            PenaltyMeasure(), PullMeasure(pull_batch)]
+            + ([UnitMeasure()] if units else []))

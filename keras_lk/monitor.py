@@ -95,6 +95,10 @@ class Monitor(keras.callbacks.Callback):
 
     def _ensure_started(self):
         if not self._started and self.model.built:
+            # Refusals first, while nothing is installed on the model.
+            for measure in self._measures:
+                if hasattr(measure, "check"):
+                    measure.check(self.model)
             self._recording = Recording.of(self.model)
             if self._records:
                 self._recording.install(track_signs=self._tracks_signs)

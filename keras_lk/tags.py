@@ -38,6 +38,13 @@ DATA_LOSS = "data_loss"  # a tag of its own, no layer
 PENALTY_PULL = "penalty_pull"
 PENALTY_PULL_RATIO = "penalty_pull_ratio"
 
+# Scalars from the unit groups (LkMonitor(units=True)): live units per
+# group (named by the layer that makes its units), and the live fraction of
+# the multiply-accumulates under ALL_LAYERS.
+LIVE_UNITS = "live_units"
+LIVE_MACS_FRACTION = "live_macs_fraction"
+LOG_LIVE_MACS_FRAC = "live_macs_frac"
+
 # `logs` keys (validation ones take VALIDATION_PREFIX).
 LOG_REG_LOSS = "reg_loss"
 LOG_REG_SHARE = "reg_share"

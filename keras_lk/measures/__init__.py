@@ -1,6 +1,8 @@
 """What the monitoring callbacks measure, each behind one small protocol.
 
 A measure:
+- `check(model)` (optional): before the monitor installs anything on the
+  model; raises a ValueError for a model it cannot measure;
 - `start(model, recording)`: at the start of `fit` (once the model is built);
 - `open(window)`: a window of steps starts (`"epoch"`, `"batch"` or
   `"validation"`); the measure marks where it starts;
@@ -13,8 +15,9 @@ A measure:
 `recording`), `tracks_signs` whether with sign masks. Data flows one way:
 weights and recorders -> statistics -> `Report` -> the callback's writer.
 
-Modules: `weights` (histograms, zero counts, sign flips) and `penalty` (the
-penalty's share of the loss and its pull).
+Modules: `weights` (histograms, zero counts, sign flips), `penalty` (the
+penalty's share of the loss and its pull) and `units` (live units and
+multiply-accumulates).
 """
 
 from keras_lk.attach import weights_by_layer

@@ -1,0 +1,62 @@
+"""Live units: how many units of each removable group have a nonzero
+slice, and the fraction of the model's multiply-accumulates they keep (what
+`shrink` would leave)."""
+
+import numpy as np
+
+from keras_lk import tags
+from keras_lk.measures import fraction
+from keras_lk.structure.analysis import analyze, unit_norms
+from keras_lk.structure.flops import node_macs
+from keras_lk.structure.groups import build_groups
+
+
+class UnitMeasure:
+    """`live_units/<group>` and `live_macs_fraction/(all layers)`; the
+    `logs` key `live_macs_frac`. Read from the weights on the host at each
+    log; nothing runs in the training step."""
+
+    records = False
+    tracks_signs = False
+
+    def __init__(self):
+        self._analysis, self._groups, self._dense = None, [], 0
+
+    def check(self, model):
+        """Reads the groups; raises a ValueError for a model without a
+        graph, before the monitor installs anything."""
+        self._analysis = analyze(model)
+
+    def start(self, model, recording):
+        self._groups = [g for g in build_groups(self._analysis)
+                        if g.removable]
+        self._dense = sum(node_macs(self._analysis, node, {})
+                          for node in self._analysis.nodes)
+
+    def open(self, window):
+        pass
+
+    def measure(self, report):
+        if report.run == tags.VALIDATION or self._analysis is None:
+            return  # the weights have not changed since the training log
+        values, dead = {}, {}
+        for group in self._groups:
+            norms = unit_norms(self._analysis, group._root, group.size,
+                               np.inf, values)
+            zero = np.flatnonzero(norms == 0)
+            report.scalars[tags.tag(tags.LIVE_UNITS, group.name)] = (
+                group.size - len(zero))
+            # As `shrink`: a layer keeps one unit, even all zero.
+            dead[group._root] = set(zero[1:] if len(zero) == group.size
+                                    else zero)
+        live = sum(node_macs(self._analysis, node, dead)
+                   for node in self._analysis.nodes)
+        share = fraction(live, self._dense) if self._dense else 1.0
+        report.scalars[tags.tag(tags.LIVE_MACS_FRACTION,
+                                tags.ALL_LAYERS)] = share
+        report.logs[tags.LOG_LIVE_MACS_FRAC] = share
+
+    def layout(self):
+        return {"live units, every group": [tags.every_layer(tags.LIVE_UNITS)],
+                "live fraction of the multiply-accumulates":
+                [tags.every_layer(tags.LIVE_MACS_FRACTION)]}

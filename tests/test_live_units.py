@@ -1,0 +1,84 @@
+"""`LkMonitor(units=True)`: live units per removable group and the live
+fraction of the multiply-accumulates, in TensorBoard and in `logs`."""
+
+import keras
+import numpy as np
+import pytest
+
+import keras_lk
+import structure_models
+from events import read
+
+
+class ZeroAUnit(keras.callbacks.Callback):
+    """After epoch `epoch`, zeroes unit 0 of `hidden` in every slice."""
+
+    def __init__(self, epoch):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch != self.epoch:
+            return
+        hidden, second = (self.model.get_layer(n) for n in ("hidden",
+                                                             "second"))
+        for variable, index in ((hidden.kernel, np.s_[:, 0]),
+                                (hidden.bias, np.s_[0]),
+                                (second.kernel, np.s_[0])):
+            value = np.array(variable.numpy())
+            value[index] = 0
+            variable.assign(value)
+
+
+def test_live_units_and_macs_follow_the_zeros(tmp_path):
+    model, x = structure_models.mlp()
+    keras_lk.prune_units(model, 0.5)
+    model.compile(keras.optimizers.SGD(0.0), "mse")
+    y = np.zeros((len(x), 3))
+    # The monitor logs before ZeroAUnit runs at the end of epoch 0.
+    history = model.fit(x, y, epochs=2, verbose=0, callbacks=[
+        keras_lk.LkMonitor(tmp_path, units=True), ZeroAUnit(0)])
+    events = read(tmp_path)
+    hidden = events[("train", "live_units/hidden")]
+    assert hidden == {0: 8.0, 1: 7.0}
+    assert events[("train", "live_units/second")] == {0: 6.0, 1: 6.0}
+    fractions = events[("train", "live_macs_fraction/(all layers)")]
+    dense = 10 * 16 + 16 * 12 + 12 * 3
+    assert fractions[0] == pytest.approx((10 * 8 + 8 * 6 + 6 * 3) / dense)
+    assert fractions[1] == pytest.approx((10 * 7 + 7 * 6 + 6 * 3) / dense)
+    assert fractions[1] == pytest.approx(
+        keras_lk.macs(model, live=True) / dense)
+    assert history.history["live_macs_frac"] == pytest.approx(
+        [fractions[0], fractions[1]])
+
+
+def test_units_are_off_by_default_and_refused_when_not_a_bool(tmp_path):
+    model, x = structure_models.mlp()
+    model.compile("sgd", "mse")
+    history = model.fit(x, np.zeros((len(x), 3)), verbose=0,
+                        callbacks=[keras_lk.LkMonitor(tmp_path)])
+    assert "live_macs_frac" not in history.history
+    with pytest.raises(ValueError, match="units='yes'"):
+        keras_lk.LkMonitor(tmp_path, units="yes")
+
+
+class Subclassed(keras.Model):
+    def __init__(self):
+        super().__init__()
+        self.dense = keras.layers.Dense(3)
+
+    def call(self, x):
+        return self.dense(x)
+
+
+def test_a_model_without_a_graph_is_refused_and_left_as_it_was(tmp_path):
+    model = Subclassed()
+    model.compile("sgd", "mse")
+    x, y = np.ones((4, 2)), np.ones((4, 3))
+    model.fit(x, y, verbose=0)
+    step = model.train_function
+    with pytest.raises(ValueError, match="subclassed"):
+        model.fit(x, y, verbose=0,
+                  callbacks=[keras_lk.LkMonitor(tmp_path, units=True)])
+    assert model.train_function is step  # nothing installed
+    model.fit(x, y, verbose=0)
