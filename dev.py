@@ -37,8 +37,18 @@ def extras(command):
     """The extras `command` needs."""
     needed = {tensorflow_extra(), "study"}
     if command != "demo":
-        needed |= {"test", "docs", "jax", "torch"}
+        needed |= {"test", "docs", "jax", "torch", KERAS_HUB_NAME}
     return needed
+
+
+# keras_hub, for the tests that shrink its backbones. Its own requirements
+# include tensorflow-text, which pulls the full `tensorflow` wheel in beside
+# `tensorflow-cpu`; keras_hub imports without it, so it is installed
+# without its requirements and with those it imports.
+KERAS_HUB_NAME = "keras_hub"
+KERAS_HUB = ["keras-hub==0.32.0", "kagglehub==1.0.3", "kagglesdk==0.1.38",
+             "tqdm", "huggingface_hub==2.4.0", "tokenizers==0.23.3", "regex",
+             "rich"]
 
 
 # The PyTorch the tests were run with. Pinned: pip would otherwise take the
@@ -64,8 +74,11 @@ def setup(command):
     pip = [str(PYTHON), "-m", "pip", "install", "--disable-pip-version-check"]
     subprocess.run(pip + ["--upgrade", "pip"], check=True)
     pins = [TORCH] if "torch" in wanted else []
-    subprocess.run(pip + ["-e", f"{ROOT}[{','.join(sorted(wanted))}]"] + pins,
+    names = sorted(wanted - {KERAS_HUB_NAME})
+    subprocess.run(pip + ["-e", f"{ROOT}[{','.join(names)}]"] + pins,
                    check=True)
+    if KERAS_HUB_NAME in wanted:
+        subprocess.run(pip + ["--no-deps"] + KERAS_HUB, check=True)
     STAMP.write_text(f"{digest} {','.join(sorted(wanted))}")
 
 

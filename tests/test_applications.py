@@ -99,3 +99,49 @@ def test_custom_transformer_blocks_are_reported_not_rebuilt(name):
     assert "PositionEmbedding" in reasons
     assert keras_lk.prune_units(model, 0.5) == {}
     assert keras_lk.shrink(model).count_params() == model.count_params()
+
+
+def keras_hub_backbones():
+    """keras_hub backbones built from their arguments (no preset, no
+    download), small."""
+    import keras_hub
+    models = keras_hub.models
+    return {
+        "ResNet (bottleneck)": models.ResNetBackbone(
+            input_conv_filters=[64], input_conv_kernel_sizes=[7],
+            stackwise_num_filters=[64, 128], stackwise_num_blocks=[2, 2],
+            stackwise_num_strides=[1, 2], block_type="bottleneck_block",
+            image_shape=(32, 32, 3)),
+        "ResNetV2 (basic, pre-activation)": models.ResNetBackbone(
+            input_conv_filters=[64], input_conv_kernel_sizes=[3],
+            stackwise_num_filters=[64, 128], stackwise_num_blocks=[1, 1],
+            stackwise_num_strides=[1, 2], block_type="basic_block",
+            use_pre_activation=True, image_shape=(32, 32, 3)),
+        "VGG": models.VGGBackbone(stackwise_num_repeats=[1, 2],
+                                  stackwise_num_filters=[8, 16],
+                                  image_shape=(32, 32, 3)),
+        "DenseNet": models.DenseNetBackbone(stackwise_num_repeats=[2, 2],
+                                            image_shape=(32, 32, 3)),
+    }
+
+
+def test_keras_hub_backbones_shrink_exactly(tmp_path):
+    """keras_hub's Backbones are Functional subclasses: they shrink to a
+    plain Functional model with the same layers."""
+    x = np.random.default_rng(0).normal(size=(2, 32, 32, 3))
+    for name, backbone in keras_hub_backbones().items():
+        lively(backbone, kernels=True)
+        small = shrinks_exactly(backbone, x.astype("float32"), tmp_path)
+        assert type(small) is not type(backbone), name
+
+
+def test_a_keras_hub_transformer_is_reported_not_rebuilt():
+    import keras_hub
+    backbone = keras_hub.models.BertBackbone(
+        vocabulary_size=50, num_layers=2, num_heads=2, hidden_dim=32,
+        intermediate_dim=64, max_sequence_length=16)
+    groups = keras_lk.unit_groups(backbone)
+    assert not any(g.removable for g in groups)
+    reasons = " ".join(r for g in groups for r in g.reasons)
+    assert "TransformerEncoder, a layer keras_lk cannot look inside" in (
+        reasons)

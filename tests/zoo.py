@@ -1,10 +1,12 @@
 """The model zoo of the tests: small versions of the models users
 regularize, each with numpy data and a loss.
 
-keras_hub is not used: keras-hub 0.32 requires tensorflow-text, which pulls
-in the full `tensorflow` wheel beside the project's `tensorflow-cpu` (two
-TensorFlow distributions in one environment), and without its dependencies
-it does not import (tokenizers, huggingface_hub, kagglehub). The BERT-like
+keras_hub is not used here: keras-hub 0.32 requires tensorflow-text, which
+pulls in the full `tensorflow` wheel beside the project's `tensorflow-cpu`
+(two TensorFlow distributions in one environment). `dev.py` installs it
+without its requirements, with those it imports (tokenizers,
+huggingface_hub, kagglehub, ...), for the tests that shrink its backbones
+(`test_applications.py`). The BERT-like
 encoder and GPT-like decoder are built from `keras.layers` the way
 keras_hub builds them: a backbone model nested in a task model, and
 Transformer blocks that are custom layers holding their sublayers

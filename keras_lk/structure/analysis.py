@@ -68,6 +68,8 @@ def rule_of(node):
     if module.startswith(_OP_MODULES) and (
             node.class_name in rules.ELEMENTWISE_OPS):
         return rules.merge
+    if module.startswith(_OP_MODULES) and node.class_name == "Pad":
+        return rules.pad
     return _APPLICATION_LAYERS.get((module, node.class_name))
 
 

@@ -66,11 +66,16 @@ def functional_view(model):
         config = _config_of(model)
         if config is not None and _is_graph(config):
             return model
+    inputs = outputs = None
     try:
-        inputs, outputs = model.inputs, model.outputs
+        if isinstance(model, keras.Sequential):
+            inputs, outputs = model.inputs, model.outputs
+        else:  # `input` and `output` keep their structure (a dict).
+            inputs, outputs = model.input, model.output
     except (AttributeError, ValueError):
-        inputs = outputs = None
-    if not inputs or not outputs:
+        pass
+    if any(part is None or (isinstance(part, (list, tuple, dict))
+                            and not part) for part in (inputs, outputs)):
         raise ValueError(
             "Unit groups are read from a model's graph, which Sequential and "
             "Functional models have; a subclassed model has none. Build the "
@@ -159,9 +164,9 @@ def read(model):
                 kwargs={}, options={}, calls=0))
     outputs, inputs = (_keys(config["output_layers"]),
                        _keys(config["input_layers"]))
-    for key, tensor in zip(outputs, view.outputs):
+    for key, tensor in zip(outputs, keras.tree.flatten(view.output)):
         shapes[key] = tuple(tensor.shape)
-    for key, tensor in zip(inputs, view.inputs):
+    for key, tensor in zip(inputs, keras.tree.flatten(view.input)):
         shapes[key] = tuple(tensor.shape)
     _attach_outputs(nodes, shapes)
     return Graph(model=model, view=view, config=config,
@@ -170,10 +175,16 @@ def read(model):
 
 
 def _keys(entries):
-    """`[[name, node, index], ...]` or a single `[name, node, index]`."""
-    if entries and isinstance(entries[0], str):
-        entries = [entries]
-    return [tuple(entry) for entry in entries]
+    """The `(name, node, index)` keys of a config's `input_layers` or
+    `output_layers`: one key, a list of them, or a dict (in sorted key
+    order, as `keras.tree.flatten` orders a model's tensors)."""
+    if isinstance(entries, dict):
+        return [key for name in sorted(entries) for key in _keys(
+            entries[name])]
+    if (isinstance(entries, (list, tuple)) and len(entries) == 3
+            and isinstance(entries[0], str)):
+        return [tuple(entries)]
+    return [key for entry in entries for key in _keys(entry)]
 
 
 def _attach_outputs(nodes, shapes):

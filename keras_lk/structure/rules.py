@@ -303,6 +303,19 @@ def merge(spaces, node, layer, maps, shape):
     return full[0]
 
 
+def pad(spaces, node, layer, maps, shape):
+    """`keras.ops.pad` on a symbolic tensor: a pass-through when the
+    channel axis is not padded."""
+    widths = node.config.get("pad_width")
+    try:
+        last = [int(w) for w in widths[-1]]
+    except (TypeError, ValueError, IndexError):
+        last = None
+    if last != [0, 0]:
+        spaces.keep(maps[0], f"'{node.name}' pads the channel axis")
+    return maps[0]
+
+
 def concatenate(spaces, node, layer, maps, shape):
     axis = node.config.get("axis", -1)
     if axis in (-1, len(shape) - 1):
