@@ -105,11 +105,16 @@ def coverage(args):
 
 
 def _short(reason):
+    """A kept group's reason without the layer names, for the table."""
     if "cannot look inside" in reason:
         return "custom layer " + reason.split(" is a ")[1].split(",")[0]
-    for key, text in (("input", "model input"), ("output", "model output"),
-                      ("LayerNormalization", "LayerNormalization across "
-                       "channels"), ("softmax", "softmax head")):
+    for key, text in (
+            ("input", "model input"), ("output", "model output"),
+            ("LayerNormalization", "LayerNormalization across channels"),
+            ("(Normalization)", "per-channel input Normalization"),
+            ("several layers in different orders",
+             "an Add of a Concatenate's channels"),
+            ("softmax", "softmax head")):
         if key in reason:
             return text
     return reason
