@@ -31,13 +31,14 @@ import os
 import pathlib
 import statistics
 import sys
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
+
+from bench_shrink import median_call  # noqa: E402
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 
@@ -128,15 +129,6 @@ def torch_macs(model, side):
     for hook in hooks:
         hook.remove()
     return int(sum(total))
-
-
-def median_call(function, x, calls):
-    times = []
-    for _ in range(calls):
-        start = time.perf_counter()
-        function(x)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def latency(dense, pruned, make, args):
