@@ -163,3 +163,26 @@ MODELS = {
     "decoder": lambda: encoder(causal=True),
     "embedding_flatten": embedding_flatten, "nested": nested,
 }
+
+
+def concat_residual():
+    """InceptionResNetV2's residual: a stream made by a Concatenate, added
+    to one convolution's output (its units then follow the stream's)."""
+    inputs = keras.Input((8, 8, 3))
+    a = L.Conv2D(4, 1, activation="relu", name="branch_a")(inputs)
+    b = L.Conv2D(6, 3, padding="same", activation="relu",
+                 name="branch_b")(inputs)
+    stream = L.Concatenate(name="stream")([a, b])
+    mixed = L.Conv2D(5, 1, activation="relu", name="mixed")(stream)
+    up = L.Conv2D(10, 1, name="up")(mixed)
+    x = L.Add(name="residual")([stream, up])
+    x = L.BatchNormalization(name="bn")(x)
+    up2 = L.Conv2D(10, 1, name="up2")(L.Activation("relu")(x))
+    x = L.Add(name="residual2")([up2, x])
+    x = L.GlobalAveragePooling2D()(x)
+    model = keras.Model(inputs, L.Dense(2, name="head")(x),
+                        name="concat_residual")
+    return model, RNG.normal(size=(2, 8, 8, 3)).astype("float32")
+
+
+MODELS["concat_residual"] = concat_residual

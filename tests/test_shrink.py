@@ -366,3 +366,14 @@ def test_each_coupling_check_fails_when_the_coupling_breaks(
     breaking(monkeypatch)
     with pytest.raises((AssertionError, ValueError)):
         assert_shrinks(model, x)
+
+
+def test_a_layer_added_to_a_concatenation_follows_its_units():
+    model, _ = structure_models.concat_residual()
+    groups = groups_by_name(model)
+    assert groups["branch_a"].removable and groups["branch_b"].removable
+    assert "up" not in groups and "up2" not in groups  # no group of their own
+    # Unit 1 of branch_b is position 4 + 1 of the stream: column 5 of `up`.
+    assert sorted(rows_of(model, "branch_b", "up/kernel")[1]) == [5]
+    assert sorted(rows_of(model, "branch_b", "up2/bias")[1]) == [5]
+    assert sorted(rows_of(model, "branch_a", "bn/gamma")[3]) == [3]

@@ -86,6 +86,9 @@ def analyze(model):
     for key in graph.outputs:
         spaces.keep(analysis.maps[("", key)],
                     "it is one of the model's outputs")
+    spaces.finish()
+    for key, channels in analysis.maps.items():
+        analysis.maps[key] = spaces.resolve(channels)
     return analysis
 
 

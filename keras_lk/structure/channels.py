@@ -81,6 +81,9 @@ class Spaces:
         self.parent, self.size, self.producer = [], [], []
         self.reasons = {}
         self.slices, self.edits = [], []
+        # A space whose units are positions of other spaces' (an Add of one
+        # layer's output with a Concatenate): root -> resolved `Channels`.
+        self.alias = {}
 
     def new(self, size, producer, reason=None, kind=EXACT):
         """A new space of `size` units made by layer `producer`."""
@@ -106,11 +109,31 @@ class Spaces:
             self.reasons.setdefault(first, []).extend(
                 self.reasons.pop(second, []))
 
+    def resolve(self, channels):
+        """`channels` with each position as (root space, unit), through
+        the aliases."""
+        space, unit = channels.space.copy(), channels.unit.copy()
+        while True:
+            unique, inverse = np.unique(space, return_inverse=True)
+            roots = np.array([self.root(int(s)) for s in unique], dtype=int)
+            space = roots[inverse.reshape(-1)] if len(space) else space
+            aliased = [int(r) for r in set(roots.tolist())
+                       if r in self.alias]
+            if not aliased:
+                return Channels(space, unit)
+            for root in aliased:
+                target = self.alias[root]
+                mask = space == root
+                picked = unit[mask]
+                space[mask], unit[mask] = (target.space[picked],
+                                           target.unit[picked])
+
     def whole(self, channels):
         """The one space `channels` is, unit for unit, or None."""
         if not len(channels):
             return None
-        roots = {self.root(s) for s in set(channels.space.tolist())}
+        channels = self.resolve(channels)
+        roots = set(channels.space.tolist())
         if len(roots) != 1:
             return None
         root = roots.pop()
@@ -120,15 +143,26 @@ class Spaces:
         return None
 
     def tie(self, maps, layer):
-        """Makes the positions of `maps` the same units (an Add). Maps that
-        are not each one whole space are kept, with the reason."""
+        """Makes the positions of `maps` the same units (an Add). Whole
+        spaces are joined; a whole space added to a map of several spaces
+        (a Concatenate's) becomes an alias of that map, unit for position.
+        Anything else is kept, with the reason."""
+        maps = [self.resolve(m) for m in maps]
         spaces = [self.whole(m) for m in maps]
         if all(s is not None for s in spaces):
             for space in spaces[1:]:
                 self.union(spaces[0], space)
             return
-        if all(np.array_equal(m.space, maps[0].space)
-               and np.array_equal(m.unit, maps[0].unit) for m in maps):
+        others = [m for m, s in zip(maps, spaces) if s is None]
+        same = all(np.array_equal(m.space, others[0].space)
+                   and np.array_equal(m.unit, others[0].unit)
+                   for m in others)
+        target = set(others[0].space.tolist())
+        if same and not any(s in target for s in spaces if s is not None):
+            for space in {s for s in spaces if s is not None}:
+                self.alias[space] = others[0]
+                for kind, reason in self.reasons.pop(space, []):
+                    self.keep(others[0], reason, kind)
             return
         for m in maps:
             self.keep(m, f"'{layer}' joins channels that come from several "
@@ -136,9 +170,24 @@ class Spaces:
 
     def keep(self, channels, reason, kind=EXACT):
         """Marks every space of `channels` as not removable."""
-        for space in set(channels.space.tolist()):
-            self.reasons.setdefault(self.root(space), []).append(
-                (kind, reason))
+        for space in set(self.resolve(channels).space.tolist()):
+            self.reasons.setdefault(space, []).append((kind, reason))
+
+    def finish(self):
+        """Rewrites every slice and edit on root spaces, through the
+        aliases: after it, a slice's space is its group's root."""
+        slices = []
+        for piece in self.slices:
+            where = self.resolve(Channels(
+                np.full(len(piece.units), piece.space), piece.units))
+            for space in np.unique(where.space):
+                mask = where.space == space
+                slices.append(dataclasses.replace(
+                    piece, space=int(space), units=where.unit[mask],
+                    indices=piece.indices[mask]))
+        self.slices = slices
+        for edit in self.edits:
+            edit.channels = self.resolve(edit.channels)
 
     def record(self, channels, layer, variable, axis, indices, counted=True):
         """Records `variable`'s slices along `axis` for the positions of
