@@ -35,7 +35,8 @@ SCRIPT = textwrap.dedent("""
         history = model.fit(
             x, y, epochs=2, batch_size=16, validation_split=0.25,
             shuffle=False, verbose=0,
-            callbacks=[keras_lk.LkMonitor(log_dir, step_stats=True)])
+            callbacks=[keras_lk.LkMonitor(log_dir, step_stats=True,
+                                          units=True)])
         events = read(log_dir)
         x, y = sparse_regression_data()
         keras.utils.set_random_seed(0)
@@ -44,7 +45,14 @@ SCRIPT = textwrap.dedent("""
             proximal.compile(keras_lk.ProximalOptimizer(
                 keras.optimizers.SGD(0.1)), "mse")
         proximal.fit(x, y, epochs=5, batch_size=32, shuffle=False, verbose=0)
+        # Structured pruning of the mirrored model's variables.
+        keras_lk.prune_units(model, 0.5)
+        small = keras_lk.strip(model, shrink=True)
+        few = regression_data()[0][:8]
         out[name] = {
+            "units": small.get_layer("first").units,
+            "pruned": model.predict(few, verbose=0).ravel().tolist(),
+            "shrunk": small.predict(few, verbose=0).ravel().tolist(),
             "history": history.history,
             "share_steps": sorted(events[("train", "reg_share/total")]),
             "flips": events[("train", "sign_flip_count/(all layers)")],
@@ -66,10 +74,14 @@ def test_mirrored_strategy_on_two_logical_cpus(tmp_path):
     assert mirrored["share_steps"] == [0, 1]
     # Two replicas train as one device: the same numbers, within float noise.
     for key in ("loss", "val_loss", "reg_loss", "reg_share", "val_reg_loss",
-                "sign_flip_frac", "zero_frac"):
+                "sign_flip_frac", "zero_frac", "live_macs_frac"):
         assert history[key] == pytest.approx(single["history"][key],
                                              rel=1e-3, abs=1e-6), key
     assert mirrored["flips"] == single["flips"]
+    # prune_units and strip(shrink=True) on mirrored variables.
+    assert mirrored["units"] == single["units"] == 2
+    np.testing.assert_allclose(mirrored["shrunk"], mirrored["pruned"],
+                               rtol=1e-5, atol=1e-6)
     for got, expected in zip(mirrored["monitored"], single["monitored"]):
         np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-6)
     # The proximal kernel: anchored on the data (3 informative features of
