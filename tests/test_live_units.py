@@ -82,3 +82,20 @@ def test_a_model_without_a_graph_is_refused_and_left_as_it_was(tmp_path):
                   callbacks=[keras_lk.LkMonitor(tmp_path, units=True)])
     assert model.train_function is step  # nothing installed
     model.fit(x, y, verbose=0)
+
+
+def test_a_new_monitor_per_fit_under_jit_compile(tmp_path):
+    """As users train: a fresh LkMonitor(units=True) for each fit in a
+    loop, on a model compiled with jit_compile=True."""
+    model, x = structure_models.mlp()
+    keras_lk.prune_units(model, 0.5)
+    model.compile(keras.optimizers.SGD(0.0), "mse", jit_compile=True)
+    y = np.zeros((len(x), 3))
+    expected = keras_lk.macs(model, live=True) / keras_lk.macs(model)
+    for run in range(2):
+        history = model.fit(x, y, epochs=1, verbose=0, callbacks=[
+            keras_lk.LkMonitor(tmp_path / str(run), units=True)])
+        assert history.history["live_macs_frac"] == pytest.approx(
+            [expected])
+        assert read(tmp_path / str(run))[
+            ("train", "live_units/hidden")] == {0: 8.0}

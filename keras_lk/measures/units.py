@@ -2,13 +2,12 @@
 slice, and the fraction of the model's multiply-accumulates they keep (what
 `shrink` would leave)."""
 
-import numpy as np
-
 from keras_lk import tags
 from keras_lk.measures import fraction
-from keras_lk.structure.analysis import analyze, unit_norms
-from keras_lk.structure.flops import node_macs
+from keras_lk.structure.analysis import analyze
+from keras_lk.structure.flops import total_macs
 from keras_lk.structure.groups import build_groups
+from keras_lk.structure.surgery import removed_units, zero_units_of
 
 
 class UnitMeasure:
@@ -30,8 +29,7 @@ class UnitMeasure:
     def start(self, model, recording):
         self._groups = [g for g in build_groups(self._analysis)
                         if g.removable]
-        self._dense = sum(node_macs(self._analysis, node, {})
-                          for node in self._analysis.nodes)
+        self._dense = total_macs(self._analysis, {})
 
     def open(self, window):
         pass
@@ -41,16 +39,11 @@ class UnitMeasure:
             return  # the weights have not changed since the training log
         values, dead = {}, {}
         for group in self._groups:
-            norms = unit_norms(self._analysis, group._root, group.size,
-                               np.inf, values)
-            zero = np.flatnonzero(norms == 0)
+            zero = zero_units_of(self._analysis, group, values)
             report.scalars[tags.tag(tags.LIVE_UNITS, group.name)] = (
                 group.size - len(zero))
-            # As `shrink`: a layer keeps one unit, even all zero.
-            dead[group._root] = set(zero[1:] if len(zero) == group.size
-                                    else zero)
-        live = sum(node_macs(self._analysis, node, dead)
-                   for node in self._analysis.nodes)
+            dead[group._root] = removed_units(zero, group.size)
+        live = total_macs(self._analysis, dead)
         share = fraction(live, self._dense) if self._dense else 1.0
         report.scalars[tags.tag(tags.LIVE_MACS_FRACTION,
                                 tags.ALL_LAYERS)] = share

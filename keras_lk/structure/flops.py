@@ -80,6 +80,13 @@ def _attention_macs(analysis, node, ins, out, dead):
         + tq * tk * dk + tq * tv * dv + tq * dv * live(out))
 
 
+def total_macs(analysis, dead):
+    """The multiply-accumulates of every call, without the `dead` units
+    (`{root: set of units}`)."""
+    return int(sum(node_macs(analysis, node, dead)
+                   for node in analysis.nodes))
+
+
 def macs(model, live=False):
     """The multiply-accumulates of one example through `model`.
 
@@ -112,5 +119,4 @@ def macs(model, live=False):
     dead = {}
     if live:
         dead = dead_units(analysis, build_groups(analysis), "keep")
-    return int(sum(node_macs(analysis, node, dead)
-                   for node in analysis.nodes))
+    return total_macs(analysis, dead)

@@ -10,6 +10,19 @@ from keras_lk.structure.groups import build_groups, unknown_reasons
 UNKNOWN_LAYERS = ("raise", "keep")
 
 
+def zero_units_of(analysis, group, values):
+    """The units of `group` whose counted slices are all exactly zero.
+    `values`: a dict caching each variable's numpy value."""
+    norms = unit_norms(analysis, group._root, group.size, np.inf, values)
+    return np.flatnonzero(norms == 0)
+
+
+def removed_units(zero, size):
+    """Of a group's `size` units, the `zero` ones `shrink` removes: all,
+    except one where all are zero (a layer keeps one unit, all zero)."""
+    return set(int(u) for u in (zero[1:] if len(zero) == size else zero))
+
+
 def dead_units(analysis, groups, unknown_layers="raise"):
     """`{root: set of units}` whose counted slices are all exactly zero, in
     the removable groups. A group a layer keras_lk does not know keeps
@@ -17,8 +30,7 @@ def dead_units(analysis, groups, unknown_layers="raise"):
     `unknown_layers="keep"`."""
     dead, values = {}, {}
     for group in groups:
-        norms = unit_norms(analysis, group._root, group.size, np.inf, values)
-        zero = np.flatnonzero(norms == 0)
+        zero = zero_units_of(analysis, group, values)
         if not len(zero):
             continue
         if not group.removable:
@@ -31,9 +43,7 @@ def dead_units(analysis, groups, unknown_layers="raise"):
                     "layers, or pass unknown_layers=\"keep\" to keep this "
                     "group's units and shrink the rest.")
             continue
-        if len(zero) == group.size:
-            zero = zero[1:]  # A layer keeps one unit: it stays all zero.
-        dead[group._root] = set(int(u) for u in zero)
+        dead[group._root] = removed_units(zero, group.size)
     return dead
 
 
