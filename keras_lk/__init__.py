@@ -21,7 +21,8 @@ from keras_lk.proximal import prox  # noqa: E402
 from keras_lk.regularizers import LkRegularizer  # noqa: E402
 from keras_lk.sparsity import SparsityTarget, sparsity, strip  # noqa: E402
 from keras_lk.structure import (  # noqa: E402
-    UnitGroup, macs, prune_units, shrink, unit_groups)
+    GroupLkRegularizer, UnitGroup, group_prox, macs, prune_units, shrink,
+    unit_groups)
 
 __version__ = "0.1.0"
 
@@ -31,11 +32,13 @@ __all__ = [
     "RegularizationShare",
     "SparsityTarget",
     "ZeroCounts",
+    "GroupLkRegularizer",
     "LkRegularizer",
     "ProximalOptimizer",
     "UnitGroup",
     "attach",
     "detach",
+    "group_prox",
     "lk_penalty",
     "macs",
     "prox",

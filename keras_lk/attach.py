@@ -5,6 +5,11 @@ import warnings
 import keras
 
 from keras_lk import _validation
+from keras_lk.regularizers import LkRegularizer
+from keras_lk.structure.group_penalty import (GroupLkRegularizer, UnitPlan,
+                                              unit_records)
+
+STRUCTURES = (None, "units")
 
 
 def _sublayers(layer):
@@ -220,8 +225,124 @@ def _set_regularizer(model, chosen, regularizer, weight):
             setattr(model, name, None)
 
 
+def _variable_owners(model):
+    """`{id(variable): (path, layer, attribute)}`: the layer attribute that
+    holds each variable (`kernel`, `gamma`, `recurrent_kernel`, ...)."""
+    owners = {}
+    for path, layer in iter_layers(model):
+        for attribute, value in vars(layer).items():
+            if isinstance(value, keras.Variable):
+                # Deeper layers take a variable over, as weights_by_layer.
+                owners[id(value)] = (path, layer, attribute.lstrip("_"))
+    return owners
+
+
+def _reset_steps(model):
+    # A compiled step traced before the change would not see it.
+    for name in ("train_function", "test_function"):
+        if getattr(model, name, None) is not None:
+            setattr(model, name, None)
+
+
+def _check_structure(structure, layer_types, predicate, weight):
+    _validation.check_choice("structure", structure, STRUCTURES)
+    if structure is not None and (layer_types is not None
+                                  or predicate is not None
+                                  or weight != "kernel"):
+        raise ValueError(
+            "With structure='units' the groups are chosen by `names` (unit "
+            "group names, as keras_lk.unit_groups lists them); layer_types, "
+            "predicate and weight do not apply. Received: layer_types="
+            f"{layer_types!r}, predicate={predicate!r}, weight={weight!r}")
+
+
+def _attach_units(model, regularizer, names):
+    """`attach(..., structure="units")`."""
+    if not (isinstance(regularizer, LkRegularizer) and regularizer.proximal):
+        raise _validation.invalid(
+            "regularizer", "an LkRegularizer(k, alpha, reduction, "
+            "proximal=True) with structure='units' (a group penalty is "
+            "applied as a group proximal step by keras_lk.ProximalOptimizer)",
+            regularizer)
+    if regularizer.k == float("inf"):
+        raise _validation.invalid(
+            "regularizer", "a finite k with structure='units'", regularizer)
+    if names is not None:
+        names = [names] if isinstance(names, str) else list(names)
+    records, chosen, frozen = unit_records(model, names)
+    if frozen:
+        warnings.warn(
+            f"attach: unit groups {frozen} slice weights that are not "
+            "trainable, which no optimizer step can zero: they get no "
+            "penalty.", stacklevel=3)
+    if not chosen:
+        raise ValueError(
+            f"attach(structure='units'): model {model.name!r} has no unit "
+            "group that can be removed and trained. keras_lk.unit_groups("
+            "model) lists its groups and why each is kept.")
+    owners = _variable_owners(model)
+    touched, lost, replaced = [], [], []
+    for key, (variable, slices) in records.items():
+        path, layer, attribute = owners[key]
+        old = getattr(variable, "regularizer", None)
+        if old is not None and not isinstance(old, GroupLkRegularizer):
+            replaced.append(variable.path)
+        group_regularizer = GroupLkRegularizer(
+            regularizer.k, regularizer.alpha, regularizer.reduction, slices)
+        variable.regularizer = group_regularizer
+        config_attribute = _config_attribute(layer, attribute)
+        if config_attribute is not None:
+            setattr(layer, config_attribute, group_regularizer)
+        lost += _unsaved(model, [(path, layer)], group_regularizer)
+        if all(layer is not other for other in touched):
+            touched.append(layer)
+    if replaced:
+        warnings.warn(f"attach: the group penalty replaces the regularizers "
+                      f"of {replaced}.", stacklevel=3)
+    if lost:
+        warnings.warn(
+            f"attach: the group penalty on {sorted(set(lost))} trains, but "
+            "the config of the layer that holds them (e.g. MultiHeadAttention"
+            ", whose projections share one kernel_regularizer argument) does "
+            "not record it, so a saved model loads without it. Attach it "
+            "again after loading.", stacklevel=3)
+    UnitPlan.build([variable for variable, _ in records.values()])
+    _reset_steps(model)
+    return touched
+
+
+def _detach_units(model, names):
+    touched = []
+    owners = _variable_owners(model)
+    names = None if names is None else set(
+        [names] if isinstance(names, str) else names)
+    for path, layer, attribute in owners.values():
+        variable = getattr(layer, attribute, None)
+        if variable is None and hasattr(layer, "_" + attribute):
+            variable = getattr(layer, "_" + attribute)
+        old = getattr(variable, "regularizer", None)
+        if not isinstance(old, GroupLkRegularizer):
+            continue
+        if names is not None:
+            kept = [s for s in old.slices if s["group"] not in names]
+            if len(kept) == len(old.slices):
+                continue
+            new = (GroupLkRegularizer(old.k, old.alpha, old.reduction, kept)
+                   if kept else None)
+        else:
+            new = None
+        variable.regularizer = new
+        config_attribute = _config_attribute(layer, attribute)
+        if config_attribute is not None:
+            setattr(layer, config_attribute, new)
+        if all(layer is not other for other in touched):
+            touched.append(layer)
+    _reset_steps(model)
+    return touched
+
+
 def attach(model, regularizer, *, layer_types=None, names=None,
-           predicate=None, weight="kernel"):
+           predicate=None, weight="kernel", structure=None):
     """Puts `regularizer` on the kernels of an already built model.
 
     For models from `keras.applications` or loaded from disk: no rebuild, no
@@ -250,6 +371,18 @@ def attach(model, regularizer, *, layer_types=None, names=None,
         predicate: A callable `layer -> bool`, or None. Defaults to None.
         weight: The attribute holding the weight to regularize: `"kernel"`,
             `"embeddings"`, `"depthwise_kernel"`, ... Defaults to `"kernel"`.
+        structure: None (each weight on its own), or `"units"`: the group
+            penalty `alpha * sum_g ||w_g||_2^k` (or the mean over each
+            group's units) over every removable unit group of
+            `keras_lk.unit_groups(model)`, `w_g` being all of a unit's
+            weights across layers (its kernel column and bias, the
+            BatchNormalization's scale and offset, the consumers' rows).
+            It needs `LkRegularizer(k, alpha, reduction, proximal=True)`
+            with a finite `k >= 0` and a `ProximalOptimizer`, whose group
+            proximal step sets whole units exactly to zero (k <= 1), so
+            that `keras_lk.shrink` removes them. `names` then picks unit
+            groups by name. The penalty replaces the regularizers of the
+            weights it covers. Defaults to None.
 
     Returns:
         The list of layers it attached the regularizer to.
@@ -267,7 +400,20 @@ def attach(model, regularizer, *, layer_types=None, names=None,
         ...                          layer_types=keras.layers.Dense)
         >>> len(layers), len(model.losses)
         (2, 2)
+
+        By units (whole units of `hidden` go to zero during training):
+
+        >>> inputs = keras.Input((8,))
+        >>> hidden = keras.layers.Dense(16, "relu", name="hidden")(inputs)
+        >>> model = keras.Model(inputs, keras.layers.Dense(2)(hidden))
+        >>> layers = keras_lk.attach(model, keras_lk.LkRegularizer(
+        ...     k=0.5, alpha=1e-3, proximal=True), structure="units")
+        >>> [layer.name for layer in layers]
+        ['hidden', 'dense']
     """
+    _check_structure(structure, layer_types, predicate, weight)
+    if structure == "units":
+        return _attach_units(model, regularizer, names)
     if not isinstance(regularizer, keras.regularizers.Regularizer):
         raise _validation.invalid(
             "regularizer", "a keras.regularizers.Regularizer instance",
@@ -288,7 +434,7 @@ def attach(model, regularizer, *, layer_types=None, names=None,
 
 
 def detach(model, *, layer_types=None, names=None, predicate=None,
-           weight="kernel"):
+           weight="kernel", structure=None):
     """Removes the regularizer from the chosen layers' weight.
 
     The counterpart of `attach`, with the same filters. Layers that match but
@@ -302,6 +448,9 @@ def detach(model, *, layer_types=None, names=None, predicate=None,
             None.
         predicate: A callable `layer -> bool`, or None. Defaults to None.
         weight: The attribute holding the weight. Defaults to `"kernel"`.
+        structure: None, or `"units"`: remove the group penalty of
+            `attach(..., structure="units")` from every weight (or, with
+            `names`, from those unit groups only). Defaults to None.
 
     Returns:
         The list of layers a regularizer was removed from.
@@ -314,6 +463,9 @@ def detach(model, *, layer_types=None, names=None, predicate=None,
         >>> len(keras_lk.detach(model)), len(model.losses)
         (1, 0)
     """
+    _check_structure(structure, layer_types, predicate, weight)
+    if structure == "units":
+        return _detach_units(model, names)
     chosen = [(path, layer) for path, layer in _select(
         model, layer_types, names, predicate, weight)
         if getattr(layer, weight).regularizer is not None]

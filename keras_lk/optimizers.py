@@ -12,6 +12,8 @@ from keras_lk.proximal import (half_threshold_newton, hard_threshold, prox,
                                soft_threshold)
 from keras_lk.regularizers import LkRegularizer
 from keras_lk.sparsity.state import SparsityState
+from keras_lk.structure.group_penalty import UnitPlan
+from keras_lk.structure.steering import UnitState
 from keras_lk.wrappers import mark_proximal_handled, optimizer_chain, unwrap
 
 # The proximal steps with a fast form: k -> function(y, t).
@@ -145,6 +147,9 @@ class ProximalOptimizer(keras.optimizers.Optimizer):
         self._proximal = {}
         self.sparsity_state = None
         self.controller = None
+        self.unit_plan = None
+        self.unit_state = None
+        self.unit_controller = None
 
     def _find_proximal(self, var_list):
         """The proximal regularizers the weights carry now: `attach` and
@@ -156,6 +161,16 @@ class ProximalOptimizer(keras.optimizers.Optimizer):
             regularizer = _proximal_regularizer(variable)
             if regularizer is not None:
                 self._proximal[id(variable)] = regularizer
+                mark_proximal_handled(variable)
+        # The unit groups of `attach(..., structure="units")`, joined again
+        # only when the group penalties changed.
+        key = tuple((id(v), id(unwrap(getattr(v, "regularizer", None))))
+                    for v in var_list)
+        if key != getattr(self, "_unit_key", None):
+            self._unit_key = key
+            self.unit_plan = UnitPlan.build(var_list)
+        if self.unit_plan is not None:
+            for variable in self.unit_plan.variables:
                 mark_proximal_handled(variable)
 
     def build(self, var_list):
@@ -169,6 +184,8 @@ class ProximalOptimizer(keras.optimizers.Optimizer):
         super().build(var_list)
         self.sparsity_state = SparsityState.build(
             self, [v for v in var_list if id(v) in self._proximal])
+        if self.unit_plan is not None:
+            self.unit_state = UnitState.build(self, self.unit_plan)
 
     def apply(self, grads, trainable_variables=None):
         if not self.built:
@@ -189,6 +206,30 @@ class ProximalOptimizer(keras.optimizers.Optimizer):
         if variables:
             backend.current().in_update_context(
                 self._proximal_step, variables, learning_rate, updated)
+        if self.unit_plan is not None:
+            backend.current().in_update_context(
+                self._unit_step, self.unit_plan.variables, learning_rate,
+                updated)
+
+    def _unit_step(self, variables, learning_rate, updated):
+        """Every unit group's proximal step, `w_g <- prox(w_g)`, from the
+        norms after the wrapped optimizer's step; with
+        `SparsityTarget(structure="units")`'s strengths while it steers."""
+        plan, controller = self.unit_plan, self.unit_controller
+        condition = (updated if self.inner_optimizer
+                     .gradient_accumulation_steps else None)
+        seam = backend.current()
+        if controller is None or controller.plan is not plan:
+            seam.assign(variables, lambda: plan.step(
+                learning_rate, lambda v: v.value), condition)
+            return
+        state = controller.state
+        iterations = ops.convert_to_tensor(self.inner_optimizer.iterations)
+        new = controller.step(learning_rate, iterations, lambda v: v.value)
+        targets = (list(variables) + list(state.vectors) + list(state.masks)
+                   + [state.run.vector])
+        values = [value for part in new for value in part]
+        seam.assign(targets, lambda: values, condition)
 
     def proximal_step(self, variable, value, learning_rate, strength=None,
                       exempt=None, enabled=True):
@@ -255,8 +296,10 @@ class ProximalOptimizer(keras.optimizers.Optimizer):
     def finalize_variable_values(self, var_list):
         # With use_ema, the moving averages replace the weights here: the
         # weights training left at exactly 0 stay 0.
+        stepped = set(self._proximal) | set(
+            map(id, self.unit_plan.variables if self.unit_plan else ()))
         zeros = [(v, ops.equal(v.value, 0)) for v in var_list
-                 if id(v) in self._proximal] if self.inner_optimizer.use_ema else []
+                 if id(v) in stepped] if self.inner_optimizer.use_ema else []
         self.inner_optimizer.finalize_variable_values(var_list)
         for variable, zero in zeros:
             value = variable.value
