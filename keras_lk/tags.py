@@ -44,6 +44,9 @@ PENALTY_PULL_RATIO = "penalty_pull_ratio"
 LIVE_UNITS = "live_units"
 LIVE_MACS_FRACTION = "live_macs_fraction"
 LOG_LIVE_MACS_FRAC = "live_macs_frac"
+# Histograms of each unit group's unit norms (SparsityTarget(structure=
+# "units")).
+UNIT_NORMS = "unit_norms"
 
 # `logs` keys (validation ones take VALIDATION_PREFIX).
 LOG_REG_LOSS = "reg_loss"

@@ -21,6 +21,7 @@ from keras_lk.sparsity.controller import Controller, initial_log_scale
 from keras_lk.sparsity.groups import ALLOCATIONS
 from keras_lk.sparsity.protection import PROTECTIONS, Protection
 from keras_lk.sparsity.counting import exact_zeros
+from keras_lk.structure.steering import UnitRun
 from keras_lk.summary import RunWriter, check_writable
 from keras_lk.wrappers import proximal_optimizer
 
@@ -90,6 +91,26 @@ class SparsityTarget(keras.callbacks.Callback):
             `"units"`.
         log_dir: None, or a directory for TensorBoard logs (run `train`).
             Defaults to None.
+        structure: None (weights), or `"units"`: whole units, channels and
+            heads (the unit groups of `keras_lk.unit_groups`). Then the
+            model carries the group penalty of `keras_lk.attach(model,
+            LkRegularizer(k <= 1, alpha, proximal=True),
+            structure="units")`, `target` is the fraction of each
+            removable group's units to remove (allocation `"uniform"`:
+            every group loses the same fraction), each group keeps its
+            largest unit while the schedule runs, and at `end_step`
+            exactly that many units are zero in every slice, so that
+            `keras_lk.shrink` rebuilds a smaller model with the same
+            outputs. Logs the fraction of zero units as `sparsity`, the
+            live fraction of multiply-accumulates as `live_macs_frac`,
+            and, with `log_dir`, `live_units/<group>`,
+            `live_macs_fraction/(all layers)` and histograms of the unit
+            norms (`unit_norms/<group>`). Defaults to None.
+        target_flops: With `structure="units"`, instead of `target`: the
+            fraction of the model's multiply-accumulates (`keras_lk.macs`)
+            to remove, e.g. 0.5. The one fraction of units that every
+            covered group loses is chosen at the start of `fit` to remove
+            at least that much. Defaults to None.
 
     Raises:
         ValueError: At construction for a bad argument; at the start of
@@ -115,11 +136,51 @@ class SparsityTarget(keras.callbacks.Callback):
         0.75
     """
 
-    def __init__(self, target, begin_step=None, end_step=None,
-                 allocation="global", log_dir=None, protect="units"):
+    def __init__(self, target=None, begin_step=None, end_step=None,
+                 allocation=None, log_dir=None, protect="units",
+                 structure=None, target_flops=None):
         backend.require_training("keras_lk.SparsityTarget")
         super().__init__()
-        if isinstance(target, dict):
+        if structure is not None and structure != "units":
+            raise _validation.invalid("structure", "None or 'units'",
+                                      structure)
+        self.structure = structure
+        self.target_flops = None
+        if target_flops is not None:
+            if self.structure != "units":
+                raise ValueError(
+                    "target_flops counts multiply-accumulates of whole "
+                    "units: it needs structure='units'. Received: "
+                    f"target_flops={target_flops!r}, structure={structure!r}")
+            if target is not None:
+                raise ValueError(
+                    "Give either target (a fraction of units) or "
+                    "target_flops (a fraction of multiply-accumulates), not "
+                    f"both. Received: target={target!r}, "
+                    f"target_flops={target_flops!r}")
+            self.target_flops = _check_target("target_flops", target_flops)
+        elif target is None:
+            raise _validation.invalid(
+                "target", "a number strictly between 0 and 1" + (
+                    " (or target_flops=)" if self.structure else ""), target)
+        if self.structure == "units":
+            if isinstance(target, dict):
+                raise _validation.invalid(
+                    "target", "a fraction of units with structure='units'",
+                    target)
+            if allocation not in (None, "uniform"):
+                raise _validation.invalid(
+                    "allocation", "'uniform' with structure='units' (every "
+                    "unit group loses the same fraction)", allocation)
+            if protect != "units":
+                raise _validation.invalid(
+                    "protect", "'units' with structure='units' (each group "
+                    "keeps its largest unit)", protect)
+        allocation = allocation or ("uniform" if self.structure
+                                    else "global")
+        if target is None:
+            self.target = None
+        elif isinstance(target, dict):
             if not target:
                 raise _validation.invalid(
                     "target", "a fraction or a non-empty dict", target)
@@ -145,12 +206,15 @@ class SparsityTarget(keras.callbacks.Callback):
         self._controller = None
         self._optimizer = None
         self._writer = None
+        self._units = None
 
     def on_train_begin(self, logs=None):
         model = self.model
         self._optimizer = self._proximal_optimizer(model)
         if not self._optimizer.built:
             model.optimizer.build(model.trainable_variables)
+        if self.structure == "units":
+            return self._begin_units(model)
         layers = grouping.covered_layers(model)
         state = self._optimizer.sparsity_state
         grouping.check_state(layers, state)
@@ -172,6 +236,19 @@ class SparsityTarget(keras.callbacks.Callback):
             check_writable(self.log_dir)
             self._writer = RunWriter(os.path.join(self.log_dir, tags.TRAIN))
 
+    def _begin_units(self, model):
+        self._units = UnitRun(model, self._optimizer, self.target,
+                              self.target_flops)
+        self._controller = self._units.controller
+        self._controller.window = max(
+            1, int(getattr(model, "steps_per_execution", 1) or 1))
+        self._started = False
+        self._optimizer.unit_controller = self._controller
+        model.make_train_function(force=True)
+        if self.log_dir is not None:
+            check_writable(self.log_dir)
+            self._writer = RunWriter(os.path.join(self.log_dir, tags.TRAIN))
+
     def on_epoch_begin(self, epoch, logs=None):
         # At the first epoch, after every callback's on_train_begin: a
         # BackupAndRestore there may have restored the optimizer's state.
@@ -186,7 +263,9 @@ class SparsityTarget(keras.callbacks.Callback):
     def _settings(self):
         """A number that identifies this callback's settings."""
         groups = [(g.name, g.target, g.k, g.size)
-                  for g in self._controller.groups]
+                  for g in getattr(self._controller, "groups", ())]
+        if self._units is not None:
+            groups = self._units.describe()
         # 31 bits: on JAX (no 64-bit integers by default) the run's state
         # is int32.
         return zlib.crc32(repr((groups, self.begin_step, self.end_step,
@@ -209,6 +288,11 @@ class SparsityTarget(keras.callbacks.Callback):
         if end <= begin:
             raise _validation.invalid(
                 "end_step", f"an iteration after begin_step={begin}", end)
+        if self._units is not None:
+            self._units.start(begin, end, float(ops.convert_to_numpy(
+                self._optimizer.inner_optimizer.learning_rate)),
+                self._settings())
+            return
         units = grouping.units(controller.groups, self.allocation)
         learning_rate = float(ops.convert_to_numpy(
             self._optimizer.inner_optimizer.learning_rate))
@@ -241,6 +325,13 @@ class SparsityTarget(keras.callbacks.Callback):
         logs = logs if logs is not None else {}
         controller = self._controller
         iterations = ops.convert_to_tensor(self.model.optimizer.iterations)
+        if self._units is not None:
+            unit_logs, scalars, histograms = self._units.epoch(iterations)
+            logs.update(unit_logs)
+            if self._writer is not None:
+                self._writer.scalars(scalars, epoch)
+                self._writer.histograms(histograms, epoch)
+            return
         scheduled = ops.convert_to_numpy(controller.scheduled(iterations))
         actual = [exact_zeros(group.variables)["fraction"]
                   for group in controller.groups]
@@ -266,6 +357,7 @@ class SparsityTarget(keras.callbacks.Callback):
             self._controller.finish_run()
         if self._optimizer is not None:
             self._optimizer.controller = None
+            self._optimizer.unit_controller = None
             # The next fit traces a step without the controller.
             self.model.make_train_function(force=True)
         if self._writer is not None:

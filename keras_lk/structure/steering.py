@@ -7,7 +7,9 @@ Per unit group, inside the compiled train step:
 - k = 0: gradual magnitude pruning of units: every `CONTROL_EVERY` steps
   the threshold on the unit norms rises to the scheduled quantile (it
   never falls), and every step zeroes the units up to it.
-- The unit with the largest norm is exempt, so no group loses all units.
+- No more units are zeroed than the schedule asks (a zero unit gets no
+  gradient and never returns, so an overshoot could not be undone), and
+  never the last one.
 - At `end_step` the pattern is locked: exactly `keep` units stay (the
   largest), the rest are zero and stay zero while the others fine-tune.
 
@@ -20,10 +22,14 @@ import math
 import numpy as np
 from keras import ops
 
-from keras_lk import backend
+from keras_lk import backend, tags
 from keras_lk.sparsity.schedule import polynomial
 from keras_lk.sparsity.state import RunState, with_field
+from keras_lk.structure.analysis import analyze
+from keras_lk.structure.flops import macs, total_macs
 from keras_lk.structure.group_prox import unit_scales
+from keras_lk.structure.groups import build_groups
+from keras_lk.structure.prune import kept_count
 
 CONTROL_EVERY = 2
 GAIN = 5.0
@@ -138,10 +144,16 @@ class UnitController:
                 steered = lr * ops.exp(vector[UnitState.LOG_SCALE])
             t = ops.where(steer, steered, group.strength(lr))
             scale = unit_scales(norm, t, group.k)
-            # The largest unit is never zeroed while steering.
-            largest = ops.equal(norm, ops.max(norm))
-            scale = ops.where(ops.logical_and(steer, largest),
-                              ops.ones_like(scale), scale)
+            # While steering, no more units are zeroed than the schedule
+            # asks: a zero unit gets no gradient and never comes back, so
+            # an overshoot could not be undone. Those the step would zero
+            # beyond it, the largest unit among them, skip the step.
+            allowed = ops.less(ranks(norm), ops.minimum(
+                ops.floor(scheduled[index] * group.size + 1e-6),
+                group.size - 1.0))
+            spared = ops.logical_and(steer, ops.logical_and(
+                ops.equal(scale, 0), ops.logical_not(allowed)))
+            scale = ops.where(spared, ops.ones_like(scale), scale)
             after = norm * scale
             kept = kept_units(after, vector[UnitState.KEEP])
             mask = ops.where(locking, kept, mask)
@@ -167,6 +179,12 @@ class UnitController:
         return weights, vectors, masks, [run.with_locked(locking)]
 
 
+def ranks(norms):
+    """Each unit's rank by norm, smallest first (0), as float32."""
+    order = ops.argsort(norms)
+    return ops.cast(ops.argsort(order), "float32")
+
+
 def quantile(norms, fraction):
     """The norm that zeroes `fraction` of the units (0 for none)."""
     ordered = ops.sort(norms)
@@ -184,3 +202,142 @@ def initial_log_scale(norms, target, span, learning_rate):
         return 0.0
     return min(max(math.log(value / span / learning_rate), -MAX_LOG_SCALE),
                MAX_LOG_SCALE)
+
+
+def _covered(analysis, plan):
+    """`{plan group name: UnitGroup}` of the analysis."""
+    by_name = {g.name: g for g in build_groups(analysis)}
+    return {g.name: by_name.get(g.name) for g in plan.groups}
+
+
+def flops_fractions(model, plan, target_flops):
+    """The one fraction of units, removed from every covered group, that
+    removes at least `target_flops` of the model's multiply-accumulates
+    (`keras_lk.macs`); its units per group.
+
+    Returns:
+        `(fraction, {group: units to remove}, macs fraction left)`.
+    """
+    analysis = analyze(model)
+    groups = _covered(analysis, plan)
+    dense = total_macs(analysis, {})
+
+    def removed(fraction):
+        counts = {name: g.size - kept_count(g.size, fraction)
+                  for name, g in groups.items() if g is not None}
+        dead = {groups[name]._root: set(range(count))
+                for name, count in counts.items() if count}
+        return counts, total_macs(analysis, dead) / max(dense, 1)
+
+    goal = 1.0 - target_flops
+    low, high = 0.0, 1.0 - 1e-9
+    if removed(high)[1] > goal + 1e-12:
+        counts, left = removed(high)
+        raise ValueError(
+            f"target_flops={target_flops} cannot be reached by removing "
+            "units: with one unit left in every covered group, "
+            f"{left:.3f} of the multiply-accumulates remain. Covered groups: "
+            f"{sorted(counts)}")
+    for _ in range(40):
+        middle = (low + high) / 2
+        if removed(middle)[1] <= goal:
+            high = middle
+        else:
+            low = middle
+    counts, left = removed(high)
+    return high, counts, left
+
+
+class UnitRun:
+    """The host side of `SparsityTarget(structure="units")`: the targets,
+    the start of a run and what each epoch logs."""
+
+    def __init__(self, model, optimizer, target, target_flops):
+        plan = optimizer.unit_plan
+        if plan is None:
+            raise ValueError(
+                "SparsityTarget(structure='units') steers the group penalty "
+                "of keras_lk.attach(model, LkRegularizer(k, alpha, "
+                "proximal=True), structure='units'); the model's weights "
+                "carry none. Attach it before compiling.")
+        if optimizer.unit_state is None or not optimizer.unit_state.fits(
+                plan):
+            raise ValueError(
+                "SparsityTarget(structure='units'): the optimizer was built "
+                "before the group penalty was attached, so it keeps no state "
+                "for the unit groups. Compile the model again after "
+                "attach(..., structure='units').")
+        bad = [g.name for g in plan.groups if g.k > 1]
+        if bad:
+            raise ValueError(
+                f"SparsityTarget(structure='units') needs k <= 1 (a group "
+                f"step that zeroes units); groups {bad} have k = "
+                f"{plan.groups[0].k}.")
+        self.model = model
+        self.plan = plan
+        self.controller = UnitController(plan, optimizer.unit_state)
+        sizes = [g.size for g in plan.groups]
+        if target_flops is not None:
+            fraction, counts, left = flops_fractions(model, plan,
+                                                     target_flops)
+            self.targets = [counts.get(g.name, 0) / g.size
+                            for g in plan.groups]
+            self.macs_goal = left
+        else:
+            self.targets = [(g.size - kept_count(g.size, target)) / g.size
+                            for g in plan.groups]
+            self.macs_goal = None
+        self.keeps = [round(s * (1 - t)) for s, t in zip(sizes, self.targets)]
+
+    def start(self, begin, end, learning_rate, settings):
+        norms = [ops.convert_to_numpy(n)
+                 for n in self.plan.norms(lambda v: v.value)]
+        starts = [float(np.mean(n == 0)) for n in norms]
+        scales = [initial_log_scale(n, t, end - begin, learning_rate)
+                  for n, t in zip(norms, self.targets)]
+        self.controller.start_run(begin, end, self.targets, self.keeps,
+                                  starts, scales, settings)
+
+    def describe(self):
+        return [(g.name, t, g.k, g.size)
+                for g, t in zip(self.plan.groups, self.targets)]
+
+    def epoch(self, iterations):
+        """`(logs, scalars, histograms)` of the units now."""
+        norms = [ops.convert_to_numpy(n).astype("float64")
+                 for n in self.plan.norms(lambda v: v.value)]
+        scheduled = ops.convert_to_numpy(self.controller.scheduled(
+            iterations))
+        sizes = np.array([g.size for g in self.plan.groups])
+        zero = np.array([np.mean(n == 0) for n in norms])
+        logs = {tags.LOG_SPARSITY: float(np.sum(zero * sizes) / sizes.sum()),
+                tags.LOG_SPARSITY_TARGET: float(
+                    np.sum(scheduled * sizes) / sizes.sum())}
+        try:
+            live = macs(self.model, live=True) / max(macs(self.model), 1)
+        except ValueError:
+            live = None
+        if live is not None:
+            logs[tags.LOG_LIVE_MACS_FRAC] = live
+        scalars, histograms = {}, {}
+        for group, norm, z, s in zip(self.plan.groups, norms, zero,
+                                     scheduled):
+            scalars[tags.tag(tags.SPARSITY, group.name)] = float(z)
+            scalars[tags.tag(tags.SPARSITY_TARGET, group.name)] = float(s)
+            scalars[tags.tag(tags.LIVE_UNITS, group.name)] = float(
+                np.count_nonzero(norm))
+            histograms[tags.tag(tags.UNIT_NORMS, group.name)] = (
+                norm_buckets(norm))
+        if live is not None:
+            scalars[tags.tag(tags.LIVE_MACS_FRACTION, tags.ALL_LAYERS)] = live
+        return logs, scalars, histograms
+
+
+def norm_buckets(norms, count=30):
+    """A histogram of `norms` as TensorBoard's `[count, 3]` buckets (left
+    edge, right edge, count)."""
+    norms = np.asarray(norms, "float64")
+    high = float(norms.max()) if norms.size else 0.0
+    edges = np.linspace(0.0, high if high > 0 else 1.0, count + 1)
+    counts, _ = np.histogram(norms, edges)
+    return np.stack([edges[:-1], edges[1:], counts], axis=1)

@@ -1,0 +1,266 @@
+"""Group-Lk penalties by units: the group proximal step against brute force,
+`attach(..., structure="units")`, its records, saving, and training that
+zeroes whole units which `shrink` then removes.
+
+Backend-neutral: `test_backends.py` runs this file under JAX and PyTorch,
+and compares the three backends' steps from the same weights."""
+
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+
+import keras_lk
+from keras_lk.structure.group_penalty import UnitPlan
+
+GROUP_K = (0.0, 0.3, 0.5, 2 / 3, 0.8, 1.0, 1.5, 2.0, 3.0)
+VECTORS = ([0.3, -0.4], [1.2, 0.5], [-2.0, 1.0], [0.05, 0.02], [0.0, 0.0],
+           [3.0, -4.0])
+
+
+def objective(x, v, t, k):
+    norm = np.linalg.norm(x, axis=-1)
+    penalty = (norm != 0).astype(float) if k == 0 else norm ** k
+    return 0.5 * np.sum((x - v) ** 2, axis=-1) + t * penalty
+
+
+def brute_force(v, t, k):
+    """argmin over a 2-D grid around 0 and v, refined twice."""
+    v = np.asarray(v, float)
+    centre, half = np.zeros(2), np.abs(v).max() + 0.05
+    best = None
+    for _ in range(3):
+        axis = np.linspace(-half, half, 801)
+        grid = np.stack(np.meshgrid(axis + centre[0], axis + centre[1]), -1)
+        grid = grid.reshape(-1, 2)
+        # The origin is a candidate at every level (k <= 1 zeroes there).
+        grid = np.concatenate([grid, np.zeros((1, 2))])
+        values = objective(grid, v, t, k)
+        best = grid[np.argmin(values)]
+        centre, half = best, half / 100
+    return best
+
+
+@pytest.mark.parametrize("k", GROUP_K)
+@pytest.mark.parametrize("t", (0.05, 0.3, 1.0))
+def test_group_prox_matches_brute_force(k, t):
+    for v in VECTORS:
+        got = np.asarray(keras_lk.group_prox(np.array(v), t, k), float)
+        expected = brute_force(v, t, k)
+        # As good as the grid's best, and next to it.
+        assert objective(got, np.array(v), t, k) <= objective(
+            expected, np.array(v), t, k) + 1e-6, (v, got, expected)
+        np.testing.assert_allclose(got, expected, atol=2e-4)
+
+
+@pytest.mark.parametrize("k,threshold", [(0.0, np.sqrt(2 * 0.5)),
+                                         (0.5, 1.5 * 0.5 ** (2 / 3)),
+                                         (1.0, 0.5)])
+def test_a_group_is_zero_up_to_the_threshold_and_not_above(k, threshold):
+    direction = np.array([0.6, -0.8, 0.0])
+    below = keras_lk.group_prox(direction * threshold * 0.999, 0.5, k)
+    above = keras_lk.group_prox(direction * threshold * 1.01, 0.5, k)
+    assert np.all(np.asarray(below) == 0)
+    assert np.count_nonzero(np.asarray(above)) == 2  # of 0.6, -0.8, 0
+    # The direction is kept.
+    got = np.asarray(above)
+    np.testing.assert_allclose(got / np.linalg.norm(got), direction,
+                               atol=1e-6)
+
+
+def test_block_soft_thresholding_and_block_hard_thresholding():
+    v = np.array([3.0, 4.0])
+    np.testing.assert_allclose(keras_lk.group_prox(v, 1.0, 1), v * 0.8,
+                               rtol=1e-6)
+    # k = 0 keeps v itself when ||v||^2 > 2t.
+    np.testing.assert_array_equal(keras_lk.group_prox(v, 12.0, 0), v)
+    assert not np.any(np.asarray(keras_lk.group_prox(v, 12.5, 0)))
+
+
+@pytest.mark.parametrize("k", (-1, float("inf"), "1", None))
+def test_group_prox_rejects_a_bad_k(k):
+    with pytest.raises(ValueError, match="Invalid value for argument `k`"):
+        keras_lk.group_prox(np.ones(2), 1.0, k)
+
+
+def conv_model(units=16):
+    inputs = keras.Input((8, 8, 1), name="pixels")
+    x = keras.layers.Conv2D(8, 3, name="conv")(inputs)
+    x = keras.layers.BatchNormalization(name="bn")(x)
+    x = keras.layers.ReLU()(x)
+    x = keras.layers.Flatten()(x)
+    x = keras.layers.Dense(units, "relu", name="hidden")(x)
+    return keras.Model(inputs, keras.layers.Dense(3, name="head")(x))
+
+
+def data(n=64):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(n, 8, 8, 1)).astype("float32")
+    return x, (x.reshape(n, -1)[:, :3] > 0).astype("float32")
+
+
+def attach_units(model, k=1.0, alpha=1.0, reduction="sum"):
+    return keras_lk.attach(model, keras_lk.LkRegularizer(
+        k, alpha, reduction, proximal=True), structure="units")
+
+
+def test_attach_records_every_slice_of_every_removable_group():
+    model = conv_model()
+    layers = attach_units(model)
+    assert [layer.name for layer in layers] == ["conv", "bn", "hidden",
+                                                "head"]
+    records = {v.path: getattr(v.regularizer, "slices", None)
+               for v in model.trainable_weights}
+    assert [(s["group"], s["axis"]) for s in records["conv/kernel"]] == [
+        ("conv", 3)]
+    assert {s["group"] for s in records["bn/gamma"]} == {"conv"}
+    # The hidden kernel: rows of the conv channels (through Flatten), and
+    # its own columns.
+    hidden = {s["group"]: s for s in records["hidden/kernel"]}
+    assert hidden["conv"]["axis"] == 0 and hidden["hidden"]["axis"] == 1
+    rows = np.asarray(hidden["conv"]["positions"])
+    assert rows.shape == (6 * 6 * 8,) and rows[:8].tolist() == list(range(8))
+    # The output layer is not a removable group: only its input rows are.
+    assert [s["group"] for s in records["head/kernel"]] == ["hidden"]
+    assert records["head/bias"] is None
+
+
+def test_plan_norms_are_the_unit_groups_norms():
+    model = conv_model()
+    attach_units(model)
+    plan = UnitPlan.build(model.trainable_weights)
+    norms = plan.norms(lambda v: v.value)
+    for group, norm in zip(plan.groups, norms):
+        expected = next(g for g in keras_lk.unit_groups(model)
+                        if g.name == group.name).norms(2)
+        np.testing.assert_allclose(np.asarray(norm), expected, rtol=1e-5)
+
+
+def test_the_plan_step_is_the_group_prox_of_each_unit():
+    model = conv_model()
+    attach_units(model, k=0.5, alpha=3.0)
+    plan = UnitPlan.build(model.trainable_weights)
+    new = dict(zip(map(id, plan.variables),
+                   plan.step(0.1, lambda v: v.value)))
+    group = keras_lk.unit_groups(model)[2]
+    assert group.name == "hidden"
+    kernel = model.get_layer("hidden").kernel
+    head = model.get_layer("head").kernel
+    bias = model.get_layer("hidden").bias
+    for unit in range(group.size):
+        v = np.concatenate([np.asarray(kernel)[:, unit],
+                            np.asarray(bias)[unit:unit + 1],
+                            np.asarray(head)[unit]])
+        # A unit of `hidden` is also in the conv group's rows of its
+        # kernel: the step multiplies both groups' factors.
+        conv_factor = np.asarray(new[id(kernel)])[:, unit] / np.where(
+            np.asarray(kernel)[:, unit] == 0, 1, np.asarray(kernel)[:, unit])
+        expected = np.asarray(keras_lk.group_prox(v, 0.3, 0.5))
+        np.testing.assert_allclose(
+            np.asarray(new[id(head)])[unit], expected[-3:], atol=1e-6)
+        np.testing.assert_allclose(
+            np.asarray(new[id(bias)])[unit], expected[-4], atol=1e-6)
+        assert conv_factor.shape == (288,)
+
+
+def test_training_zeroes_whole_units_and_shrink_keeps_the_outputs(tmp_path):
+    model = conv_model(units=32)
+    attach_units(model, k=1.0, alpha=1.0)
+    model.compile(keras_lk.ProximalOptimizer(keras.optimizers.SGD(0.05)),
+                  "binary_crossentropy")
+    x, y = data()
+    model.fit(x, y, epochs=6, batch_size=16, verbose=0)
+    hidden = next(g for g in keras_lk.unit_groups(model)
+                  if g.name == "hidden")
+    assert 0 < hidden.live() < 32
+    # Every slice of a dead unit is exactly zero.
+    norms = hidden.norms(np.inf)
+    dead = np.flatnonzero(norms == 0)
+    assert not np.any(np.asarray(model.get_layer("head").kernel)[dead])
+    small = keras_lk.strip(model, shrink=True)
+    assert small.get_layer("hidden").units == hidden.live()
+    np.testing.assert_allclose(small.predict(x, verbose=0),
+                               model.predict(x, verbose=0), atol=1e-5)
+    # The shrunk model carries nothing of keras_lk.
+    path = str(tmp_path / "small.keras")
+    small.save(path)
+    with open(os.devnull, "w"):
+        text = json.dumps(small.get_config())
+    assert "keras_lk" not in text
+
+
+def test_the_penalty_saves_and_loads_and_training_goes_on(tmp_path):
+    model = conv_model()
+    attach_units(model, k=0.5, alpha=0.3, reduction="mean")
+    model.compile(keras_lk.ProximalOptimizer(keras.optimizers.SGD(0.05)),
+                  "binary_crossentropy")
+    x, y = data()
+    model.fit(x, y, epochs=1, verbose=0)
+    path = str(tmp_path / "model.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    for old, new in zip(model.trainable_weights, loaded.trainable_weights):
+        assert (old.regularizer is None) == (new.regularizer is None)
+        if old.regularizer is not None:
+            assert new.regularizer.get_config() == old.regularizer.get_config()
+    np.testing.assert_allclose(
+        float(sum(keras.ops.convert_to_numpy(l) for l in loaded.losses)),
+        float(sum(keras.ops.convert_to_numpy(l) for l in model.losses)),
+        rtol=1e-5)
+    loaded.fit(x, y, epochs=1, verbose=0)
+
+
+def test_the_penalty_is_the_sum_of_unit_norms_to_the_k():
+    model = conv_model()
+    attach_units(model, k=0.5, alpha=2.0, reduction="sum")
+    total = float(sum(keras.ops.convert_to_numpy(l) for l in model.losses))
+    expected = sum(2.0 * np.sum(g.norms(2) ** 0.5)
+                   for g in keras_lk.unit_groups(model) if g.removable)
+    np.testing.assert_allclose(total, expected, rtol=1e-5)
+
+
+def test_without_a_proximal_optimizer_the_first_gradient_raises():
+    model = conv_model()
+    attach_units(model)
+    model.compile(keras.optimizers.SGD(0.05), "binary_crossentropy")
+    x, y = data()
+    with pytest.raises(ValueError, match="no keras_lk.ProximalOptimizer"):
+        model.fit(x, y, epochs=1, verbose=0)
+
+
+def test_detach_removes_the_group_penalty():
+    model = conv_model()
+    attach_units(model)
+    detached = keras_lk.detach(model, structure="units")
+    assert {layer.name for layer in detached} == {"conv", "bn", "hidden",
+                                                  "head"}
+    assert all(v.regularizer is None for v in model.trainable_weights)
+    assert model.losses == []
+
+
+@pytest.mark.parametrize("regularizer,match", [
+    (keras_lk.LkRegularizer(1, 0.1), "proximal=True"),
+    (keras_lk.LkRegularizer(float("inf"), 0.1, proximal=True), "finite k"),
+    (keras.regularizers.L1(0.1), "proximal=True")])
+def test_attach_by_units_rejects_what_it_cannot_apply(regularizer, match):
+    with pytest.raises(ValueError, match=match):
+        keras_lk.attach(conv_model(), regularizer, structure="units")
+
+
+def test_attach_by_units_names_unknown_groups_and_filters():
+    regularizer = keras_lk.LkRegularizer(1, 0.1, proximal=True)
+    with pytest.raises(ValueError, match=r"No removable unit group named "
+                       r"\['head'\]"):
+        keras_lk.attach(conv_model(), regularizer, structure="units",
+                        names="head")
+    with pytest.raises(ValueError, match="layer_types"):
+        keras_lk.attach(conv_model(), regularizer, structure="units",
+                        layer_types=keras.layers.Dense)
+    with pytest.raises(ValueError, match="Invalid value for argument "
+                       "`structure`"):
+        keras_lk.attach(conv_model(), regularizer, structure="channels")
+    layers = keras_lk.attach(conv_model(), regularizer, structure="units",
+                             names=["hidden"])
+    assert [layer.name for layer in layers] == ["hidden", "head"]
