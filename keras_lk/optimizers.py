@@ -151,8 +151,8 @@ class ProximalOptimizer(keras.optimizers.Optimizer):
         self.unit_state = None
         self.unit_controller = None
 
-    def _find_proximal(self, var_list):
-        """The proximal regularizers the weights carry now: `attach` and
+    def find_proximal(self, var_list):
+        """Finds the proximal regularizers the weights carry now: `attach` and
         `detach` after the optimizer was built (after `compile` and a fit,
         or after loading) reset the train step, whose next trace reads
         them here again."""
@@ -180,7 +180,7 @@ class ProximalOptimizer(keras.optimizers.Optimizer):
         or None without such weights), kept with the optimizer's own so
         that BackupAndRestore and `.keras` files keep it."""
         self.inner_optimizer.build(var_list)
-        self._find_proximal(var_list)
+        self.find_proximal(var_list)
         super().build(var_list)
         self.sparsity_state = SparsityState.build(
             self, [v for v in var_list if id(v) in self._proximal])
@@ -192,7 +192,7 @@ class ProximalOptimizer(keras.optimizers.Optimizer):
             self.build(trainable_variables)
             self.built = True
         else:  # build found them; since, attach/detach may have changed them
-            self._find_proximal(trainable_variables
+            self.find_proximal(trainable_variables
                                 or self._trainable_variables)
         inner = self.inner_optimizer
         # The rate of this step: read it before the step advances schedules.

@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -250,3 +251,34 @@ def test_shrink_passes_on(backend):
     summary = run_on(backend, *selection, files=("test_shrink.py",))
     passed = re.search(r"(\d+) passed", summary)
     assert passed and int(passed.group(1)) >= 8, summary
+
+
+def group_step_on(backend, path):
+    env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="2")
+    result = subprocess.run(
+        [sys.executable, os.path.join(HERE, "group_step_run.py"), str(path)],
+        cwd=os.path.dirname(HERE), env=env, capture_output=True, text=True,
+        check=False)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return dict(np.load(path))
+
+
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_the_group_step_is_tensorflows_on(backend, tmp_path):
+    ours = group_step_on("tensorflow", tmp_path / "tensorflow.npz")
+    theirs = group_step_on(backend, tmp_path / f"{backend}.npz")
+    assert sorted(ours) == sorted(theirs)
+    for key, value in ours.items():
+        # The same exact zeros, and the same values to float32 rounding.
+        np.testing.assert_array_equal(theirs[key] == 0, value == 0,
+                                      err_msg=key)
+        np.testing.assert_allclose(theirs[key], value, rtol=2e-5, atol=1e-6,
+                                   err_msg=key)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_group_penalties_pass_on(backend):
+    summary = run_on(backend, files=("test_group_penalty.py",))
+    passed = re.search(r"(\d+) passed", summary)
+    assert passed and int(passed.group(1)) >= 50, summary

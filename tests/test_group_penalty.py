@@ -264,3 +264,144 @@ def test_attach_by_units_names_unknown_groups_and_filters():
     layers = keras_lk.attach(conv_model(), regularizer, structure="units",
                              names=["hidden"])
     assert [layer.name for layer in layers] == ["hidden", "head"]
+
+
+def compiled(model, k=1.0, alpha=1e-3, **compile_kwargs):
+    attach_units(model, k=k, alpha=alpha)
+    model.compile(keras_lk.ProximalOptimizer(keras.optimizers.SGD(0.05)),
+                  keras.losses.BinaryCrossentropy(from_logits=True),
+                  **compile_kwargs)
+    return model
+
+
+def live(model):
+    return {g.name: g.live() for g in keras_lk.unit_groups(model)}
+
+
+@pytest.mark.parametrize("k", (0.0, 0.5, 1.0))
+def test_a_unit_target_is_reached_exactly_and_shrinks(k):
+    model = compiled(conv_model(units=32), k=k)
+    x, y = data(128)
+    history = model.fit(x, y, epochs=4, batch_size=16, verbose=0,
+                        callbacks=[keras_lk.SparsityTarget(
+                            0.5, structure="units")])
+    assert live(model) == {"pixels": 1, "conv": 4, "hidden": 16, "head": 3}
+    assert history.history["sparsity"][-1] == 0.5
+    small = keras_lk.strip(model, shrink=True)
+    np.testing.assert_allclose(small.predict(x, verbose=0),
+                               model.predict(x, verbose=0), atol=1e-5)
+    assert keras_lk.macs(small) == keras_lk.macs(model, live=True)
+
+
+@pytest.mark.parametrize("target_flops", (0.5, 0.75))
+def test_a_flops_target_removes_at_least_that_share(target_flops):
+    model = compiled(conv_model(units=32), k=0.5)
+    x, y = data(128)
+    dense = keras_lk.macs(model)
+    history = model.fit(x, y, epochs=4, batch_size=16, verbose=0,
+                        callbacks=[keras_lk.SparsityTarget(
+                            structure="units", target_flops=target_flops)])
+    left = keras_lk.macs(model, live=True) / dense
+    assert left <= 1 - target_flops
+    # The smallest uniform fraction that gets there: not far below.
+    assert left > 1 - target_flops - 0.15
+    assert history.history["live_macs_frac"][-1] == pytest.approx(left)
+    assert keras_lk.macs(keras_lk.shrink(model)) / dense == pytest.approx(left)
+
+
+def test_the_schedule_caps_the_zero_units_at_every_epoch():
+    model = compiled(conv_model(units=32), k=1.0, alpha=50.0)
+    x, y = data(128)
+    # A strength that alone would zero every unit in a few steps.
+    history = model.fit(x, y, epochs=4, batch_size=16, verbose=0,
+                        callbacks=[keras_lk.SparsityTarget(
+                            0.25, structure="units")])
+    for got, scheduled in zip(history.history["sparsity"],
+                              history.history["sparsity_target"]):
+        assert got <= scheduled + 1e-6
+    assert live(model)["hidden"] == 24
+
+
+def test_a_new_unit_target_per_fit_and_after_a_raising_fit(tmp_path):
+    model = compiled(conv_model(units=32), k=1.0)
+    x, y = data(128)
+
+    class Boom(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if batch == 2:
+                raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        model.fit(x, y, epochs=2, batch_size=16, verbose=0, callbacks=[
+            keras_lk.SparsityTarget(0.5, structure="units"), Boom()])
+    # After the raising fit, the controller leaves the step: plain group
+    # proximal steps at alpha = 1e-3 zero nothing more.
+    before = live(model)
+    model.fit(x, y, epochs=1, batch_size=16, verbose=0)
+    assert live(model) == before
+    for target in (0.25, 0.5):
+        model.fit(x, y, epochs=2, batch_size=16, verbose=0,
+                  callbacks=[keras_lk.SparsityTarget(
+                      target, structure="units",
+                      log_dir=str(tmp_path / "logs"))])
+        assert live(model)["hidden"] == round(32 * (1 - target))
+
+
+def test_jit_compile_gives_the_same_units():
+    x, y = data(128)
+    results = []
+    for jit in (False, True):
+        keras.utils.set_random_seed(1)
+        model = compiled(conv_model(units=32), k=0.5, jit_compile=jit)
+        model.fit(x, y, epochs=2, batch_size=16, verbose=0, shuffle=False,
+                  callbacks=[keras_lk.SparsityTarget(0.5, structure="units")])
+        results.append(live(model))
+        keras.backend.clear_session(free_memory=False)
+    assert results[0] == results[1]
+
+
+def test_unit_target_says_what_is_wrong():
+    x, y = data(32)
+    model = conv_model()
+    model.compile(keras_lk.ProximalOptimizer(keras.optimizers.SGD(0.05)),
+                  "mse")
+    with pytest.raises(ValueError, match="carry none. Attach it"):
+        model.fit(x, y, epochs=1, verbose=0, callbacks=[
+            keras_lk.SparsityTarget(0.5, structure="units")])
+    model = conv_model()
+    model.compile(keras_lk.ProximalOptimizer(keras.optimizers.SGD(0.05)),
+                  "mse")
+    model.fit(x, y, epochs=1, verbose=0)
+    attach_units(model)
+    with pytest.raises(ValueError, match="Compile the model again"):
+        model.fit(x, y, epochs=1, verbose=0, callbacks=[
+            keras_lk.SparsityTarget(0.5, structure="units")])
+    model = compiled(conv_model(), k=2.0)
+    with pytest.raises(ValueError, match="needs k <= 1"):
+        model.fit(x, y, epochs=1, verbose=0, callbacks=[
+            keras_lk.SparsityTarget(0.5, structure="units")])
+    with pytest.raises(ValueError, match="needs structure='units'"):
+        keras_lk.SparsityTarget(target_flops=0.5)
+    with pytest.raises(ValueError, match="not both"):
+        keras_lk.SparsityTarget(0.5, structure="units", target_flops=0.5)
+    with pytest.raises(ValueError, match="argument `allocation`"):
+        keras_lk.SparsityTarget(0.5, structure="units", allocation="global")
+    with pytest.raises(ValueError, match="argument `structure`"):
+        keras_lk.SparsityTarget(0.5, structure="channels")
+    with pytest.raises(ValueError, match="argument `target_flops`"):
+        keras_lk.SparsityTarget(structure="units", target_flops=1.5)
+    with pytest.raises(ValueError, match="argument `target`"):
+        keras_lk.SparsityTarget()
+
+
+def test_the_unit_cards_are_written(tmp_path):
+    import events
+    model = compiled(conv_model(units=32), k=1.0)
+    x, y = data(64)
+    model.fit(x, y, epochs=2, batch_size=16, verbose=0, callbacks=[
+        keras_lk.SparsityTarget(0.5, structure="units",
+                                log_dir=str(tmp_path))])
+    tags = events.tags(events.read(tmp_path), "train")
+    for expected in ("unit_norms/hidden", "live_units/hidden",
+                     "sparsity/conv", "live_macs_fraction/(all layers)"):
+        assert expected in tags, sorted(tags)

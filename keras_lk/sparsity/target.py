@@ -237,6 +237,8 @@ class SparsityTarget(keras.callbacks.Callback):
             self._writer = RunWriter(os.path.join(self.log_dir, tags.TRAIN))
 
     def _begin_units(self, model):
+        # The penalties the weights carry now (attach may follow compile).
+        self._optimizer.find_proximal(model.trainable_variables)
         self._units = UnitRun(model, self._optimizer, self.target,
                               self.target_flops)
         self._controller = self._units.controller
