@@ -7,6 +7,9 @@ Per unit group, inside the compiled train step:
 - k = 0: gradual magnitude pruning of units: every `CONTROL_EVERY` steps
   the threshold on the unit norms rises to the scheduled quantile (it
   never falls), and every step zeroes the units up to it.
+- The units that would stay if the pattern were locked now (the `keep`
+  largest norms) take no step: only the others are driven to zero, and
+  the survivors are not shrunk (as OTO's half-space projected step).
 - No more units are zeroed than the schedule asks (a zero unit gets no
   gradient and never returns, so an overshoot could not be undone), and
   never the last one.
@@ -153,6 +156,14 @@ class UnitController:
                 group.size - 1.0))
             spared = ops.logical_and(steer, ops.logical_and(
                 ops.equal(scale, 0), ops.logical_not(allowed)))
+            # The units that would stay if the pattern were locked now
+            # (the `keep` largest) take no step: the penalty drives only
+            # the others, the redundant ones, to zero (as OTO's
+            # half-space step does), and the survivors are not shrunk.
+            rank = ranks(norm)
+            spared = ops.logical_or(spared, ops.logical_and(
+                steer, ops.greater_equal(rank, group.size
+                                         - vector[UnitState.KEEP])))
             scale = ops.where(spared, ops.ones_like(scale), scale)
             after = norm * scale
             kept = kept_units(after, vector[UnitState.KEEP])
@@ -204,35 +215,30 @@ def initial_log_scale(norms, target, span, learning_rate):
                MAX_LOG_SCALE)
 
 
-def _covered(analysis, plan):
-    """`{plan group name: UnitGroup}` of the analysis."""
-    by_name = {g.name: g for g in build_groups(analysis)}
-    return {g.name: by_name.get(g.name) for g in plan.groups}
-
-
-def flops_fractions(model, plan, target_flops):
-    """The one fraction of units, removed from every covered group, that
-    removes at least `target_flops` of the model's multiply-accumulates
-    (`keras_lk.macs`); its units per group.
+def uniform_fraction(model, target_flops, names=None):
+    """The one fraction of units that, removed from every group named (or
+    every removable group), removes at least `target_flops` of `model`'s
+    multiply-accumulates (`keras_lk.macs`), the least that does.
 
     Returns:
-        `(fraction, {group: units to remove}, macs fraction left)`.
+        `(fraction, {group: units removed}, fraction of the MACs left)`.
     """
     analysis = analyze(model)
-    groups = _covered(analysis, plan)
+    groups = {g.name: g for g in build_groups(analysis)
+              if (g.name in names if names is not None else g.removable)}
     dense = total_macs(analysis, {})
 
     def removed(fraction):
         counts = {name: g.size - kept_count(g.size, fraction)
-                  for name, g in groups.items() if g is not None}
+                  for name, g in groups.items()}
         dead = {groups[name]._root: set(range(count))
                 for name, count in counts.items() if count}
         return counts, total_macs(analysis, dead) / max(dense, 1)
 
     goal = 1.0 - target_flops
     low, high = 0.0, 1.0 - 1e-9
-    if removed(high)[1] > goal + 1e-12:
-        counts, left = removed(high)
+    counts, left = removed(high)
+    if left > goal + 1e-12:
         raise ValueError(
             f"target_flops={target_flops} cannot be reached by removing "
             "units: with one unit left in every covered group, "
@@ -278,8 +284,8 @@ class UnitRun:
         self.controller = UnitController(plan, optimizer.unit_state)
         sizes = [g.size for g in plan.groups]
         if target_flops is not None:
-            fraction, counts, left = flops_fractions(model, plan,
-                                                     target_flops)
+            fraction, counts, left = uniform_fraction(
+                model, target_flops, [g.name for g in plan.groups])
             self.targets = [counts.get(g.name, 0) / g.size
                             for g in plan.groups]
             self.macs_goal = left

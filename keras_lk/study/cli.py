@@ -7,6 +7,9 @@
                    [--targets 0.5 0.75 0.9 0.95] [--seeds 0 1 2]
                    [--epochs N] [--methods ...] [--allocation A]
                    [--protect P] [--quick] [--out FILE]
+    keras-lk sweep --structure units [--models NAME ...] [--fits full short]
+                   [--targets 0.5 0.75] [--seeds 0 1 2] [--methods ...]
+                   [--logdir sweep/] [--quick]
 
 Bad input gives one line on stderr and exit status 2, no traceback. The
 commands draw with matplotlib and `demo` trains on scikit-learn's digits:
@@ -15,6 +18,7 @@ both come with the `study` extra (`pip install 'keras-lk[study]'`).
 
 import argparse
 import importlib
+import importlib.util
 import math
 import os
 import shlex
@@ -23,7 +27,7 @@ import sys
 from keras_lk.backend import require_training
 from keras_lk.sparsity.groups import ALLOCATIONS
 from keras_lk.sparsity.protection import PROTECTIONS
-from keras_lk.study import figures, report, runs, suite, sweep
+from keras_lk.study import figures, report, runs, structured, suite, sweep
 from keras_lk.summary import check_writable
 
 PLOT_K = (0.5, 1.0, 1.5, 2.0, 3.0, 10.0)
@@ -95,19 +99,33 @@ def build_parser():
     add = commands.add_parser("sweep", help=(
         "Lk-proximal sparsity against magnitude pruning on a model of the "
         "suite, logged for TensorBoard's HParams dashboard")).add_argument
-    add("--model", default=sweep.DEFAULT_MODEL, choices=sorted(suite.MODELS),
+    add("--model", default=None, choices=sorted(suite.MODELS),
         help=f"the suite's model (default {sweep.DEFAULT_MODEL})")
+    add("--structure", default=None, choices=["units"],
+        help="units: train toward whole units, channels and heads against "
+             "one-shot prune_units and Torch-Pruning, at equal "
+             "multiply-accumulates (see the docs' structured results)")
+    add("--models", nargs="+", default=None, choices=list(structured.MODELS),
+        help="with --structure units: the models (default: "
+             f"{' '.join(structured.MODELS)})")
+    add("--fits", nargs="+", default=None, choices=list(structured.FITS),
+        help="with --structure units: full (the model's epochs) and/or "
+             "short (a fifth of them) (default: both)")
     add("--logdir", default="sweep",
         help="TensorBoard log directory (default: sweep)")
     add("--targets", type=_fraction, nargs="+", default=None,
-        help="target sparsities (default: 0.5 0.75 0.9 0.95)")
+        help="target sparsities (default: 0.5 0.75 0.9 0.95); with "
+             "--structure units, shares of the multiply-accumulates removed "
+             "(default: 0.5 0.75)")
     add("--seeds", type=int, nargs="+", default=None,
         help="seeds (default: 0 1 2)")
     add("--epochs", type=_positive_int, default=None,
         help="epochs per run (default: the model's own, e.g. 20 for "
              "digits_mlp)")
-    add("--methods", nargs="+", default=None, choices=list(sweep.METHODS),
-        help="methods (default: all)")
+    add("--methods", nargs="+", default=None,
+        choices=list(dict.fromkeys(sweep.METHODS + structured.METHODS)),
+        help=f"methods (default: all): {' '.join(sweep.METHODS)}; with "
+             f"--structure units {' '.join(structured.METHODS)}")
     add("--allocation", default="global",
         choices=list(ALLOCATIONS),
         help="SparsityTarget's allocation for the Lk methods (default "
@@ -203,7 +221,69 @@ def run(args):
     return 0
 
 
+def _structured_sweep(args):
+    if args.model is not None:
+        raise _UsageError("with --structure units, choose models with "
+                          f"--models. Received: --model {args.model}")
+    if args.epochs is not None or args.allocation != "global" or (
+            args.protect != "units") or args.out:
+        raise _UsageError(
+            "--epochs, --allocation, --protect and --out are for the "
+            "unstructured sweep; with --structure units the fits are "
+            "--fits full short")
+    methods = args.methods or list(structured.METHODS)
+    wrong = [m for m in methods if m not in structured.METHODS]
+    if wrong:
+        raise _UsageError(
+            f"with --structure units the methods are "
+            f"{' '.join(structured.METHODS)}. Received: {' '.join(wrong)}")
+    if set(methods) & set(structured.PEER_METHODS):
+        missing = [name for name in ("torch", "torch_pruning")
+                   if importlib.util.find_spec(name) is None]
+        if missing:
+            raise _UsageError(
+                f"the Torch-Pruning methods run it live and need "
+                f"{' and '.join(missing)}: pip install torch torch-pruning, "
+                "or leave them out with --methods "
+                f"{' '.join(structured.KERAS_METHODS)}")
+    check_writable(args.logdir, "TensorBoard logs", "--logdir")
+    models = args.models or (["digits_mlp"] if args.quick
+                             else list(structured.MODELS))
+    fits = args.fits or (["short"] if args.quick else list(structured.FITS))
+    targets = args.targets or ([0.5] if args.quick
+                               else list(structured.DEFAULT_TARGETS))
+    seeds = args.seeds or ([0] if args.quick
+                           else list(structured.DEFAULT_SEEDS))
+    total = len(structured.plan(models, fits, targets, seeds, methods))
+    print(f"keras-lk sweep --structure units: {total} runs on "
+          f"{' '.join(models)} ({' '.join(fits)} fits; {', '.join(methods)} "
+          f"at {' '.join(f'{t:.0%}' for t in targets)} of the "
+          f"multiply-accumulates removed, and dense; seeds "
+          f"{' '.join(map(str, seeds))}), logs in {args.logdir}")
+    results = structured.run_sweep(args.logdir, models, fits, targets, seeds,
+                                   methods)
+    print("\ntest accuracy, mean ± std over seeds; MACs left (fraction of "
+          "dense), parameters and CPU latency (batch "
+          f"{structured.LATENCY_BATCH}) of the pruned model")
+    print(structured.format_table(structured.summarize(results)))
+    print("The HParams dashboard of TensorBoard shows every run "
+          "(then http://127.0.0.1:6006):"
+          f"\n  {tensorboard_command(args.logdir)}")
+    return 0
+
+
 def _sweep(args):
+    if args.structure == "units":
+        return _structured_sweep(args)
+    for option in ("models", "fits"):
+        if getattr(args, option) is not None:
+            raise _UsageError(f"--{option} needs --structure units")
+    wrong = [m for m in (args.methods or ()) if m not in sweep.METHODS]
+    if wrong:
+        raise _UsageError(
+            f"the sweep's methods are {' '.join(sweep.METHODS)} "
+            f"({' '.join(wrong)} need --structure units)")
+    args.model = args.model or sweep.DEFAULT_MODEL
     check_writable(args.logdir, "TensorBoard logs", "--logdir")
     out = args.out or os.path.join(args.logdir, "sweep.png")
     check_writable(os.path.dirname(os.path.abspath(out)), "the sweep PNG",

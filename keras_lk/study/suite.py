@@ -1,4 +1,4 @@
-"""The sparsity suite: five small models of different shapes, their data.
+"""The sparsity suite: six small models of different shapes, their data.
 
 Each entry builds a compiled model (every prunable weight given the same
 `regularizer`, or none) and its seeded data, so that every method of
@@ -10,6 +10,10 @@ Each entry builds a compiled model (every prunable weight given the same
   random teacher network with label noise;
 - `digits_conv`: two 3x3 convolutions, pooling and a dense head on the
   digits as 8x8x1 images;
+- `digits_resnet`: a small ResNet on the digits as 8x8x1 images: a 16-channel
+  stem, a residual block at 16 channels and a strided one at 32 (with a
+  1x1 projection), every convolution followed by BatchNormalization, then
+  global pooling and a dense head;
 - `embedding`: an Embedding (500 tokens x 16) averaged over the sequence,
   then a 32-unit layer and a 2-class head, on numpy token sequences whose
   class is which of two token sets occurs more often;
@@ -103,6 +107,33 @@ def _digits_conv(regularizer, seed):
     return _compile(model, regularizer, keras.optimizers.SGD(0.05))
 
 
+def _conv_bn(x, filters, name, regularizer, strides=1, size=3):
+    x = keras.layers.Conv2D(filters, size, strides, padding="same",
+                            use_bias=False, name=name,
+                            kernel_regularizer=regularizer)(x)
+    return keras.layers.BatchNormalization(name=f"{name}_bn")(x)
+
+
+def _digits_resnet(regularizer, seed):
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((8, 8, 1))
+    x = keras.layers.ReLU()(_conv_bn(inputs, 16, "stem", regularizer))
+    for block, (filters, strides) in enumerate(((16, 1), (32, 2)), 1):
+        name = f"block_{block}"
+        y = keras.layers.ReLU()(_conv_bn(x, filters, f"{name}_a",
+                                         regularizer, strides))
+        y = _conv_bn(y, filters, f"{name}_b", regularizer)
+        if strides != 1:
+            x = _conv_bn(x, filters, f"{name}_skip", regularizer, strides, 1)
+        x = keras.layers.ReLU()(keras.layers.Add()([x, y]))
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    outputs = keras.layers.Dense(10, activation="softmax", name="output",
+                                 kernel_regularizer=regularizer)(x)
+    model = keras.Model(inputs, outputs, name="digits_resnet")
+    return _compile(model, regularizer, keras.optimizers.SGD(0.05,
+                                                             momentum=0.9))
+
+
 def _embedding(regularizer, seed):
     keras.utils.set_random_seed(seed)
     model = keras.Sequential([
@@ -118,6 +149,7 @@ def _embedding(regularizer, seed):
     return _compile(model, regularizer, keras.optimizers.Adam(3e-3))
 
 
+@keras.saving.register_keras_serializable(package="keras_lk_suite")
 class _PositionEmbedding(keras.layers.Layer):
     """Adds a learned embedding of each position."""
 
@@ -156,6 +188,8 @@ MODELS = {
     "small_output_mlp": Entry("small_output_mlp", _small_output_mlp,
                               teacher_data, 30),
     "digits_conv": Entry("digits_conv", _digits_conv, digit_images, 20),
+    "digits_resnet": Entry("digits_resnet", _digits_resnet, digit_images,
+                           20),
     "embedding": Entry("embedding", _embedding, token_counts_data, 15),
     "transformer": Entry("transformer", _transformer, order_data, 15),
 }
