@@ -15,6 +15,8 @@ import pytest
 import keras_lk
 from keras_lk.structure.group_penalty import UnitPlan
 
+numpy = keras.ops.convert_to_numpy
+
 GROUP_K = (0.0, 0.3, 0.5, 2 / 3, 0.8, 1.0, 1.5, 2.0, 3.0)
 VECTORS = ([0.3, -0.4], [1.2, 0.5], [-2.0, 1.0], [0.05, 0.02], [0.0, 0.0],
            [3.0, -4.0])
@@ -135,7 +137,7 @@ def test_plan_norms_are_the_unit_groups_norms():
     for group, norm in zip(plan.groups, norms):
         expected = next(g for g in keras_lk.unit_groups(model)
                         if g.name == group.name).norms(2)
-        np.testing.assert_allclose(np.asarray(norm), expected, rtol=1e-5)
+        np.testing.assert_allclose(numpy(norm), expected, rtol=1e-5)
 
 
 def test_the_plan_step_is_the_group_prox_of_each_unit():
@@ -150,18 +152,18 @@ def test_the_plan_step_is_the_group_prox_of_each_unit():
     head = model.get_layer("head").kernel
     bias = model.get_layer("hidden").bias
     for unit in range(group.size):
-        v = np.concatenate([np.asarray(kernel)[:, unit],
-                            np.asarray(bias)[unit:unit + 1],
-                            np.asarray(head)[unit]])
+        v = np.concatenate([numpy(kernel)[:, unit],
+                            numpy(bias)[unit:unit + 1],
+                            numpy(head)[unit]])
         # A unit of `hidden` is also in the conv group's rows of its
         # kernel: the step multiplies both groups' factors.
-        conv_factor = np.asarray(new[id(kernel)])[:, unit] / np.where(
-            np.asarray(kernel)[:, unit] == 0, 1, np.asarray(kernel)[:, unit])
-        expected = np.asarray(keras_lk.group_prox(v, 0.3, 0.5))
+        conv_factor = numpy(new[id(kernel)])[:, unit] / np.where(
+            numpy(kernel)[:, unit] == 0, 1, numpy(kernel)[:, unit])
+        expected = numpy(keras_lk.group_prox(v, 0.3, 0.5))
         np.testing.assert_allclose(
-            np.asarray(new[id(head)])[unit], expected[-3:], atol=1e-6)
+            numpy(new[id(head)])[unit], expected[-3:], atol=1e-6)
         np.testing.assert_allclose(
-            np.asarray(new[id(bias)])[unit], expected[-4], atol=1e-6)
+            numpy(new[id(bias)])[unit], expected[-4], atol=1e-6)
         assert conv_factor.shape == (288,)
 
 
@@ -178,7 +180,7 @@ def test_training_zeroes_whole_units_and_shrink_keeps_the_outputs(tmp_path):
     # Every slice of a dead unit is exactly zero.
     norms = hidden.norms(np.inf)
     dead = np.flatnonzero(norms == 0)
-    assert not np.any(np.asarray(model.get_layer("head").kernel)[dead])
+    assert not np.any(numpy(model.get_layer("head").kernel)[dead])
     small = keras_lk.strip(model, shrink=True)
     assert small.get_layer("hidden").units == hidden.live()
     np.testing.assert_allclose(small.predict(x, verbose=0),
