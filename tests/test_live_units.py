@@ -50,6 +50,13 @@ def test_live_units_and_macs_follow_the_zeros(tmp_path):
         keras_lk.macs(model, live=True) / dense)
     assert history.history["live_macs_frac"] == pytest.approx(
         [fractions[0], fractions[1]])
+    # The histogram of the unit norms: 16 units, 8 of them at norm 0 at
+    # the first log, then 9; the buckets end at the largest norm.
+    norms = events[("train", "unit_norms/hidden")]
+    assert norms[0][:, 2].sum() == 16 and norms[0][0, 2] == 8
+    assert norms[1][0, 2] == 9
+    group = next(g for g in keras_lk.unit_groups(model) if g.name == "hidden")
+    assert norms[1][-1, 1] == pytest.approx(group.norms(2).max())
 
 
 def test_units_are_off_by_default_and_refused_when_not_a_bool(tmp_path):

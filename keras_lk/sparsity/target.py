@@ -20,6 +20,7 @@ from keras_lk.sparsity import groups as grouping
 from keras_lk.sparsity.controller import Controller, initial_log_scale
 from keras_lk.sparsity.groups import ALLOCATIONS
 from keras_lk.sparsity.protection import PROTECTIONS, Protection
+from keras_lk.measures.units import norm_buckets
 from keras_lk.sparsity.counting import exact_zeros
 from keras_lk.structure.steering import UnitRun
 from keras_lk.summary import RunWriter, check_writable
@@ -328,11 +329,12 @@ class SparsityTarget(keras.callbacks.Callback):
         controller = self._controller
         iterations = ops.convert_to_tensor(self.model.optimizer.iterations)
         if self._units is not None:
-            unit_logs, scalars, histograms = self._units.epoch(iterations)
+            unit_logs, scalars, norms = self._units.epoch(iterations)
             logs.update(unit_logs)
             if self._writer is not None:
                 self._writer.scalars(scalars, epoch)
-                self._writer.histograms(histograms, epoch)
+                self._writer.histograms({tag: norm_buckets(values) for
+                                         tag, values in norms.items()}, epoch)
             return
         scheduled = ops.convert_to_numpy(controller.scheduled(iterations))
         actual = [exact_zeros(group.variables)["fraction"]

@@ -309,7 +309,8 @@ class UnitRun:
                 for g, t in zip(self.plan.groups, self.targets)]
 
     def epoch(self, iterations):
-        """`(logs, scalars, histograms)` of the units now."""
+        """`(logs, scalars, {histogram tag: unit norms})` of the units
+        now."""
         norms = [ops.convert_to_numpy(n).astype("float64")
                  for n in self.plan.norms(lambda v: v.value)]
         scheduled = ops.convert_to_numpy(self.controller.scheduled(
@@ -332,18 +333,7 @@ class UnitRun:
             scalars[tags.tag(tags.SPARSITY_TARGET, group.name)] = float(s)
             scalars[tags.tag(tags.LIVE_UNITS, group.name)] = float(
                 np.count_nonzero(norm))
-            histograms[tags.tag(tags.UNIT_NORMS, group.name)] = (
-                norm_buckets(norm))
+            histograms[tags.tag(tags.UNIT_NORMS, group.name)] = norm
         if live is not None:
             scalars[tags.tag(tags.LIVE_MACS_FRACTION, tags.ALL_LAYERS)] = live
         return logs, scalars, histograms
-
-
-def norm_buckets(norms, count=30):
-    """A histogram of `norms` as TensorBoard's `[count, 3]` buckets (left
-    edge, right edge, count)."""
-    norms = np.asarray(norms, "float64")
-    high = float(norms.max()) if norms.size else 0.0
-    edges = np.linspace(0.0, high if high > 0 else 1.0, count + 1)
-    counts, _ = np.histogram(norms, edges)
-    return np.stack([edges[:-1], edges[1:], counts], axis=1)
