@@ -5,9 +5,12 @@ Run from the repository root (needs Chromium: `apt-get install chromium`):
 
 It trains the getting-started model twice, with the L0.5 penalty as a
 gradient (`quickstart`) and, stronger, as a proximal step (`proximal`),
-each logged with `LkMonitor`; serves the logs with TensorBoard on
-127.0.0.1; and has headless Chromium photograph the Scalars, Histograms
-and Custom Scalars dashboards into `docs/figures/tensorboard_*.png`.
+and a small conv net on scikit-learn's digits toward whole units
+(`units`: the group penalty with `SparsityTarget(structure="units",
+target_flops=0.75)`), each logged with `LkMonitor`; serves the logs with
+TensorBoard on 127.0.0.1; and has headless Chromium photograph the
+Scalars, Histograms and Custom Scalars dashboards into
+`docs/figures/tensorboard_*.png`.
 """
 
 import os
@@ -35,7 +38,42 @@ PAGES = {
     "tensorboard_histograms.png": "#histograms&tagFilter=log10_abs_weights"
                                   "%2Fhidden%2Fkernel",
     "tensorboard_custom_scalars.png": "#custom_scalars",
+    "tensorboard_unit_norms.png": "#histograms&tagFilter=unit_norms%2F"
+                                  "(conv_2%7Chidden)%24",
+    "tensorboard_live_units.png": "#scalars&tagFilter=live_units%2F%7C"
+                                  "live_macs_fraction&_smoothingWeight=0"
+                                  "&_ignoreYOutliers=false",
 }
+
+
+def train_units(log_dir):
+    """A conv net on the digits, trained toward 3/4 of its
+    multiply-accumulates removed, whole units at a time."""
+    from sklearn.datasets import load_digits
+
+    images, labels = load_digits(return_X_y=True)
+    x = (images / 16.0).reshape(-1, 8, 8, 1).astype("float32")
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([
+        keras.Input((8, 8, 1)),
+        keras.layers.Conv2D(16, 3, padding="same", activation="relu",
+                            name="conv_1"),
+        keras.layers.Conv2D(32, 3, padding="same", activation="relu",
+                            name="conv_2"),
+        keras.layers.MaxPooling2D(2),
+        keras.layers.Flatten(),
+        keras.layers.Dense(64, activation="relu", name="hidden"),
+        keras.layers.Dense(10, activation="softmax", name="output"),
+    ])
+    keras_lk.attach(model, keras_lk.LkRegularizer(
+        k=0.5, alpha=1e-3, proximal=True), structure="units")
+    model.compile(keras_lk.ProximalOptimizer(keras.optimizers.SGD(0.05)),
+                  "sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.fit(x, labels, epochs=16, validation_split=0.2, verbose=0,
+              callbacks=[keras_lk.SparsityTarget(structure="units",
+                                                 target_flops=0.75),
+                         keras_lk.LkMonitor(os.path.join(log_dir, "units"),
+                                            units=True)])
 
 
 def train(log_dir):
@@ -73,6 +111,7 @@ def main():
         sys.exit("make_screenshots: needs Chromium (apt-get install chromium)")
     log_dir = tempfile.mkdtemp()
     train(log_dir)
+    train_units(log_dir)
     port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "tensorboard.main", "--logdir", log_dir,
