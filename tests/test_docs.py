@@ -53,14 +53,14 @@ def test_every_block_marked_to_run_is_run():
     marked = {path.relative_to(ROOT).as_posix(): len(runnable_blocks(path))
               for path in USER_PAGES if runnable_blocks(path)}
     assert marked == {"README.md": 2, "docs/getting-started.md": 2,
-                      "docs/guides/shrink.md": 1}
+                      "docs/guides/shrink.md": 2}
 
 
 @pytest.mark.slow
 def test_the_shrink_guide_runs_as_written(tmp_path, monkeypatch):
     import keras
     import keras_lk
-    block, = runnable_blocks(ROOT / "docs/guides/shrink.md")
+    block, _ = runnable_blocks(ROOT / "docs/guides/shrink.md")
     monkeypatch.chdir(tmp_path)
     namespace = {}
     exec(compile(block, "shrink.md", "exec"), namespace)
@@ -68,6 +68,23 @@ def test_the_shrink_guide_runs_as_written(tmp_path, monkeypatch):
     assert small.count_params() < 0.35 * model.count_params()
     assert keras_lk.macs(small) < 0.35 * keras_lk.macs(model)
     assert all(len(units) for units in namespace["removed"].values())
+    loaded = keras.saving.load_model(tmp_path / "small.keras")
+    x = namespace["x"][:4]
+    np.testing.assert_allclose(loaded.predict(x, verbose=0),
+                               small.predict(x, verbose=0), atol=1e-6)
+
+
+def test_the_guide_to_training_toward_structure_runs_as_written(
+        tmp_path, monkeypatch):
+    import keras
+    import keras_lk
+    _, block = runnable_blocks(ROOT / "docs/guides/shrink.md")
+    monkeypatch.chdir(tmp_path)
+    namespace = {}
+    exec(compile(block, "shrink.md", "exec"), namespace)
+    model, small = namespace["model"], namespace["small"]
+    assert namespace["history"].history["live_macs_frac"][-1] <= 0.5
+    assert keras_lk.macs(small) <= 0.5 * keras_lk.macs(model)
     loaded = keras.saving.load_model(tmp_path / "small.keras")
     x = namespace["x"][:4]
     np.testing.assert_allclose(loaded.predict(x, verbose=0),
