@@ -49,7 +49,26 @@ SCRIPT = textwrap.dedent("""
         keras_lk.prune_units(model, 0.5)
         small = keras_lk.strip(model, shrink=True)
         few = regression_data()[0][:8]
+        # Training toward units: the group step and its controller.
+        keras.utils.set_random_seed(0)
+        x, y = regression_data()
+        with strategy.scope():
+            grouped = keras.Sequential([
+                keras.Input((x.shape[1],)),
+                keras.layers.Dense(16, activation="relu", name="hidden"),
+                keras.layers.Dense(y.shape[1], name="head")])
+            keras_lk.attach(grouped, keras_lk.LkRegularizer(
+                0.5, 1e-3, proximal=True), structure="units")
+            grouped.compile(keras_lk.ProximalOptimizer(
+                keras.optimizers.SGD(0.05)), "mse")
+        grouped.fit(x, y, epochs=3, batch_size=16, shuffle=False, verbose=0,
+                    callbacks=[keras_lk.SparsityTarget(0.5,
+                                                       structure="units")])
         out[name] = {
+            "grouped_units": [g.live() for g in
+                              keras_lk.unit_groups(grouped)],
+            "grouped": grouped.get_layer("hidden").kernel.numpy().ravel(
+                ).tolist(),
             "units": small.get_layer("first").units,
             "pruned": model.predict(few, verbose=0).ravel().tolist(),
             "shrunk": small.predict(few, verbose=0).ravel().tolist(),
@@ -84,6 +103,11 @@ def test_mirrored_strategy_on_two_logical_cpus(tmp_path):
                                rtol=1e-5, atol=1e-6)
     for got, expected in zip(mirrored["monitored"], single["monitored"]):
         np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-6)
+    # Toward units: the same units left, the same weights.
+    assert mirrored["grouped_units"] == single["grouped_units"]
+    assert mirrored["grouped_units"][1] == 8
+    np.testing.assert_allclose(mirrored["grouped"], single["grouped"],
+                               rtol=1e-4, atol=1e-5)
     # The proximal kernel: anchored on the data (3 informative features of
     # 30, all noise zeroed on one device), and the same on two replicas.
     kernel, reference = np.array(mirrored["kernel"]), np.array(single["kernel"])

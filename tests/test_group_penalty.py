@@ -407,3 +407,46 @@ def test_the_unit_cards_are_written(tmp_path):
     for expected in ("unit_norms/hidden", "live_units/hidden",
                      "sparsity/conv", "live_macs_fraction/(all layers)"):
         assert expected in tags, sorted(tags)
+
+
+# Keras's PyTorch backend refuses steps_per_execution > 1.
+SETUPS = ("mixed_float16", "use_ema", "accumulation") + (
+    ("steps_per_execution",) if keras.backend.backend() != "torch" else ())
+
+
+@pytest.mark.parametrize("setup", SETUPS)
+def test_a_unit_target_in_every_training_setup(setup):
+    if setup == "mixed_float16":
+        keras.config.set_dtype_policy("mixed_float16")
+    inner = keras.optimizers.SGD(
+        0.05, use_ema=setup == "use_ema",
+        gradient_accumulation_steps=2 if setup == "accumulation" else None)
+    model = conv_model(units=32)
+    attach_units(model, k=0.5, alpha=1e-3)
+    model.compile(keras_lk.ProximalOptimizer(inner),
+                  keras.losses.BinaryCrossentropy(from_logits=True),
+                  steps_per_execution=2 if setup == "steps_per_execution"
+                  else 1)
+    if setup == "mixed_float16":
+        assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+    x, y = data(128)
+    model.fit(x, y, epochs=4, batch_size=16, verbose=0, callbacks=[
+        keras_lk.SparsityTarget(0.5, structure="units")])
+    assert live(model) == {"pixels": 1, "conv": 4, "hidden": 16, "head": 3}
+    small = keras_lk.strip(model, shrink=True)
+    np.testing.assert_allclose(
+        numpy(small.predict(x[:16], verbose=0)).astype("float32"),
+        numpy(model.predict(x[:16], verbose=0)).astype("float32"),
+        atol=1e-2 if setup == "mixed_float16" else 1e-5)
+
+
+def test_the_penalty_share_is_reported(tmp_path):
+    model = compiled(conv_model(units=32), k=1.0, alpha=1e-2)
+    x, y = data(64)
+    history = model.fit(x, y, epochs=1, batch_size=16, verbose=0,
+                        callbacks=[keras_lk.LkMonitor(tmp_path)])
+    expected = float(sum(numpy(l) for l in model.losses))
+    assert history.history["reg_loss"][0] > 0
+    # The epoch's mean; the weights moved a little since.
+    assert history.history["reg_loss"][0] == pytest.approx(expected, rel=0.1)
+    assert 0 < history.history["reg_share"][0] < 1
