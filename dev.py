@@ -37,7 +37,7 @@ def extras(command):
     """The extras `command` needs."""
     needed = {tensorflow_extra(), "study"}
     if command != "demo":
-        needed |= {"test", "docs", "jax", "torch", KERAS_HUB_NAME}
+        needed |= {"test", "docs", "jax", "torch", "peers", KERAS_HUB_NAME}
     return needed
 
 
@@ -73,7 +73,7 @@ def setup(command):
         venv.EnvBuilder(with_pip=True).create(VENV)
     pip = [str(PYTHON), "-m", "pip", "install", "--disable-pip-version-check"]
     subprocess.run(pip + ["--upgrade", "pip"], check=True)
-    pins = [TORCH] if "torch" in wanted else []
+    pins = [TORCH] if {"torch", "peers"} & wanted else []
     names = sorted(wanted - {KERAS_HUB_NAME})
     subprocess.run(pip + ["-e", f"{ROOT}[{','.join(names)}]"] + pins,
                    check=True)

@@ -263,6 +263,7 @@ def group_step_on(backend, path):
     return dict(np.load(path))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["jax", "torch"])
 def test_the_group_step_is_tensorflows_on(backend, tmp_path):
     ours = group_step_on("tensorflow", tmp_path / "tensorflow.npz")

@@ -395,3 +395,66 @@ def test_report_on_a_users_own_run_without_accuracy(tmp_path, capsys):
             if l.startswith("run1")][0]
     assert line.split()[1:4] == ["n/a", "50.0%", "58.3%"]
     assert (tmp_path / "chart.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_structured_sweep_quick_with_torch_pruning_live(tmp_path, capsys):
+    from tbparse import SummaryReader
+    logdir = tmp_path / "units"
+    assert cli.main(["sweep", "--structure", "units", "--quick", "--logdir",
+                     str(logdir), "--methods", "group_k0", "prune_units",
+                     "tp_magnitude"]) == 0
+    printed = capsys.readouterr().out
+    assert "5 runs on digits_mlp" in printed
+    assert "digits_mlp, short fit" in printed
+    runs = sorted(p.name for p in logdir.iterdir() if p.is_dir())
+    assert runs == sorted([
+        "digits_mlp_short_dense_seed0", "digits_mlp_short_torch_dense_seed0",
+        "digits_mlp_short_group_k0_f0.5_seed0",
+        "digits_mlp_short_prune_units_f0.5_seed0",
+        "digits_mlp_short_tp_magnitude_f0.5_seed0"])
+    for run in runs:
+        scalars = SummaryReader(str(logdir / run)).tensors
+        values = dict(zip(scalars["tag"], scalars["value"]))
+        assert float(values["test_accuracy"]) > 0.5, run  # chance: 0.1
+        # Half of the multiply-accumulates gone (32 of 64 hidden units),
+        # counted by keras_lk and by Torch-Pruning.
+        expected = 1.0 if "dense" in run else 0.5
+        assert float(values["macs_fraction"]) == pytest.approx(
+            expected, abs=0.01), run
+        assert float(values["latency_ms"]) > 0
+
+
+def test_structured_sweep_refuses_what_does_not_apply(capsys, monkeypatch):
+    assert cli.main(["sweep", "--models", "digits_mlp"]) == 2
+    assert "--models needs --structure units" in capsys.readouterr().err
+    assert cli.main(["sweep", "--structure", "units", "--model",
+                     "digits_mlp"]) == 2
+    assert "choose models with --models" in capsys.readouterr().err
+    assert cli.main(["sweep", "--structure", "units", "--methods",
+                     "magnitude"]) == 2
+    assert "Received: magnitude" in capsys.readouterr().err
+    assert cli.main(["sweep", "--methods", "group_k1"]) == 2
+    assert "need --structure units" in capsys.readouterr().err
+    import importlib.util
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: (
+        None if name == "torch_pruning" else real(name, *a)))
+    assert cli.main(["sweep", "--structure", "units", "--quick"]) == 2
+    assert "pip install torch torch-pruning" in capsys.readouterr().err
+
+
+def test_the_peer_starts_from_the_keras_models_weights():
+    import torch
+    from keras_lk.study import suite, torch_peer
+    for model in ("digits_mlp", "digits_conv", "digits_resnet"):
+        keras_model = suite.MODELS[model].build(None, 0)
+        net, _, _ = torch_peer.build(model, 0)
+        torch_peer.copy_weights(keras_model, net)
+        net.eval()
+        x = suite.MODELS[model].data(0)[2][:8]
+        with torch.no_grad():
+            logits = net(torch_peer._tensor(x, model)).numpy()
+        expected = keras_model.predict(x, verbose=0)
+        np.testing.assert_allclose(
+            np.exp(logits) / np.exp(logits).sum(1, keepdims=True), expected,
+            atol=1e-5)

@@ -167,6 +167,7 @@ def test_the_plan_step_is_the_group_prox_of_each_unit():
         assert conv_factor.shape == (288,)
 
 
+@pytest.mark.slow
 def test_training_zeroes_whole_units_and_shrink_keeps_the_outputs(tmp_path):
     model = conv_model(units=32)
     attach_units(model, k=1.0, alpha=1.0)
@@ -193,6 +194,7 @@ def test_training_zeroes_whole_units_and_shrink_keeps_the_outputs(tmp_path):
     assert "keras_lk" not in text
 
 
+@pytest.mark.slow
 def test_the_penalty_saves_and_loads_and_training_goes_on(tmp_path):
     model = conv_model()
     attach_units(model, k=0.5, alpha=0.3, reduction="mean")
@@ -280,7 +282,8 @@ def live(model):
     return {g.name: g.live() for g in keras_lk.unit_groups(model)}
 
 
-@pytest.mark.parametrize("k", (0.0, 0.5, 1.0))
+@pytest.mark.parametrize("k", (0.0, pytest.param(0.5, marks=pytest.mark.slow),
+                               pytest.param(1.0, marks=pytest.mark.slow)))
 def test_a_unit_target_is_reached_exactly_and_shrinks(k):
     model = compiled(conv_model(units=32), k=k)
     x, y = data(128)
@@ -295,7 +298,8 @@ def test_a_unit_target_is_reached_exactly_and_shrinks(k):
     assert keras_lk.macs(small) == keras_lk.macs(model, live=True)
 
 
-@pytest.mark.parametrize("target_flops", (0.5, 0.75))
+@pytest.mark.parametrize("target_flops", (
+    0.5, pytest.param(0.75, marks=pytest.mark.slow)))
 def test_a_flops_target_removes_at_least_that_share(target_flops):
     model = compiled(conv_model(units=32), k=0.5)
     x, y = data(128)
@@ -324,6 +328,7 @@ def test_the_schedule_caps_the_zero_units_at_every_epoch():
     assert live(model)["hidden"] == 24
 
 
+@pytest.mark.slow
 def test_a_new_unit_target_per_fit_and_after_a_raising_fit(tmp_path):
     model = compiled(conv_model(units=32), k=1.0)
     x, y = data(128)
@@ -349,6 +354,7 @@ def test_a_new_unit_target_per_fit_and_after_a_raising_fit(tmp_path):
         assert live(model)["hidden"] == round(32 * (1 - target))
 
 
+@pytest.mark.slow
 def test_jit_compile_gives_the_same_units():
     x, y = data(128)
     results = []
@@ -414,6 +420,7 @@ SETUPS = ("mixed_float16", "use_ema", "accumulation") + (
     ("steps_per_execution",) if keras.backend.backend() != "torch" else ())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("setup", SETUPS)
 def test_a_unit_target_in_every_training_setup(setup):
     if setup == "mixed_float16":
@@ -440,6 +447,7 @@ def test_a_unit_target_in_every_training_setup(setup):
         atol=1e-2 if setup == "mixed_float16" else 1e-5)
 
 
+@pytest.mark.slow
 def test_the_penalty_share_is_reported(tmp_path):
     model = compiled(conv_model(units=32), k=1.0, alpha=1e-2)
     x, y = data(64)

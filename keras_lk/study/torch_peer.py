@@ -116,7 +116,11 @@ def build(model, seed):
         class Block(nn.Module):
             def __init__(self, inputs, filters, stride):
                 super().__init__()
-                self.a = nn.Conv2d(inputs, filters, 3, stride, 1, bias=False)
+                # Keras's "same" padding with stride 2 pads one row and
+                # column after, none before.
+                self.pad = (nn.ZeroPad2d((0, 1, 0, 1)) if stride != 1
+                            else nn.ZeroPad2d(1))
+                self.a = nn.Conv2d(inputs, filters, 3, stride, 0, bias=False)
                 self.a_bn = bn(filters)
                 self.b = nn.Conv2d(filters, filters, 3, 1, 1, bias=False)
                 self.b_bn = bn(filters)
@@ -127,7 +131,8 @@ def build(model, seed):
                         bn(filters))
 
             def forward(self, x):
-                y = self.b_bn(self.b(torch.relu(self.a_bn(self.a(x)))))
+                y = self.b_bn(self.b(torch.relu(self.a_bn(self.a(
+                    self.pad(x))))))
                 return torch.relu((x if self.skip is None
                                    else self.skip(x)) + y)
 
