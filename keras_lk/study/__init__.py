@@ -7,6 +7,9 @@ Its plotting and data come with the `study` extra:
     pip install 'keras-lk[study]'
 
 Modules: `cli` (the command), `runs` (the demo's data, model and settings),
-`report` (reading runs back from event files; the table) and `figures`
-(the charts).
+`report` (reading runs back from event files; the table), `figures`
+(the charts), `suite` and `suite_data` (the sweep's models and data),
+`sweep` (unstructured sparsity against magnitude pruning), `structured`
+(`sweep --structure units`) and `torch_peer` (Torch-Pruning, run live;
+imported only when its methods run).
 """
