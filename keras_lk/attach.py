@@ -245,7 +245,8 @@ def _reset_steps(model):
 
 
 def _check_structure(structure, layer_types, predicate, weight):
-    _validation.check_choice("structure", structure, STRUCTURES)
+    if structure not in STRUCTURES:
+        raise _validation.invalid("structure", "None or 'units'", structure)
     if structure is not None and (layer_types is not None
                                   or predicate is not None
                                   or weight != "kernel"):
@@ -405,11 +406,12 @@ def attach(model, regularizer, *, layer_types=None, names=None,
 
         >>> inputs = keras.Input((8,))
         >>> hidden = keras.layers.Dense(16, "relu", name="hidden")(inputs)
-        >>> model = keras.Model(inputs, keras.layers.Dense(2)(hidden))
+        >>> outputs = keras.layers.Dense(2, name="head")(hidden)
+        >>> model = keras.Model(inputs, outputs)
         >>> layers = keras_lk.attach(model, keras_lk.LkRegularizer(
         ...     k=0.5, alpha=1e-3, proximal=True), structure="units")
-        >>> [layer.name for layer in layers]
-        ['hidden', 'dense']
+        >>> [layer.name for layer in layers]  # head: its rows of `hidden`
+        ['hidden', 'head']
     """
     _check_structure(structure, layer_types, predicate, weight)
     if structure == "units":

@@ -71,7 +71,7 @@ def group_prox(v, t, k):
 
         >>> import numpy as np, keras_lk
         >>> np.asarray(keras_lk.group_prox(np.array([3.0, 4.0]), 1.0, 1)
-        ...            ).tolist()  # norm 5 -> 4, direction kept
+        ...            ).round(6).tolist()  # norm 5 -> 4, direction kept
         [2.4, 3.2]
         >>> np.asarray(keras_lk.group_prox(np.array([0.3, 0.4]), 1.0, 1)
         ...            ).tolist()  # norm 0.5 <= t: the group is zeroed
