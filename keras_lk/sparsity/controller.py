@@ -118,10 +118,7 @@ class Controller:
     def engaged(self, iterations):
         """Whether the step that brought the count to `iterations` runs in
         the owning callback's fit (see `heartbeat`)."""
-        since = (ops.cast(iterations, "int64") - 1
-                 - ops.convert_to_tensor(self.heartbeat))
-        return ops.logical_and(ops.greater_equal(since, 0),
-                               ops.less(since, self.window))
+        return self.state.run.engaged(iterations, self.window)
 
     def scheduled(self, iterations):
         """Each group's scheduled sparsity at step `iterations`."""

@@ -64,6 +64,29 @@ class RunState:
         self.vector = vector
         self.heartbeat = heartbeat
 
+    @classmethod
+    def build(cls, optimizer, prefix):
+        """The run's variables among `optimizer`'s, named `<prefix>_run`
+        (and `<prefix>_heartbeat` where the step is stateless)."""
+        vector = optimizer.add_variable((5,), "zeros", "int64",
+                                        name=f"{prefix}_run")
+        heartbeat = None
+        if backend.current().stateless:
+            # The step sees only state it carries, the optimizer's included.
+            heartbeat = optimizer.add_variable((), "zeros", "int64",
+                                               name=f"{prefix}_heartbeat")
+        return cls(vector, heartbeat)
+
+    def engaged(self, iterations, window):
+        """Whether the step that brought the count to `iterations` runs in
+        the owning callback's fit: within `window` steps (its
+        steps_per_execution) of the callback's last batch hook, which set
+        the heartbeat."""
+        since = (ops.cast(iterations, "int64") - 1
+                 - ops.convert_to_tensor(self.heartbeat))
+        return ops.logical_and(ops.greater_equal(since, 0),
+                               ops.less(since, window))
+
     @property
     def begin(self):
         return self.vector[self.BEGIN]
@@ -128,14 +151,7 @@ class SparsityState:
                                        name=f"{name}_sparsity_mask"),
                 optimizer.add_variable((4,), "zeros", "float32",
                                        name=f"{name}_sparsity_state"))
-        vector = optimizer.add_variable((5,), "zeros", "int64",
-                                        name="sparsity_run")
-        heartbeat = None
-        if backend.current().stateless:
-            # The step sees only state it carries, the optimizer's included.
-            heartbeat = optimizer.add_variable((), "zeros", "int64",
-                                               name="sparsity_heartbeat")
-        return cls(weights, RunState(vector, heartbeat))
+        return cls(weights, RunState.build(optimizer, "sparsity"))
 
     def __contains__(self, variable):
         return id(variable) in self.weights

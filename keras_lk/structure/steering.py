@@ -25,7 +25,7 @@ import math
 import numpy as np
 from keras import ops
 
-from keras_lk import backend, tags
+from keras_lk import tags
 from keras_lk.sparsity.schedule import polynomial
 from keras_lk.sparsity.state import RunState, with_field
 from keras_lk.structure.analysis import analyze
@@ -60,13 +60,7 @@ class UnitState:
                                                   name=f"{name}_state"))
             masks.append(optimizer.add_variable((group.size,), "ones", "bool",
                                                 name=f"{name}_kept"))
-        vector = optimizer.add_variable((5,), "zeros", "int64",
-                                        name="units_run")
-        heartbeat = None
-        if backend.current().stateless:
-            heartbeat = optimizer.add_variable((), "zeros", "int64",
-                                               name="units_heartbeat")
-        return cls(vectors, masks, RunState(vector, heartbeat))
+        return cls(vectors, masks, RunState.build(optimizer, "units"))
 
     def fits(self, plan):
         """Whether this state was built for `plan`'s groups."""
@@ -109,10 +103,7 @@ class UnitController:
 
     # In the step.
     def engaged(self, iterations):
-        since = (ops.cast(iterations, "int64") - 1
-                 - ops.convert_to_tensor(self.heartbeat))
-        return ops.logical_and(ops.greater_equal(since, 0),
-                               ops.less(since, self.window))
+        return self.state.run.engaged(iterations, self.window)
 
     def scheduled(self, iterations):
         """Each group's scheduled fraction of zero units."""

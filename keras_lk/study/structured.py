@@ -36,7 +36,6 @@ import time
 from dataclasses import dataclass
 
 import keras
-import numpy as np
 import tensorflow as tf
 from tensorboard.plugins.hparams import api as hparams_api
 
@@ -50,7 +49,6 @@ from keras_lk.structure.prune import prune_units
 from keras_lk.structure.steering import uniform_fraction
 from keras_lk.structure.surgery import shrink
 from keras_lk.study import suite, suite_data
-from keras_lk.study.runs import Progress
 
 MODELS = ("digits_mlp", "digits_conv", "digits_resnet", "transformer")
 KERAS_METHODS = ("group_k0", "group_k0.5", "group_k1", "prune_units")
