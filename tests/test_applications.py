@@ -147,3 +147,28 @@ def test_a_keras_hub_transformer_is_reported_not_rebuilt():
     reasons = " ".join(r for g in groups for r in g.reasons)
     assert "TransformerEncoder, a layer keras_lk cannot look inside" in (
         reasons)
+
+
+@pytest.mark.slow
+def test_a_keras_application_trains_toward_half_its_macs_and_shrinks():
+    """The group penalty and SparsityTarget(structure="units") on a model
+    keras_lk was not tuned on: MobileNetV3Small, with its squeeze-and-
+    excitation gates, hard-swish (`x + 3.0`) and depthwise convolutions."""
+    model = keras.applications.MobileNetV3Small(
+        weights=None, input_shape=(64, 64, 3), classes=10,
+        include_preprocessing=False)
+    keras_lk.attach(model, keras_lk.LkRegularizer(0, 1e-3, proximal=True),
+                    structure="units")
+    model.compile(keras_lk.ProximalOptimizer(keras.optimizers.SGD(0.01)),
+                  "sparse_categorical_crossentropy")
+    x = np.random.default_rng(0).normal(size=(32, 64, 64, 3)).astype(
+        "float32")
+    model.fit(x, np.arange(32) % 10, epochs=2, batch_size=8, verbose=0,
+              callbacks=[keras_lk.SparsityTarget(structure="units",
+                                                 target_flops=0.5)])
+    left = keras_lk.macs(model, live=True) / keras_lk.macs(model)
+    assert 0.4 < left <= 0.5
+    small = keras_lk.strip(model, shrink=True)
+    assert keras_lk.macs(small) == keras_lk.macs(model, live=True)
+    np.testing.assert_allclose(small.predict(x[:4], verbose=0),
+                               model.predict(x[:4], verbose=0), atol=1e-5)
