@@ -458,3 +458,17 @@ def test_the_peer_starts_from_the_keras_models_weights():
         np.testing.assert_allclose(
             np.exp(logits) / np.exp(logits).sum(1, keepdims=True), expected,
             atol=1e-5)
+
+
+def test_a_target_out_of_reach_is_named_and_not_run():
+    from keras_lk.study import structured
+    skip = structured.unreachable(["digits_mlp", "transformer"], [0.5, 0.75])
+    # The Transformer's residual stream stays (LayerNormalization): with
+    # one head and one feed-forward unit left, 0.286 of its MACs remain.
+    assert list(skip) == [("transformer", 0.75)]
+    assert "0.286 of the multiply-accumulates remain" in skip[
+        ("transformer", 0.75)]
+    runs = structured.plan(["transformer"], ["short"], [0.5, 0.75], [0],
+                           structured.METHODS, skip)
+    assert {run.target for run in runs} == {0.0, 0.5}
+    assert not any(run.method.startswith("tp_") for run in runs)

@@ -254,14 +254,18 @@ def _structured_sweep(args):
                                else list(structured.DEFAULT_TARGETS))
     seeds = args.seeds or ([0] if args.quick
                            else list(structured.DEFAULT_SEEDS))
-    total = len(structured.plan(models, fits, targets, seeds, methods))
+    skip = structured.unreachable(models, targets)
+    total = len(structured.plan(models, fits, targets, seeds, methods, skip))
     print(f"keras-lk sweep --structure units: {total} runs on "
           f"{' '.join(models)} ({' '.join(fits)} fits; {', '.join(methods)} "
           f"at {' '.join(f'{t:.0%}' for t in targets)} of the "
           f"multiply-accumulates removed, and dense; seeds "
           f"{' '.join(map(str, seeds))}), logs in {args.logdir}")
+    for (model, target), why in skip.items():
+        print(f"not run: {model} at {target:.0%} of the multiply-accumulates "
+              f"removed, out of reach: {why}")
     results = structured.run_sweep(args.logdir, models, fits, targets, seeds,
-                                   methods)
+                                   methods, skip=skip)
     print("\ntest accuracy, mean ± std over seeds; MACs left (fraction of "
           "dense), parameters and CPU latency (batch "
           f"{structured.LATENCY_BATCH}) of the pruned model")

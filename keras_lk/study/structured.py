@@ -97,8 +97,24 @@ def epochs_of(model, fit):
     return full if fit == "full" else max(3, full // 5)
 
 
+def unreachable(models=MODELS, targets=DEFAULT_TARGETS):
+    """`{(model, target): why}` for the targets a model cannot reach by
+    removing units (the Transformer keeps its residual stream, so some
+    MACs always remain)."""
+    found = {}
+    for model in models:
+        net = suite.MODELS[model].build(None, 0)
+        for target in targets:
+            try:
+                uniform_fraction(net, target)
+            except ValueError as error:
+                found[(model, target)] = str(error)
+    return found
+
+
 def plan(models=MODELS, fits=FITS, targets=DEFAULT_TARGETS,
-         seeds=DEFAULT_SEEDS, methods=METHODS):
+         seeds=DEFAULT_SEEDS, methods=METHODS, skip=()):
+    """The runs, without the `(model, target)` pairs in `skip`."""
     runs = []
     for model in models:
         for fit in fits:
@@ -110,7 +126,8 @@ def plan(models=MODELS, fits=FITS, targets=DEFAULT_TARGETS,
                      for target in targets for method in methods
                      for seed in seeds
                      if not (model == "transformer"
-                             and method in PEER_METHODS)]
+                             and method in PEER_METHODS)
+                     and (model, target) not in skip]
     return runs
 
 
@@ -210,10 +227,11 @@ def _hparams_config(logdir, targets):
 
 
 def run_sweep(logdir, models=MODELS, fits=FITS, targets=DEFAULT_TARGETS,
-              seeds=DEFAULT_SEEDS, methods=METHODS, stream=None):
-    """Trains every run; returns `{Run: Result}`."""
+              seeds=DEFAULT_SEEDS, methods=METHODS, stream=None, skip=()):
+    """Trains every run but those of the `(model, target)` pairs in
+    `skip` (see `unreachable`); returns `{Run: Result}`."""
     stream = stream or sys.stdout
-    runs = plan(models, fits, targets, seeds, methods)
+    runs = plan(models, fits, targets, seeds, methods, skip)
     _hparams_config(logdir, targets)
     data, results = {}, {}
     for index, run in enumerate(runs, start=1):
