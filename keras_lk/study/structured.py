@@ -36,6 +36,7 @@ import time
 from dataclasses import dataclass
 
 import keras
+import numpy as np
 import tensorflow as tf
 from tensorboard.plugins.hparams import api as hparams_api
 
@@ -191,7 +192,14 @@ def run_keras(run, data, stream=None):
     net.fit(x_train, y_train, epochs=1, callbacks=[SparsityTarget(
         structure="units", target_flops=run.target, begin_step=0,
         end_step=end)], **fit)
-    return _measure(strip(net, shrink=True), x_test, y_test, dense_macs)
+    small = strip(net, shrink=True)
+    sample = x_test[:64]
+    gap = float(np.max(np.abs(small.predict(sample, verbose=0)
+                              - net.predict(sample, verbose=0))))
+    if gap > 1e-4:
+        raise RuntimeError(f"{run.name}: the shrunk model's outputs differ "
+                           f"from the trained model's by {gap}")
+    return _measure(small, x_test, y_test, dense_macs)
 
 
 def run_one(run, data):
