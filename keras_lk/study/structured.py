@@ -120,15 +120,12 @@ def plan(models=MODELS, fits=FITS, targets=DEFAULT_TARGETS,
     for model in models:
         for fit in fits:
             runs += [Run(model, fit, "dense", 0.0, seed) for seed in seeds]
-            if model != "transformer" and set(methods) & set(PEER_METHODS):
+            if set(methods) & set(PEER_METHODS):
                 runs += [Run(model, fit, PEER_DENSE, 0.0, seed)
                          for seed in seeds]
             runs += [Run(model, fit, method, target, seed)
                      for target in targets for method in methods
-                     for seed in seeds
-                     if not (model == "transformer"
-                             and method in PEER_METHODS)
-                     and (model, target) not in skip]
+                     for seed in seeds if (model, target) not in skip]
     return runs
 
 
@@ -205,10 +202,10 @@ def run_keras(run, data, stream=None):
 def run_one(run, data):
     if run.method in (*PEER_METHODS, PEER_DENSE):
         from keras_lk.study import torch_peer
-        fraction, _, _ = uniform_fraction(
+        fraction, counts, _ = uniform_fraction(
             suite.MODELS[run.model].build(None, run.seed), run.target)
         return torch_peer.run(run, data, fraction,
-                              epochs_of(run.model, run.fit))
+                              epochs_of(run.model, run.fit), counts)
     return run_keras(run, data)
 
 

@@ -16,6 +16,10 @@ the first 3/4 of training, then fine-tuning.
   pass until the schedule ends, its default `reg`; `update_regularizer()`
   after each pruning step).
 
+On the Transformer (heads and feed-forward units, its residual stream
+kept) Torch-Pruning prunes in one step at the end of the schedule: its
+iterated head pruning fails on two heads (see `run`).
+
 Needs `torch` and `torch-pruning` (`pip install torch torch-pruning`).
 """
 
@@ -52,6 +56,8 @@ def copy_weights(keras_model, net):
     without names, in order; kernels transposed to PyTorch's layout."""
     torch, _ = _modules()
     nn = torch.nn
+    if keras_model.name == "transformer":
+        return _copy_transformer(keras_model, net)
     layers = [layer for layer in keras_model.layers if layer.weights]
     names = getattr(net, "keras_names", None)
     if names is not None:
@@ -155,13 +161,99 @@ def build(model, seed):
         object.__setattr__(net, "keras_names", names)
         return net, output, lambda p: torch.optim.SGD(p, lr=0.05,
                                                       momentum=0.9)
+    if model == "transformer":
+        return _transformer(torch), None, lambda p: torch.optim.Adam(
+            p, lr=3e-3, eps=1e-7)  # Keras's Adam epsilon
     raise ValueError(f"No PyTorch version of suite model {model!r}; the "
-                     "Torch-Pruning methods run on digits_mlp, digits_conv "
-                     "and digits_resnet.")
+                     "Torch-Pruning methods run on digits_mlp, digits_conv, "
+                     "digits_resnet and transformer.")
+
+
+def _transformer(torch):
+    """The suite's Transformer block: attention written with separate
+    query/key/value projections, the form whose heads Torch-Pruning
+    removes (`num_heads`, `prune_num_heads`)."""
+    nn = torch.nn
+
+    class Attention(nn.Module):
+        def __init__(self, dim=32, heads=2, head_dim=16):
+            super().__init__()
+            self.num_heads, self.head_dim = heads, head_dim
+            self.q = nn.Linear(dim, heads * head_dim)
+            self.k = nn.Linear(dim, heads * head_dim)
+            self.v = nn.Linear(dim, heads * head_dim)
+            self.out = nn.Linear(heads * head_dim, dim)
+
+        def forward(self, x):
+            b, length, _ = x.shape
+
+            def split(t):
+                return t.reshape(b, length, self.num_heads,
+                                 self.head_dim).transpose(1, 2)
+
+            q, k, v = split(self.q(x)), split(self.k(x)), split(self.v(x))
+            weights = torch.softmax(
+                q @ k.transpose(-1, -2) / self.head_dim ** 0.5, -1)
+            mixed = (weights @ v).transpose(1, 2).reshape(
+                b, length, self.num_heads * self.head_dim)
+            return self.out(mixed)
+
+    class Transformer(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.tokens = nn.Embedding(suite_data.TOKENS, 32)
+            self.position = nn.Parameter(torch.zeros(suite_data.SEQUENCE,
+                                                     32))
+            self.mha = Attention()
+            # Keras's LayerNormalization: epsilon 1e-3.
+            self.norm_1 = nn.LayerNorm(32, eps=1e-3)
+            self.ffn_1 = nn.Linear(32, 64)
+            self.ffn_2 = nn.Linear(64, 32)
+            self.norm_2 = nn.LayerNorm(32, eps=1e-3)
+            self.output = nn.Linear(32, 6)
+
+        def forward(self, tokens):
+            x = self.tokens(tokens) + self.position
+            x = self.norm_1(x + self.mha(x))
+            x = self.norm_2(x + self.ffn_2(torch.relu(self.ffn_1(x))))
+            return self.output(x.mean(1))
+
+    return Transformer()
+
+
+def _copy_transformer(keras_model, net):
+    torch, _ = _modules()
+    weights = {layer.name: [np.asarray(w) for w in layer.get_weights()]
+               for layer in keras_model.layers if layer.weights}
+
+    def put(target, value):
+        if tuple(target.shape) != value.shape:
+            raise RuntimeError(f"shape {value.shape} for PyTorch's "
+                               f"{tuple(target.shape)}")
+        target.copy_(torch.from_numpy(np.ascontiguousarray(value)))
+
+    with torch.no_grad():
+        put(net.tokens.weight, weights["tokens"][0])
+        put(net.position, weights["position"][0])
+        (qk, qb, kk, kb, vk, vb, ok, ob) = weights["mha"]
+        for linear, kernel, bias in ((net.mha.q, qk, qb), (net.mha.k, kk, kb),
+                                     (net.mha.v, vk, vb)):
+            put(linear.weight, kernel.reshape(kernel.shape[0], -1).T)
+            put(linear.bias, bias.reshape(-1))
+        put(net.mha.out.weight, ok.reshape(-1, ok.shape[-1]).T)
+        put(net.mha.out.bias, ob)
+        for name in ("norm_1", "norm_2"):
+            put(getattr(net, name).weight, weights[name][0])
+            put(getattr(net, name).bias, weights[name][1])
+        for name in ("ffn_1", "ffn_2", "output"):
+            put(getattr(net, name).weight, weights[name][0].T)
+            put(getattr(net, name).bias, weights[name][1])
 
 
 def _tensor(x, model):
     torch, _ = _modules()
+    if np.issubdtype(np.asarray(x).dtype, np.integer):
+        return torch.from_numpy(np.asarray(x, "int64"))
     x = np.asarray(x, "float32")
     if x.ndim == 4:
         x = x.transpose(0, 3, 1, 2)  # NHWC -> NCHW
@@ -175,8 +267,10 @@ def cubic(pruning_ratio, steps):
             for i in range(steps + 1)]
 
 
-def run(run, data, fraction, epochs):
-    """One Torch-Pruning run; returns a `structured.Result`."""
+def run(run, data, fraction, epochs, counts=None):
+    """One Torch-Pruning run; returns a `structured.Result`. `counts`:
+    keras_lk's units removed per group (`uniform_fraction`), which set the
+    Transformer's head ratio (its 2 heads: 1/2 for one head)."""
     from keras_lk.study.structured import Result
 
     torch, tp = _modules()
@@ -185,26 +279,45 @@ def run(run, data, fraction, epochs):
     x_train, y_train = suite_data.fixed_order(x_train, y_train, run.seed,
                                               epochs)
     net, output, make_optimizer = build(run.model, run.seed)
+    output = output if output is not None else net.output
     copy_weights(entry.build(None, run.seed), net)
     example = _tensor(x_train[:1], run.model)
     dense_macs, _ = tp.utils.count_ops_and_params(net, example)
+    steps_of_pruning = ITERATIVE_STEPS
+    if run.model == "transformer":
+        # Torch-Pruning 1.6 removes heads in one step only: iterated, its
+        # head count reaches 0 after the first of two heads goes, and a
+        # later step divides by it (ZeroDivisionError). One step at the
+        # end of the schedule, as one-shot pruning.
+        steps_of_pruning = 1
+    options = dict(pruning_ratio=fraction, iterative_steps=steps_of_pruning,
+                   iterative_pruning_ratio_scheduler=cubic,
+                   ignored_layers=[output])
+    if run.model == "transformer":
+        # Heads and feed-forward units, as keras_lk: the residual stream
+        # (LayerNormalization) stays, so the layers that write it are
+        # ignored.
+        attention = net.mha
+        options.update(
+            ignored_layers=[net.output, net.ffn_2, attention.out],
+            num_heads={attention.q: 2, attention.k: 2, attention.v: 2},
+            prune_num_heads=True, prune_head_dims=False,
+            head_pruning_ratio=(counts or {}).get("mha/heads", 0) / 2,
+            unwrapped_parameters=[(net.position, 1)])
     if run.method == "torch_dense":
         pruner = None
     elif run.method == "tp_magnitude":
         pruner = tp.pruner.MagnitudePruner(
-            net, example, tp.importance.MagnitudeImportance(p=2),
-            pruning_ratio=fraction, iterative_steps=ITERATIVE_STEPS,
-            iterative_pruning_ratio_scheduler=cubic, ignored_layers=[output])
+            net, example, tp.importance.MagnitudeImportance(p=2), **options)
     else:
         pruner = tp.pruner.GroupNormPruner(
             net, example, tp.importance.GroupMagnitudeImportance(p=2),
-            pruning_ratio=fraction, iterative_steps=ITERATIVE_STEPS,
-            iterative_pruning_ratio_scheduler=cubic, ignored_layers=[output])
+            **options)
     batch = entry.batch_size
     steps = math.ceil(len(x_train) / batch)
     end = max(1, int(END_FRACTION * steps))
-    prune_at = {max(1, round(end * i / ITERATIVE_STEPS))
-                for i in range(1, ITERATIVE_STEPS + 1)}
+    prune_at = {max(1, round(end * i / steps_of_pruning))
+                for i in range(1, steps_of_pruning + 1)}
     optimizer = make_optimizer(net.parameters())
     loss_of = torch.nn.CrossEntropyLoss()
     net.train()
@@ -220,6 +333,9 @@ def run(run, data, fraction, epochs):
         optimizer.step()
         if pruner is not None and step in prune_at:
             pruner.step()
+            if run.model == "transformer":
+                net.mha.num_heads = (net.mha.q.out_features
+                                     // net.mha.head_dim)
             if run.method == "tp_group_norm":
                 pruner.update_regularizer()  # the groups changed shape
             # The parameters changed shape: a new optimizer over them.
