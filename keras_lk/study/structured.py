@@ -20,7 +20,8 @@ pruning over the first 3/4 of the steps, then fine-tuning):
   on the same architecture written there, the same data, batches,
   learning rate and seeds (`torch_peer`): its `MagnitudePruner` and its
   `GroupNormPruner` with sparse training (`pruner.regularize` every step),
-  both pruning progressively on the same cubic schedule.
+  both pruning progressively on the same cubic schedule (the Transformer
+  in one step at its end; see `torch_peer`).
 
 A `dense` run per seed gives the unpruned accuracy. Each run reports the
 test accuracy, the multiply-accumulates left (a fraction of dense), the

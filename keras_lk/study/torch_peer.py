@@ -1,6 +1,6 @@
 """Torch-Pruning, run live for `keras-lk sweep --structure units`.
 
-The suite's digits models written in PyTorch (the same layers, sizes,
+The suite's models written in PyTorch (the same layers, sizes,
 BatchNormalization momentum and epsilon, optimizer and learning rate),
 trained from the same initial weights (copied from the Keras model the
 seed builds) on the same batches in the same order, for the same steps. Torch-Pruning removes the same fraction
