@@ -3,7 +3,8 @@
 The suite's models written in PyTorch (the same layers, sizes,
 BatchNormalization momentum and epsilon, optimizer and learning rate),
 trained from the same initial weights (copied from the Keras model the
-seed builds) on the same batches in the same order, for the same steps. Torch-Pruning removes the same fraction
+seed builds) on the same batches in the same order, for the same steps.
+Torch-Pruning removes the same fraction
 of every prunable layer's channels (uniform; the output layer ignored)
 progressively: `ITERATIVE_STEPS` pruning steps on the cubic schedule over
 the first 3/4 of training, then fine-tuning.
