@@ -10,7 +10,7 @@ progressively: `ITERATIVE_STEPS` pruning steps on the cubic schedule over
 the first 3/4 of training, then fine-tuning.
 
 - `torch_dense`: the same training without pruning, the baseline of the
-  PyTorch runs (its own initial weights and kernels);
+  PyTorch runs (the same initial weights, PyTorch's kernels);
 - `tp_magnitude`: `MagnitudePruner` with `MagnitudeImportance(p=2)`;
 - `tp_group_norm`: `GroupNormPruner` with `GroupMagnitudeImportance(p=2)`
   and its sparse training (`pruner.regularize(model)` after every backward
