@@ -13,7 +13,7 @@ from keras_lk.proximal import (half_threshold_newton, hard_threshold, prox,
 from keras_lk.regularizers import LkRegularizer
 from keras_lk.sparsity.state import SparsityState
 from keras_lk.structure.group_penalty import UnitPlan
-from keras_lk.structure.steering import UnitState
+from keras_lk.sparsity.units import UnitState
 from keras_lk.wrappers import mark_proximal_handled, optimizer_chain, unwrap
 
 # The proximal steps with a fast form: k -> function(y, t).

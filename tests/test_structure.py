@@ -8,7 +8,10 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "keras_lk"
 MAX_LINES = 450
 SEAM = "keras_lk.backend"
 # TensorFlow only where TensorBoard is written.
-WRITERS = {"keras_lk.summary", "keras_lk.study.sweep"}
+WRITERS = {"keras_lk.summary", "keras_lk.study.sweep",
+           "keras_lk.study.structured"}
+# The Torch-Pruning peer runs in PyTorch, whatever Keras's backend.
+PEER = "keras_lk.study.torch_peer"
 # Asks whether TensorFlow is installed, not which backend runs.
 INSTALL_CHECK = "keras_lk._install"
 BACKEND_PACKAGES = ("tensorflow", "jax", "torch")
@@ -76,7 +79,7 @@ def test_the_imports_form_no_circle():
 def test_only_the_seam_asks_which_backend_runs():
     offenders = []
     for name, (path, tree) in modules().items():
-        if name in (SEAM, INSTALL_CHECK):
+        if name in (SEAM, INSTALL_CHECK, PEER):
             continue
         for node in ast.walk(tree):
             if isinstance(node, ast.Attribute) and node.attr == "backend" and (

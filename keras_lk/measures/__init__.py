@@ -20,7 +20,7 @@ penalty's share of the loss and its pull) and `units` (live units and
 multiply-accumulates).
 """
 
-from keras_lk.attach import weights_by_layer
+from keras_lk.walk import weights_by_layer
 
 WEIGHT_CHOICES = ("kernels", "all")
 _KERNEL_NAMES = ("kernel", "embeddings")

@@ -9,6 +9,8 @@
 - `lock.py`: the exact pattern fixed at `end_step`;
 - `state.py`: the state the optimizer keeps, with named fields;
 - `controller.py`: the control law, run inside the train step;
+- `units.py`: `SparsityTarget(structure="units")`: whole units steered in
+  the step, their state, and `uniform_fraction` for a MACs target;
 - `target.py`: the `SparsityTarget` callback.
 """
 

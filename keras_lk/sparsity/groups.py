@@ -13,7 +13,7 @@ import math
 import numpy as np
 
 from keras_lk import tags
-from keras_lk.attach import weights_by_layer
+from keras_lk.walk import weights_by_layer
 from keras_lk.regularizers import LkRegularizer
 from keras_lk.wrappers import unwrap
 

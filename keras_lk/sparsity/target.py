@@ -22,7 +22,7 @@ from keras_lk.sparsity.groups import ALLOCATIONS
 from keras_lk.sparsity.protection import PROTECTIONS, Protection
 from keras_lk.measures.units import norm_buckets
 from keras_lk.sparsity.counting import exact_zeros
-from keras_lk.structure.steering import UnitRun
+from keras_lk.sparsity.units import UnitRun
 from keras_lk.summary import RunWriter, check_writable
 from keras_lk.wrappers import proximal_optimizer
 

@@ -11,8 +11,9 @@
 - `flops.py`: multiply-accumulates, dense and live;
 - `group_prox.py`: the proximal step of `t * ||v||_2^k` on a group;
 - `group_penalty.py`: `GroupLkRegularizer` (one variable's records) and
-  `UnitPlan` (the groups, joined again from the records, and their step);
-- `steering.py`: `SparsityTarget(structure="units")`'s control, in the step.
+  `UnitPlan` (the groups, joined again from the records, and their step).
+
+`SparsityTarget(structure="units")`'s control is `keras_lk/sparsity/units.py`.
 """
 
 from keras_lk.structure.flops import macs

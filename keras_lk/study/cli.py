@@ -238,12 +238,10 @@ def _structured_sweep(args):
             f"with --structure units the methods are "
             f"{' '.join(structured.METHODS)}. Received: {' '.join(wrong)}")
     if set(methods) & set(structured.PEER_METHODS):
-        missing = [name for name in ("torch", "torch_pruning")
-                   if importlib.util.find_spec(name) is None]
-        if missing:
+        if importlib.util.find_spec("torch_pruning") is None:
             raise _UsageError(
-                f"the Torch-Pruning methods run it live and need "
-                f"{' and '.join(missing)}: pip install torch torch-pruning, "
+                "the Torch-Pruning methods run it live in PyTorch and need "
+                "torch_pruning: pip install torch torch-pruning, "
                 "or leave them out with --methods "
                 f"{' '.join(structured.KERAS_METHODS)}")
     check_writable(args.logdir, "TensorBoard logs", "--logdir")

@@ -48,7 +48,7 @@ from keras_lk.sparsity.shipping import strip
 from keras_lk.sparsity.target import SparsityTarget
 from keras_lk.structure.flops import macs
 from keras_lk.structure.prune import prune_units
-from keras_lk.structure.steering import uniform_fraction
+from keras_lk.sparsity.units import uniform_fraction
 from keras_lk.structure.surgery import shrink
 from keras_lk.study import suite, suite_data
 
@@ -205,8 +205,8 @@ def run_one(run, data):
         from keras_lk.study import torch_peer
         fraction, counts, _ = uniform_fraction(
             suite.MODELS[run.model].build(None, run.seed), run.target)
-        return torch_peer.run(run, data, fraction,
-                              epochs_of(run.model, run.fit), counts)
+        return Result(*torch_peer.run(run, data, fraction,
+                                      epochs_of(run.model, run.fit), counts))
     return run_keras(run, data)
 
 

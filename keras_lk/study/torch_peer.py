@@ -269,11 +269,10 @@ def cubic(pruning_ratio, steps):
 
 
 def run(run, data, fraction, epochs, counts=None):
-    """One Torch-Pruning run; returns a `structured.Result`. `counts`:
+    """One Torch-Pruning run; returns `(test accuracy, MACs left as a
+    fraction of dense, parameters, latency in ms)`. `counts`:
     keras_lk's units removed per group (`uniform_fraction`), which set the
     Transformer's head ratio (its 2 heads: 1/2 for one head)."""
-    from keras_lk.study.structured import Result
-
     torch, tp = _modules()
     entry = suite.MODELS[run.model]
     x_train, y_train, x_test, y_test = data
@@ -354,5 +353,5 @@ def run(run, data, fraction, epochs, counts=None):
             start = time.perf_counter()
             net(sample)
             times.append(time.perf_counter() - start)
-    return Result(accuracy, float(pruned_macs / dense_macs), int(parameters),
-                  1000 * statistics.median(times))
+    return (accuracy, float(pruned_macs / dense_macs), int(parameters),
+            1000 * statistics.median(times))
