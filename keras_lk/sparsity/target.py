@@ -223,30 +223,32 @@ class SparsityTarget(keras.callbacks.Callback):
         protection = Protection(
             model, [v for group in groups for v in group.variables],
             self.protect)
-        strategy = getattr(model, "distribute_strategy", None)
-        with (strategy.scope() if strategy is not None
-              else contextlib.nullcontext()):
-            self._controller = Controller(groups, state, protection)
-        self._controller.window = max(
-            1, int(getattr(model, "steps_per_execution", 1) or 1))
-        self._started = False
-        self._optimizer.controller = self._controller
-        # The step traced so far has no controller in it.
-        model.make_train_function(force=True)
-        if self.log_dir is not None:
-            check_writable(self.log_dir)
-            self._writer = RunWriter(os.path.join(self.log_dir, tags.TRAIN))
+        self._install(model, lambda: Controller(groups, state, protection),
+                      "controller")
 
     def _begin_units(self, model):
         # The penalties the weights carry now (attach may follow compile).
         self._optimizer.find_proximal(model.trainable_variables)
-        self._units = UnitRun(model, self._optimizer, self.target,
-                              self.target_flops)
-        self._controller = self._units.controller
+
+        def build():
+            self._units = UnitRun(model, self._optimizer, self.target,
+                                  self.target_flops)
+            return self._units.controller
+
+        self._install(model, build, "unit_controller")
+
+    def _install(self, model, build, slot):
+        """Builds the controller (in the model's distribution strategy),
+        puts it in the optimizer's `slot` and opens the log writer."""
+        strategy = getattr(model, "distribute_strategy", None)
+        with (strategy.scope() if strategy is not None
+              else contextlib.nullcontext()):
+            self._controller = build()
         self._controller.window = max(
             1, int(getattr(model, "steps_per_execution", 1) or 1))
         self._started = False
-        self._optimizer.unit_controller = self._controller
+        setattr(self._optimizer, slot, self._controller)
+        # The step traced so far has no controller in it.
         model.make_train_function(force=True)
         if self.log_dir is not None:
             check_writable(self.log_dir)
