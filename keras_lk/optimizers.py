@@ -225,11 +225,13 @@ class ProximalOptimizer(keras.optimizers.Optimizer):
             return
         state = controller.state
         iterations = ops.convert_to_tensor(self.inner_optimizer.iterations)
-        new = controller.step(learning_rate, iterations, lambda v: v.value)
         targets = (list(variables) + list(state.vectors) + list(state.masks)
                    + [state.run.vector])
-        values = [value for part in new for value in part]
-        seam.assign(targets, lambda: values, condition)
+        # Computed only where the step updates (the seam's condition).
+        seam.assign(targets, lambda: [
+            value for part in controller.step(
+                learning_rate, iterations, lambda v: v.value)
+            for value in part], condition)
 
     def proximal_step(self, variable, value, learning_rate, strength=None,
                       exempt=None, enabled=True):

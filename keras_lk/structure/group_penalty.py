@@ -204,11 +204,12 @@ class UnitPlan:
         return plan
 
     # The math, on values (tensors), by variable id.
-    def norms(self, value_of):
-        """Each group's unit norms, `[size]` float32 tensors."""
+    def norms(self, value_of, groups=None):
+        """Each group's unit norms (of `groups`, default all), `[size]`
+        float32 tensors."""
         sums = {}
         result = []
-        for group in self.groups:
+        for group in self.groups if groups is None else groups:
             total = None
             for piece in group.slices:
                 key = (id(piece.variable), piece.axis)
@@ -274,11 +275,9 @@ class UnitPlan:
         def value_of(v):
             return ops.stop_gradient(x if v is variable else v.value)
 
+        groups = [self.groups[index] for index in owned]
         total = ops.zeros((), "float32")
-        for index in owned:
-            group = self.groups[index]
-            sub = UnitPlan([group], [])
-            norms = sub.norms(value_of)[0]
+        for group, norms in zip(groups, self.norms(value_of, groups)):
             total = total + ops.cast(lk_penalty(norms, group.k, group.alpha,
                                                 group.reduction), "float32")
         return ops.cast(total, keras.config.floatx())
