@@ -117,12 +117,15 @@ def attach(model, regularizer, *, layer_types=None, names=None,
             `keras_lk.unit_groups(model)`, `w_g` being all of a unit's
             weights across layers (its kernel column and bias, the
             BatchNormalization's scale and offset, the consumers' rows).
-            It needs `LkRegularizer(k, alpha, reduction, proximal=True)`
-            with a finite `k >= 0` and a `ProximalOptimizer`, whose group
-            proximal step sets whole units exactly to zero (k <= 1), so
-            that `keras_lk.shrink` removes them. `names` then picks unit
-            groups by name. The penalty replaces the regularizers of the
-            weights it covers. Defaults to None.
+            It takes an `LkRegularizer(k, alpha, reduction, proximal)`
+            with a finite `k`. With `proximal=True` (k >= 0) a
+            `ProximalOptimizer`'s group proximal step sets whole units
+            exactly to zero (k <= 1), so that `keras_lk.shrink` removes
+            them; with `proximal=False` (k > 0) it is a gradient penalty
+            for any optimizer, which shrinks units without making them
+            exactly zero. `names` then picks unit groups by name. The
+            penalty replaces the regularizers of the weights it covers.
+            Defaults to None.
 
     Returns:
         The list of layers it attached the regularizer to.

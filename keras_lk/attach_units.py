@@ -26,12 +26,10 @@ def variable_owners(model):
 
 def attach_units(model, regularizer, names):
     """`attach(..., structure="units")`."""
-    if not (isinstance(regularizer, LkRegularizer) and regularizer.proximal):
+    if not isinstance(regularizer, LkRegularizer):
         raise _validation.invalid(
-            "regularizer", "an LkRegularizer(k, alpha, reduction, "
-            "proximal=True) with structure='units' (a group penalty is "
-            "applied as a group proximal step by keras_lk.ProximalOptimizer)",
-            regularizer)
+            "regularizer", "an LkRegularizer(k, alpha, reduction, proximal) "
+            "with structure='units'", regularizer)
     if regularizer.k == float("inf"):
         raise _validation.invalid(
             "regularizer", "a finite k with structure='units'", regularizer)
@@ -56,7 +54,8 @@ def attach_units(model, regularizer, names):
         if old is not None and not isinstance(old, GroupLkRegularizer):
             replaced.append(variable.path)
         group_regularizer = GroupLkRegularizer(
-            regularizer.k, regularizer.alpha, regularizer.reduction, slices)
+            regularizer.k, regularizer.alpha, regularizer.reduction, slices,
+            regularizer.proximal)
         variable.regularizer = group_regularizer
         setting = config_attribute(layer, attribute)
         if setting is not None:
@@ -74,7 +73,8 @@ def attach_units(model, regularizer, names):
             ", whose projections share one kernel_regularizer argument) does "
             "not record it, so a saved model loads without it. Attach it "
             "again after loading.", stacklevel=3)
-    UnitPlan.build([variable for variable, _ in records.values()])
+    UnitPlan.build([variable for variable, _ in records.values()],
+                   regularizer.proximal)
     reset_steps(model)
     return touched
 
@@ -95,8 +95,8 @@ def detach_units(model, names):
             kept = [s for s in old.slices if s["group"] not in names]
             if len(kept) == len(old.slices):
                 continue
-            new = (GroupLkRegularizer(old.k, old.alpha, old.reduction, kept)
-                   if kept else None)
+            new = (GroupLkRegularizer(old.k, old.alpha, old.reduction, kept,
+                                      old.proximal) if kept else None)
         else:
             new = None
         variable.regularizer = new

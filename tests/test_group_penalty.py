@@ -245,9 +245,9 @@ def test_detach_removes_the_group_penalty():
 
 
 @pytest.mark.parametrize("regularizer,match", [
-    (keras_lk.LkRegularizer(1, 0.1), "proximal=True"),
     (keras_lk.LkRegularizer(float("inf"), 0.1, proximal=True), "finite k"),
-    (keras.regularizers.L1(0.1), "proximal=True")])
+    (keras_lk.LkRegularizer(float("inf"), 0.1), "finite k"),
+    (keras.regularizers.L1(0.1), "an LkRegularizer")])
 def test_attach_by_units_rejects_what_it_cannot_apply(regularizer, match):
     with pytest.raises(ValueError, match=match):
         keras_lk.attach(conv_model(), regularizer, structure="units")
@@ -458,3 +458,121 @@ def test_the_penalty_share_is_reported(tmp_path):
     # The epoch's mean; the weights moved a little since.
     assert history.history["reg_loss"][0] == pytest.approx(expected, rel=0.1)
     assert 0 < history.history["reg_share"][0] < 1
+
+
+# The gradient mode: `LkRegularizer(k, alpha, proximal=False)` by units.
+
+def expected_penalty_gradient(model, k, alpha):
+    """`d/dw alpha * sum_g ||w_g||^k` of every trainable weight, in NumPy
+    from the records: `alpha * k * ||w_u||^(k-2) * w` on the slices of unit
+    `u`, 0 where `||w_u|| = 0`, summed over the groups a weight is in."""
+    squares = {}
+    for variable in model.trainable_weights:
+        value = numpy(variable).astype("float64")
+        for record in getattr(variable.regularizer, "slices", ()):
+            axis, positions = record["axis"], np.asarray(record["positions"])
+            others = tuple(a for a in range(value.ndim) if a != axis)
+            per = np.sum(value ** 2, axis=others) if others else value ** 2
+            total = squares.setdefault(record["group"],
+                                       np.zeros(record["size"]))
+            np.add.at(total, positions[positions >= 0],
+                      per[positions >= 0])
+    gradients = {}
+    for variable in model.trainable_weights:
+        value = numpy(variable).astype("float64")
+        gradient = np.zeros_like(value)
+        for record in getattr(variable.regularizer, "slices", ()):
+            s = squares[record["group"]]
+            factor = np.where(s > 0, alpha * k * np.where(
+                s > 0, s, 1.0) ** (k / 2 - 1), 0.0)
+            positions = np.asarray(record["positions"])
+            along = np.where(positions >= 0, factor[positions], 0.0)
+            shape = [1] * value.ndim
+            shape[record["axis"]] = -1
+            gradient += along.reshape(shape) * value
+        gradients[variable.path] = gradient
+    return gradients
+
+
+def zero_loss(y_true, y_pred):
+    return keras.ops.mean(y_pred) * 0.0
+
+
+@pytest.mark.parametrize("k", (0.5, 1.0, 2.0))
+def test_the_gradient_mode_reaches_every_slice_and_is_zero_at_zero(k):
+    model = conv_model()
+    keras_lk.attach(model, keras_lk.LkRegularizer(k, 0.01, "sum"),
+                    structure="units")
+    # A unit that is exactly zero in every slice: gradient 0 there, no NaN.
+    hidden, head = model.get_layer("hidden"), model.get_layer("head")
+    kernel = numpy(hidden.kernel)
+    kernel[:, 2] = 0
+    hidden.kernel.assign(kernel)
+    bias = numpy(hidden.bias)
+    bias[2] = 0
+    hidden.bias.assign(bias)
+    rows = numpy(head.kernel)
+    rows[2] = 0
+    head.kernel.assign(rows)
+    total = float(sum(numpy(loss) for loss in model.losses))
+    expected = sum(0.01 * np.sum(g.norms(2) ** k)
+                   for g in keras_lk.unit_groups(model) if g.removable)
+    np.testing.assert_allclose(total, expected, rtol=1e-5)
+    gradients = expected_penalty_gradient(model, k, 0.01)
+    before = {v.path: numpy(v).astype("float64")
+              for v in model.trainable_weights}
+    # One plain SGD step on the penalty alone (the data loss is 0).
+    model.compile(keras.optimizers.SGD(0.5), zero_loss)
+    x, y = data(8)
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    for variable in model.trainable_weights:
+        after = numpy(variable).astype("float64")
+        assert np.all(np.isfinite(after)), variable.path
+        np.testing.assert_allclose(
+            after, before[variable.path] - 0.5 * gradients[variable.path],
+            rtol=2e-4, atol=1e-6, err_msg=variable.path)
+    assert not np.any(numpy(hidden.kernel)[:, 2])
+
+
+def test_the_gradient_mode_trains_with_any_optimizer_and_saves(tmp_path):
+    model = conv_model()
+    keras_lk.attach(model, keras_lk.LkRegularizer(0.5, 0.02, "sum"),
+                    structure="units")
+    regularizer = model.get_layer("hidden").kernel.regularizer
+    assert regularizer.get_config()["proximal"] is False
+    assert "proximal=False" in repr(regularizer)
+    model.compile(keras.optimizers.Adam(0.01), "binary_crossentropy",
+                  jit_compile=True)
+    x, y = data()
+    history = model.fit(x, y, epochs=3, batch_size=16, verbose=0)
+    assert np.all(np.isfinite(history.history["loss"]))
+    norms = keras_lk.unit_groups(model)
+    assert all(np.all(np.isfinite(g.norms(2))) for g in norms)
+
+    path = os.path.join(tmp_path, "gradient.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    loaded_regularizer = loaded.get_layer("hidden").kernel.regularizer
+    assert not loaded_regularizer.proximal
+    # Loaded, the penalty cannot read its groups (the links are not
+    # saved): it says how to link them, and attach links them.
+    loaded.compile(keras.optimizers.Adam(0.01), "binary_crossentropy")
+    with pytest.raises(ValueError, match="Attach the penalty again"):
+        loaded.fit(x, y, epochs=1, batch_size=16, verbose=0)
+    keras_lk.attach(loaded, keras_lk.LkRegularizer(0.5, 0.02, "sum"),
+                    structure="units")
+    loaded.compile(keras_lk.ProximalOptimizer(keras.optimizers.Adam(0.01)),
+                   "binary_crossentropy")
+    loaded.fit(x, y, epochs=1, batch_size=16, verbose=0)
+    assert loaded.optimizer.unit_plan is None  # no group proximal step
+    total = float(sum(numpy(loss) for loss in loaded.losses))
+    expected = sum(0.02 * np.sum(g.norms(2) ** 0.5)
+                   for g in keras_lk.unit_groups(loaded) if g.removable)
+    np.testing.assert_allclose(total, expected, rtol=1e-5)
+
+
+def test_the_gradient_mode_refuses_k_zero():
+    with pytest.raises(ValueError, match="k=0, proximal=False"):
+        keras_lk.GroupLkRegularizer(0, 0.1, proximal=False)
+    with pytest.raises(ValueError, match="`proximal`"):
+        keras_lk.GroupLkRegularizer(1, 0.1, proximal="no")

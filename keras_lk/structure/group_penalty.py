@@ -35,15 +35,27 @@ class GroupLkRegularizer(keras.regularizers.Regularizer):
     the records of all its variables into the groups and takes the group
     proximal step. The penalty's value enters the loss through the
     variable holding each group's first slice (the producer's kernel), so
-    `RegularizationShare` reports it under that layer; its gradient is 0
-    (the proximal step applies it).
+    `RegularizationShare` reports it under that layer.
+
+    With `proximal=True` its gradient is 0 (the proximal step applies it).
+    With `proximal=False` it is an ordinary penalty for any optimizer: the
+    variable holding a group's first slice reads the group's other slices,
+    so the gradient reaches every weight of the group. It is
+    `k * s^(k/2 - 1) * w` with `s = ||w_g||^2`, exact where `s > 0` and 0 at
+    `w_g = 0`, never NaN. The variables of a group are linked by `attach`
+    and the links are not saved: after loading a model, call `attach` again
+    before training or evaluating it (the penalty raises until then).
 
     Args:
-        k: The exponent, a finite number `>= 0`.
+        k: The exponent, a finite number `>= 0` (`> 0` with
+            `proximal=False`: the count of live groups has no gradient).
         alpha: The strength, a finite number `>= 0`.
         reduction: `"sum"` or `"mean"` over the units of each group.
         slices: A list of dicts `{"group": name, "size": units in the
             group, "axis": int, "positions": [unit or -1 per position]}`.
+        proximal: Whether `ProximalOptimizer` applies the penalty as a
+            group proximal step (exact zeros) instead of a gradient.
+            Defaults to True.
 
     Examples:
 
@@ -57,8 +69,17 @@ class GroupLkRegularizer(keras.regularizers.Regularizer):
         ('hidden', 1)
     """
 
-    def __init__(self, k=1.0, alpha=0.01, reduction="sum", slices=()):
+    def __init__(self, k=1.0, alpha=0.01, reduction="sum", slices=(),
+                 proximal=True):
         self.k = check_group_k(k)
+        if not isinstance(proximal, bool):
+            raise _validation.invalid("proximal", "True or False", proximal)
+        if self.k == 0 and not proximal:
+            raise ValueError(
+                "A group penalty with k = 0 counts the live groups: its "
+                "gradient is 0 everywhere, so it needs proximal=True (block "
+                "hard thresholding). Received: k=0, proximal=False")
+        self.proximal = proximal
         self.alpha = _validation.check_real(
             "alpha", alpha, minimum=0.0, expected="a finite number >= 0")
         self.reduction = _validation.check_choice(
@@ -76,9 +97,20 @@ class GroupLkRegularizer(keras.regularizers.Regularizer):
         self.variable = None
 
     def __call__(self, x):
+        plan, variable = self.plan, self.variable
+        if not self.proximal:
+            if plan is None or variable is None:
+                raise ValueError(
+                    f"{self!r} reads the weights of its whole unit group, "
+                    "and they are not linked (they are linked by attach, "
+                    "not saved: this is a model loaded from a file). Attach "
+                    "the penalty "
+                    "again (keras_lk.attach(model, LkRegularizer(k, alpha, "
+                    "reduction), structure='units')) before training or "
+                    "evaluating.")
+            return plan.penalty(variable, x, gradient=True)
         backend.require_training(
             f"{self!r} (applied by keras_lk.ProximalOptimizer)")
-        plan, variable = self.plan, self.variable
 
         def check():
             if not is_proximal_handled(variable, self):
@@ -108,12 +140,13 @@ class GroupLkRegularizer(keras.regularizers.Regularizer):
 
     def get_config(self):
         return {"k": self.k, "alpha": self.alpha, "reduction": self.reduction,
-                "slices": self.slices}
+                "slices": self.slices, "proximal": self.proximal}
 
     def __repr__(self):
         groups = sorted({s["group"] for s in self.slices})
+        proximal = "" if self.proximal else ", proximal=False"
         return (f"GroupLkRegularizer(k={self.k!r}, alpha={self.alpha!r}, "
-                f"reduction={self.reduction!r}, groups={groups})")
+                f"reduction={self.reduction!r}{proximal}, groups={groups})")
 
 
 @dataclasses.dataclass
@@ -156,12 +189,15 @@ class UnitPlan:
             self.owner[index] = id(group.slices[0].variable)
 
     @classmethod
-    def build(cls, variables):
+    def build(cls, variables, proximal=True):
+        """The plan of the group penalties with this `proximal` setting
+        that `variables` carry, linked to them; None if there are none."""
         found = {}
         order = []
         for variable in variables:
             regularizer = unwrap(getattr(variable, "regularizer", None))
-            if not isinstance(regularizer, GroupLkRegularizer):
+            if not (isinstance(regularizer, GroupLkRegularizer)
+                    and regularizer.proximal == proximal):
                 continue
             order.append(variable)
             settings = (regularizer.k, regularizer.alpha,
@@ -207,6 +243,10 @@ class UnitPlan:
     def norms(self, value_of, groups=None):
         """Each group's unit norms (of `groups`, default all), `[size]`
         float32 tensors."""
+        return [ops.sqrt(s) for s in self.squares(value_of, groups)]
+
+    def squares(self, value_of, groups=None):
+        """Each group's squared unit norms (of `groups`, default all)."""
         sums = {}
         result = []
         for group in self.groups if groups is None else groups:
@@ -224,7 +264,7 @@ class UnitPlan:
                     sums[key], ops.convert_to_tensor(piece.positions),
                     num_segments=group.size + 1)[:group.size]
                 total = part if total is None else total + part
-            result.append(ops.sqrt(total))
+            result.append(total)
         return result
 
     def scaled(self, scales, value_of):
@@ -265,21 +305,27 @@ class UnitPlan:
                   for g, n in zip(self.groups, norms)]
         return self.scaled(scales, value_of)
 
-    def penalty(self, variable, x):
+    def penalty(self, variable, x, gradient=False):
         """The penalty of the groups whose first slice is in `variable`
-        (now `x`), the others read from their variables."""
+        (now `x`), the others read from their variables; with `gradient`,
+        differentiable in all of them (else a constant)."""
         owned = [i for i, owner in self.owner.items() if owner == id(variable)]
         if not owned:
             return ops.zeros((), keras.config.floatx())
 
         def value_of(v):
-            return ops.stop_gradient(x if v is variable else v.value)
+            value = x if v is variable else v.value
+            return value if gradient else ops.stop_gradient(value)
 
         groups = [self.groups[index] for index in owned]
         total = ops.zeros((), "float32")
-        for group, norms in zip(groups, self.norms(value_of, groups)):
-            total = total + ops.cast(lk_penalty(norms, group.k, group.alpha,
-                                                group.reduction), "float32")
+        for group, squares in zip(groups, self.squares(value_of, groups)):
+            # ||w_g||^k = s^(k/2) with s = ||w_g||^2 >= 0: lk_penalty's
+            # power has a gradient that is exact for s > 0 and 0 at s = 0
+            # (the sqrt of a norm would have an infinite one there).
+            total = total + ops.cast(lk_penalty(
+                squares, group.k / 2, group.alpha, group.reduction),
+                "float32")
         return ops.cast(total, keras.config.floatx())
 
 
