@@ -53,14 +53,14 @@ def test_every_block_marked_to_run_is_run():
     marked = {path.relative_to(ROOT).as_posix(): len(runnable_blocks(path))
               for path in USER_PAGES if runnable_blocks(path)}
     assert marked == {"README.md": 2, "docs/getting-started.md": 2,
-                      "docs/guides/shrink.md": 2}
+                      "docs/guides/shrink.md": 3}
 
 
 @pytest.mark.slow
 def test_the_shrink_guide_runs_as_written(tmp_path, monkeypatch):
     import keras
     import keras_lk
-    block, _ = runnable_blocks(ROOT / "docs/guides/shrink.md")
+    block, _, _ = runnable_blocks(ROOT / "docs/guides/shrink.md")
     monkeypatch.chdir(tmp_path)
     namespace = {}
     exec(compile(block, "shrink.md", "exec"), namespace)
@@ -78,7 +78,7 @@ def test_the_guide_to_training_toward_structure_runs_as_written(
         tmp_path, monkeypatch):
     import keras
     import keras_lk
-    _, block = runnable_blocks(ROOT / "docs/guides/shrink.md")
+    _, block, _ = runnable_blocks(ROOT / "docs/guides/shrink.md")
     monkeypatch.chdir(tmp_path)
     namespace = {}
     exec(compile(block, "shrink.md", "exec"), namespace)
@@ -89,6 +89,18 @@ def test_the_guide_to_training_toward_structure_runs_as_written(
     x = namespace["x"][:4]
     np.testing.assert_allclose(loaded.predict(x, verbose=0),
                                small.predict(x, verbose=0), atol=1e-6)
+
+
+def test_the_guide_to_allocation_runs_as_written(capsys):
+    _, _, block = runnable_blocks(ROOT / "docs/guides/shrink.md")
+    namespace = {}
+    exec(compile(block, "shrink.md", "exec"), namespace)
+    live = namespace["live"]
+    assert live["wide"] + live["narrow"] == 36
+    assert live["narrow"] >= 1
+    # As the comment says: most of the units removed are from "wide".
+    assert 64 - live["wide"] > 8 - live["narrow"]
+    assert str(live) in capsys.readouterr().out
 
 
 WORDS_OF_DEVELOPMENT = re.compile(

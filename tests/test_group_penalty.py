@@ -393,7 +393,13 @@ def test_unit_target_says_what_is_wrong():
     with pytest.raises(ValueError, match="not both"):
         keras_lk.SparsityTarget(0.5, structure="units", target_flops=0.5)
     with pytest.raises(ValueError, match="argument `allocation`"):
-        keras_lk.SparsityTarget(0.5, structure="units", allocation="global")
+        keras_lk.SparsityTarget(0.5, structure="units",
+                                allocation="normalized")
+    with pytest.raises(ValueError, match="argument `allocation`"):
+        keras_lk.SparsityTarget(0.5, allocation="adaptive")
+    with pytest.raises(ValueError, match="target_flops needs allocation="):
+        keras_lk.SparsityTarget(structure="units", target_flops=0.5,
+                                allocation="global")
     with pytest.raises(ValueError, match="argument `structure`"):
         keras_lk.SparsityTarget(0.5, structure="channels")
     with pytest.raises(ValueError, match="argument `target_flops`"):
@@ -576,3 +582,78 @@ def test_the_gradient_mode_refuses_k_zero():
         keras_lk.GroupLkRegularizer(0, 0.1, proximal=False)
     with pytest.raises(ValueError, match="`proximal`"):
         keras_lk.GroupLkRegularizer(1, 0.1, proximal="no")
+
+
+# Allocation across groups: one ranking of all the covered units.
+
+def test_lamp_scores_and_unit_weights():
+    from keras_lk.sparsity.unit_ranking import lamp, unit_weights
+    norms = np.array([3.0, 1.0, 0.0, 2.0], "float32")
+    # Squares 9, 1, 0, 4: each over the sum of those at least as large.
+    np.testing.assert_allclose(numpy(lamp(norms)),
+                               [1.0, 1 / 14, 0.0, 4 / 13], rtol=1e-6)
+    model = conv_model(units=32)
+    attach_units(model)
+    plan = UnitPlan.build(model.trainable_variables)
+    weights = {g.name: unit_weights(g) for g in plan.groups}
+    # A conv channel: its 3x3 kernel, its bias, BN's gamma and beta, and
+    # its 36 rows of the hidden kernel (6 x 6 positions x 32 columns).
+    assert weights["conv"] == 9 + 1 + 2 + 36 * 32
+    # A hidden unit: its column (288 rows), its bias, its row of the head.
+    assert weights["hidden"] == 288 + 1 + 3
+
+
+@pytest.mark.parametrize("allocation,k", [
+    ("global", 0.0), ("adaptive", 0.0),
+    pytest.param("global", 1.0, marks=pytest.mark.slow),
+    pytest.param("adaptive", 0.5, marks=pytest.mark.slow)])
+def test_a_ranked_unit_target_is_reached_exactly_and_shrinks(allocation, k):
+    model = compiled(conv_model(units=32), k=k)
+    x, y = data(128)
+    history = model.fit(x, y, epochs=4, batch_size=16, verbose=0,
+                        callbacks=[keras_lk.SparsityTarget(
+                            0.5, structure="units", allocation=allocation)])
+    counts = live(model)
+    # 20 of the 40 units of `conv` and `hidden`, wherever they are, and
+    # each keeps at least one.
+    assert counts["conv"] + counts["hidden"] == 20, counts
+    assert counts["conv"] >= 1 and counts["hidden"] >= 1
+    assert history.history["sparsity"][-1] == 0.5
+    for got, scheduled in zip(history.history["sparsity"],
+                              history.history["sparsity_target"]):
+        assert got <= scheduled + 1e-6
+    small = keras_lk.strip(model, shrink=True)
+    np.testing.assert_allclose(small.predict(x, verbose=0),
+                               model.predict(x, verbose=0), atol=1e-5)
+
+
+def ranked_fit(allocation, scale):
+    """The conv model, its hidden units' weights times `scale`, after a
+    short fit toward 25% of its units (at a rate that barely moves them)."""
+    keras.utils.set_random_seed(3)
+    model = conv_model(units=32)
+    for layer, names in (("hidden", ("kernel", "bias")), ("head", ("kernel",))):
+        for name in names:
+            variable = getattr(model.get_layer(layer), name)
+            variable.assign(numpy(variable) * scale)
+    attach_units(model, k=0.0, alpha=1e-3)
+    model.compile(keras_lk.ProximalOptimizer(keras.optimizers.SGD(1e-5)),
+                  keras.losses.BinaryCrossentropy(from_logits=True))
+    x, y = data(64)
+    model.fit(x, y, epochs=2, batch_size=16, verbose=0, shuffle=False,
+              callbacks=[keras_lk.SparsityTarget(0.25, structure="units",
+                                                 allocation=allocation)])
+    return {g.name: tuple(np.flatnonzero(g.norms(2)))
+            for g in keras_lk.unit_groups(model) if g.removable}
+
+
+def test_global_ranks_by_size_and_adaptive_without_scale():
+    # The hidden units 100x smaller: every unit "global" removes is theirs.
+    small = ranked_fit("global", 0.01)
+    assert len(small["conv"]) == 8 and len(small["hidden"]) == 22
+    # At their own size, some conv channels go too.
+    assert len(ranked_fit("global", 1.0)["conv"]) < 8
+    # LAMP scores have no scale: the same units go either way.
+    adaptive = ranked_fit("adaptive", 1.0)
+    assert ranked_fit("adaptive", 0.01) == adaptive
+    assert len(adaptive["conv"]) + len(adaptive["hidden"]) == 30

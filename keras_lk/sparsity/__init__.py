@@ -10,7 +10,11 @@
 - `state.py`: the state the optimizer keeps, with named fields;
 - `controller.py`: the control law, run inside the train step;
 - `units.py`: `SparsityTarget(structure="units")`: whole units steered in
-  the step, their state, and `uniform_fraction` for a MACs target;
+  the step (every group the same fraction), and their state;
+- `unit_ranking.py`: units ranked across groups (allocation "global" and
+  "adaptive");
+- `unit_run.py`: the host side of a units run, and `uniform_fraction` for
+  a MACs target;
 - `target.py`: the `SparsityTarget` callback.
 """
 

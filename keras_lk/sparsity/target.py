@@ -22,7 +22,7 @@ from keras_lk.sparsity.groups import ALLOCATIONS
 from keras_lk.sparsity.protection import PROTECTIONS, Protection
 from keras_lk.measures.units import norm_buckets
 from keras_lk.sparsity.counting import exact_zeros
-from keras_lk.sparsity.units import UnitRun
+from keras_lk.sparsity.unit_run import UNIT_ALLOCATIONS, UnitRun
 from keras_lk.summary import RunWriter, check_writable
 from keras_lk.wrappers import proximal_optimizer
 
@@ -84,7 +84,14 @@ class SparsityTarget(keras.callbacks.Callback):
         allocation: `"global"` (one threshold on `|w|` for every covered
             weight), `"uniform"` (every layer reaches the target on its
             own) or `"normalized"` (one threshold on `|w| / rms(layer)`).
-            Defaults to `"global"`.
+            Defaults to `"global"`. With `structure="units"`: `"uniform"`
+            (every group loses the same fraction of its units; the
+            default), `"global"` (all units ranked together by their RMS
+            weight, `||w_u|| / sqrt(weights per unit)`) or `"adaptive"`
+            (ranked together by LAMP score: a unit's squared norm over the
+            sum of those at least as large in its group); `target` is then
+            the fraction of all covered units removed, and every group
+            keeps at least its largest unit.
         protect: `"units"` (every unit of every covered layer keeps its
             largest weight) or `"outputs"` (only the units of the layers
             that produce the outputs of a Sequential or functional model;
@@ -96,9 +103,8 @@ class SparsityTarget(keras.callbacks.Callback):
             heads (the unit groups of `keras_lk.unit_groups`). Then the
             model carries the group penalty of `keras_lk.attach(model,
             LkRegularizer(k <= 1, alpha, proximal=True),
-            structure="units")`, `target` is the fraction of each
-            removable group's units to remove (allocation `"uniform"`:
-            every group loses the same fraction), each group keeps its
+            structure="units")`, `target` is the fraction of units to
+            remove (see `allocation`), each group keeps its
             largest unit while the schedule runs, and at `end_step`
             exactly that many units are zero in every slice, so that
             `keras_lk.shrink` rebuilds a smaller model with the same
@@ -169,16 +175,26 @@ class SparsityTarget(keras.callbacks.Callback):
                 raise _validation.invalid(
                     "target", "a fraction of units with structure='units'",
                     target)
-            if allocation not in (None, "uniform"):
-                raise _validation.invalid(
-                    "allocation", "'uniform' with structure='units' (every "
-                    "unit group loses the same fraction)", allocation)
+            allocation = _validation.check_choice(
+                "allocation", allocation or "uniform", UNIT_ALLOCATIONS)
+            if allocation != "uniform" and target_flops is not None:
+                raise ValueError(
+                    "target_flops needs allocation='uniform': the "
+                    "multiply-accumulates a unit costs depend on which "
+                    "other units go, so a ranking across groups cannot "
+                    "promise a share of them in advance. Give target= (a "
+                    "fraction of units) with allocation="
+                    f"{allocation!r}. Received: target_flops={target_flops!r}")
             if protect != "units":
                 raise _validation.invalid(
                     "protect", "'units' with structure='units' (each group "
                     "keeps its largest unit)", protect)
-        allocation = allocation or ("uniform" if self.structure
-                                    else "global")
+        elif allocation == "adaptive":
+            raise _validation.invalid(
+                "allocation", "'global', 'uniform' or 'normalized' without "
+                "structure ('adaptive' ranks whole units: structure='units')",
+                allocation)
+        allocation = allocation or "global"
         if target is None:
             self.target = None
         elif isinstance(target, dict):
@@ -195,8 +211,9 @@ class SparsityTarget(keras.callbacks.Callback):
                 and self.end_step <= self.begin_step):
             raise _validation.invalid(
                 "end_step", f"an integer > begin_step={begin_step}", end_step)
-        self.allocation = _validation.check_choice("allocation", allocation,
-                                                   ALLOCATIONS)
+        self.allocation = _validation.check_choice(
+            "allocation", allocation,
+            UNIT_ALLOCATIONS if self.structure else ALLOCATIONS)
         self.protect = _validation.check_choice("protect", protect,
                                                 PROTECTIONS)
         if log_dir is not None and (not isinstance(log_dir, (str, os.PathLike))
@@ -232,7 +249,7 @@ class SparsityTarget(keras.callbacks.Callback):
 
         def build():
             self._units = UnitRun(model, self._optimizer, self.target,
-                                  self.target_flops)
+                                  self.target_flops, self.allocation)
             return self._units.controller
 
         self._install(model, build, "unit_controller")

@@ -18,6 +18,8 @@ Per unit group, inside the compiled train step:
 
 The state is among the optimizer's variables (`UnitState`), so it is
 carried by JAX's stateless step, BackupAndRestore and `.keras` files.
+This is uniform allocation (every group loses the same fraction);
+`unit_ranking` ranks units across groups; `unit_run` is the host side.
 """
 
 import math
@@ -25,15 +27,9 @@ import math
 import numpy as np
 from keras import ops
 
-from keras_lk import tags
 from keras_lk.sparsity.schedule import polynomial
 from keras_lk.sparsity.state import RunState, with_field
-from keras_lk.structure.analysis import analyze
-from keras_lk.structure.flops import total_macs
 from keras_lk.structure.group_prox import unit_scales
-from keras_lk.structure.groups import build_groups
-from keras_lk.structure.prune import kept_count
-from keras_lk.structure.surgery import dead_units
 
 CONTROL_EVERY = 2
 GAIN = 5.0
@@ -114,18 +110,27 @@ class UnitController:
                           vectors[:, UnitState.TARGET],
                           vectors[:, UnitState.START])
 
-    def step(self, learning_rate, iterations, value_of):
-        """`(new weights, new group vectors, new masks, new run vector)`
-        after this step's group proximal step."""
-        plan, state = self.plan, self.state
-        run = state.run
+    def phase(self, iterations):
+        """`(engaged, steer, locking, held, control)`: whether this step
+        runs under the callback, steers, locks the pattern, holds it, and
+        moves the control law."""
+        run = self.state.run
         engaged = self.engaged(iterations)
         locked = run.locked
         steer = ops.logical_and(engaged, ops.logical_not(locked))
         locking = ops.logical_and(steer, ops.greater_equal(
             ops.cast(iterations, "int64"), run.end))
+        held = ops.logical_and(engaged, ops.logical_or(locked, locking))
         control = ops.logical_and(steer, ops.equal(
             iterations % CONTROL_EVERY, 0))
+        return engaged, steer, locking, held, control
+
+    def step(self, learning_rate, iterations, value_of):
+        """`(new weights, new group vectors, new masks, new run vector)`
+        after this step's group proximal step."""
+        plan, state = self.plan, self.state
+        run = state.run
+        engaged, steer, locking, held, control = self.phase(iterations)
         scheduled = self.scheduled(iterations)
         norms = plan.norms(value_of)
         lr = ops.cast(learning_rate, "float32")
@@ -160,7 +165,6 @@ class UnitController:
             after = norm * scale
             kept = kept_units(after, vector[UnitState.KEEP])
             mask = ops.where(locking, kept, mask)
-            held = ops.logical_and(engaged, ops.logical_or(locked, locking))
             scale = ops.where(held, ops.cast(mask, "float32"), scale)
             # The control law.
             zeros = ops.mean(ops.cast(ops.equal(after, 0), "float32"))
@@ -205,127 +209,3 @@ def initial_log_scale(norms, target, span, learning_rate):
         return 0.0
     return min(max(math.log(value / span / learning_rate), -MAX_LOG_SCALE),
                MAX_LOG_SCALE)
-
-
-def uniform_fraction(model, target_flops, names=None):
-    """The one fraction of units that, removed from every group named (or
-    every removable group), removes at least `target_flops` of `model`'s
-    multiply-accumulates (`keras_lk.macs`), the least that does.
-
-    Returns:
-        `(fraction, {group: units removed}, fraction of the MACs left)`.
-    """
-    analysis = analyze(model)
-    groups = {g.name: g for g in build_groups(analysis)
-              if (g.name in names if names is not None else g.removable)}
-    dense = total_macs(analysis, {})
-
-    def removed(fraction):
-        counts = {name: g.size - kept_count(g.size, fraction)
-                  for name, g in groups.items()}
-        dead = {groups[name]._root: set(range(count))
-                for name, count in counts.items() if count}
-        return counts, total_macs(analysis, dead) / max(dense, 1)
-
-    goal = 1.0 - target_flops
-    low, high = 0.0, 1.0 - 1e-9
-    counts, left = removed(high)
-    if left > goal + 1e-12:
-        raise ValueError(
-            f"target_flops={target_flops} cannot be reached by removing "
-            "units: with one unit left in every covered group, "
-            f"{left:.3f} of the multiply-accumulates remain. Covered groups: "
-            f"{sorted(counts)}")
-    for _ in range(40):
-        middle = (low + high) / 2
-        if removed(middle)[1] <= goal:
-            high = middle
-        else:
-            low = middle
-    counts, left = removed(high)
-    return high, counts, left
-
-
-class UnitRun:
-    """The host side of `SparsityTarget(structure="units")`: the targets,
-    the start of a run and what each epoch logs."""
-
-    def __init__(self, model, optimizer, target, target_flops):
-        plan = optimizer.unit_plan
-        if plan is None:
-            raise ValueError(
-                "SparsityTarget(structure='units') steers the group penalty "
-                "of keras_lk.attach(model, LkRegularizer(k, alpha, "
-                "proximal=True), structure='units'); the model's weights "
-                "carry none. Attach it before compiling.")
-        if optimizer.unit_state is None or not optimizer.unit_state.fits(
-                plan):
-            raise ValueError(
-                "SparsityTarget(structure='units'): the optimizer was built "
-                "before the group penalty was attached, so it keeps no state "
-                "for the unit groups. Compile the model again after "
-                "attach(..., structure='units').")
-        bad = [g.name for g in plan.groups if g.k > 1]
-        if bad:
-            raise ValueError(
-                f"SparsityTarget(structure='units') needs k <= 1 (a group "
-                f"step that zeroes units); groups {bad} have k = "
-                f"{plan.groups[0].k}.")
-        self.plan = plan
-        self.analysis = analyze(model)
-        self.groups = build_groups(self.analysis)
-        self.dense_macs = total_macs(self.analysis, {})
-        self.controller = UnitController(plan, optimizer.unit_state)
-        sizes = [g.size for g in plan.groups]
-        if target_flops is not None:
-            fraction, counts, left = uniform_fraction(
-                model, target_flops, [g.name for g in plan.groups])
-            self.targets = [counts.get(g.name, 0) / g.size
-                            for g in plan.groups]
-            self.macs_goal = left
-        else:
-            self.targets = [(g.size - kept_count(g.size, target)) / g.size
-                            for g in plan.groups]
-            self.macs_goal = None
-        self.keeps = [round(s * (1 - t)) for s, t in zip(sizes, self.targets)]
-
-    def start(self, begin, end, learning_rate, settings):
-        norms = [ops.convert_to_numpy(n)
-                 for n in self.plan.norms(lambda v: v.value)]
-        starts = [float(np.mean(n == 0)) for n in norms]
-        scales = [initial_log_scale(n, t, end - begin, learning_rate)
-                  for n, t in zip(norms, self.targets)]
-        self.controller.start_run(begin, end, self.targets, self.keeps,
-                                  starts, scales, settings)
-
-    def describe(self):
-        return [(g.name, t, g.k, g.size)
-                for g, t in zip(self.plan.groups, self.targets)]
-
-    def epoch(self, iterations):
-        """`(logs, scalars, {histogram tag: unit norms})` of the units
-        now."""
-        norms = [ops.convert_to_numpy(n).astype("float64")
-                 for n in self.plan.norms(lambda v: v.value)]
-        scheduled = ops.convert_to_numpy(self.controller.scheduled(
-            iterations))
-        sizes = np.array([g.size for g in self.plan.groups])
-        zero = np.array([np.mean(n == 0) for n in norms])
-        logs = {tags.LOG_SPARSITY: float(np.sum(zero * sizes) / sizes.sum()),
-                tags.LOG_SPARSITY_TARGET: float(
-                    np.sum(scheduled * sizes) / sizes.sum())}
-        # As `macs(model, live=True) / macs(model)`, on the analysis read
-        # once at the start of the run.
-        dead = dead_units(self.analysis, self.groups, "keep")
-        live = total_macs(self.analysis, dead) / max(self.dense_macs, 1)
-        logs[tags.LOG_LIVE_MACS_FRAC] = live
-        scalars, histograms = {}, {}
-        for group, norm, z, s in zip(self.plan.groups, norms, zero,
-                                     scheduled):
-            scalars[tags.tag(tags.SPARSITY, group.name)] = float(z)
-            scalars[tags.tag(tags.SPARSITY_TARGET, group.name)] = float(s)
-            scalars[tags.tag(tags.LIVE_UNITS, group.name)] = float(
-                np.count_nonzero(norm))
-            histograms[tags.tag(tags.UNIT_NORMS, group.name)] = norm
-        scalars[tags.tag(tags.LIVE_MACS_FRACTION, tags.ALL_LAYERS)] = live
-        return logs, scalars, histograms

@@ -123,9 +123,10 @@ def build_parser():
         help="epochs per run (default: the model's own, e.g. 20 for "
              "digits_mlp)")
     add("--methods", nargs="+", default=None,
-        choices=list(dict.fromkeys(sweep.METHODS + structured.METHODS)),
+        choices=list(dict.fromkeys(sweep.METHODS + structured.ALL_METHODS)),
         help=f"methods (default: all): {' '.join(sweep.METHODS)}; with "
-             f"--structure units {' '.join(structured.METHODS)}")
+             f"--structure units {' '.join(structured.METHODS)} (default), "
+             f"{' '.join(structured.ALLOCATION_METHODS)}")
     add("--allocation", default="global",
         choices=list(ALLOCATIONS),
         help="SparsityTarget's allocation for the Lk methods (default "
@@ -232,11 +233,12 @@ def _structured_sweep(args):
             "unstructured sweep; with --structure units the fits are "
             "--fits full short")
     methods = args.methods or list(structured.METHODS)
-    wrong = [m for m in methods if m not in structured.METHODS]
+    wrong = [m for m in methods if m not in structured.ALL_METHODS]
     if wrong:
         raise _UsageError(
             f"with --structure units the methods are "
-            f"{' '.join(structured.METHODS)}. Received: {' '.join(wrong)}")
+            f"{' '.join(structured.ALL_METHODS)}. Received: "
+            f"{' '.join(wrong)}")
     if set(methods) & set(structured.PEER_METHODS):
         if importlib.util.find_spec("torch_pruning") is None:
             raise _UsageError(

@@ -13,6 +13,10 @@ pruning over the first 3/4 of the steps, then fine-tuning):
 - `group_k0`, `group_k0.5`, `group_k1`: `attach(model, LkRegularizer(k,
   proximal=True), structure="units")` with `ProximalOptimizer` and
   `SparsityTarget(structure="units", target_flops=...)`;
+- `group_k0_global`, `group_k0_adaptive` (only when named in `methods`):
+  group k = 0 with the units ranked across groups (`SparsityTarget`'s
+  allocation "global" or "adaptive"), as many units removed in all as
+  the uniform methods remove, so the MACs left differ;
 - `prune_units`: dense training for 3/4 of the steps, one-shot
   `prune_units` (group L2 norm, uniform), `shrink`, and fine-tuning for
   the rest: the same total steps;
@@ -47,8 +51,9 @@ from keras_lk.regularizers import LkRegularizer
 from keras_lk.sparsity.shipping import strip
 from keras_lk.sparsity.target import SparsityTarget
 from keras_lk.structure.flops import macs
+from keras_lk.structure.groups import unit_groups
 from keras_lk.structure.prune import prune_units
-from keras_lk.sparsity.units import uniform_fraction
+from keras_lk.sparsity.unit_run import uniform_fraction
 from keras_lk.structure.surgery import shrink
 from keras_lk.study import suite, suite_data
 
@@ -58,7 +63,15 @@ PEER_METHODS = ("tp_magnitude", "tp_group_norm")
 # The PyTorch runs' own unpruned baseline.
 PEER_DENSE = "torch_dense"
 METHODS = KERAS_METHODS + PEER_METHODS
-K_OF = {"group_k0": 0.0, "group_k0.5": 0.5, "group_k1": 1.0}
+# Not in the default sweep: group k = 0 with units ranked across groups
+# (`SparsityTarget(allocation=...)`), removing as many units in all as the
+# uniform methods do, wherever the ranking puts them.
+ALLOCATION_METHODS = ("group_k0_global", "group_k0_adaptive")
+ALL_METHODS = METHODS + ALLOCATION_METHODS
+K_OF = {"group_k0": 0.0, "group_k0.5": 0.5, "group_k1": 1.0,
+        "group_k0_global": 0.0, "group_k0_adaptive": 0.0}
+ALLOCATION_OF = {"group_k0_global": "global",
+                 "group_k0_adaptive": "adaptive"}
 DEFAULT_TARGETS = (0.5, 0.75)
 DEFAULT_SEEDS = (0, 1, 2)
 # "full": the suite's epochs; "short": a fifth of them (at least 3).
@@ -91,7 +104,8 @@ class Result:
     latency_ms: float      # the pruned model's, batch LATENCY_BATCH
 
 
-ORDER = ("dense", *KERAS_METHODS, "torch_dense", *PEER_METHODS)
+ORDER = ("dense", *KERAS_METHODS, *ALLOCATION_METHODS, "torch_dense",
+         *PEER_METHODS)
 
 
 def epochs_of(model, fit):
@@ -187,9 +201,17 @@ def run_keras(run, data, stream=None):
     attach(net, LkRegularizer(K_OF[run.method], 0.0, proximal=True),
            structure="units")
     _recompile(net, ProximalOptimizer(optimizer))
+    allocation = ALLOCATION_OF.get(run.method)
+    if allocation is None:
+        target = dict(target_flops=run.target)
+    else:
+        # As many units in all as the uniform fraction removes.
+        _, counts, _ = uniform_fraction(net, run.target)
+        sizes = [g.size for g in unit_groups(net) if g.name in counts]
+        target = dict(target=sum(counts.values()) / sum(sizes),
+                      allocation=allocation)
     net.fit(x_train, y_train, epochs=1, callbacks=[SparsityTarget(
-        structure="units", target_flops=run.target, begin_step=0,
-        end_step=end)], **fit)
+        structure="units", begin_step=0, end_step=end, **target)], **fit)
     small = strip(net, shrink=True)
     sample = x_test[:64]
     gap = float(np.max(np.abs(small.predict(sample, verbose=0)
@@ -218,7 +240,7 @@ def _hparams_config(logdir, targets):
                      hparams_api.HParam("fit", hparams_api.Discrete(
                         list(FITS))),
                      hparams_api.HParam("method", hparams_api.Discrete(
-                        ["dense", PEER_DENSE, *METHODS])),
+                        ["dense", PEER_DENSE, *ALL_METHODS])),
                      hparams_api.HParam("target_flops", hparams_api.Discrete(
                         [0.0, *targets])),
                      hparams_api.HParam("seed", hparams_api.IntInterval(

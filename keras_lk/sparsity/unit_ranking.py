@@ -1,0 +1,165 @@
+"""Allocation across unit groups: `SparsityTarget(structure="units",
+allocation="global" | "adaptive")`.
+
+Instead of every group losing the same fraction (`"uniform"`), all the
+covered units are ranked together and the lowest go, wherever they are:
+
+- `"global"`: by their RMS weight, `||w_u|| / sqrt(n_g)` (`n_g`: the
+  weights in a unit of group `g`), the structured form of one threshold on
+  `|w|`. Groups whose weights are small (a wide fan-in) lose more units.
+- `"adaptive"`: by LAMP score (Lee et al., 2021, "Layer-adaptive sparsity
+  for the magnitude-based pruning"): within its group, a unit's squared
+  norm divided by the sum of the squared norms of the units at least as
+  large. The score has no scale, so groups compare without calibration;
+  a group whose norms are spread out keeps its large units and loses its
+  small ones, one whose norms are even loses few.
+
+In the step, with `N` covered units and `s(t)` the scheduled fraction:
+- at most `floor(s(t) * N)` units are zero, the lowest ranked; every
+  group's largest unit is never zeroed;
+- k = 0 zeroes exactly those (gradual magnitude pruning of units, by
+  count);
+- k > 0 takes each group's proximal step with `t_g = lr * exp(log_scale) *
+  u_g^(2 - k)` (`u_g`: the group's scale, so that one strength zeroes the
+  same relative norm everywhere); every `CONTROL_EVERY` steps the one
+  `log_scale` moves with the fraction of all units that are zero;
+- the `keep` highest ranked units take no step;
+- at `end_step` exactly `keep` units stay, the highest ranked, at least one
+  per group.
+
+The groups' state vectors all hold the same shared values.
+"""
+
+import math
+
+import numpy as np
+from keras import ops
+
+from keras_lk.sparsity.state import with_field
+from keras_lk.sparsity.units import (GAIN, MAX_LOG_SCALE, MAX_MOVE,
+                                     UnitController, UnitState, ranks)
+from keras_lk.structure.group_prox import unit_scales
+
+RANKED = ("global", "adaptive")
+_TINY = float(np.finfo("float32").tiny)
+
+
+def unit_weights(group):
+    """The number of weights in one unit of `group` (a `PlanGroup`)."""
+    total = 0
+    for piece in group.slices:
+        shape = piece.variable.shape
+        across = math.prod(shape) // max(shape[piece.axis], 1)
+        total += int(np.count_nonzero(piece.positions < group.size)) * across
+    return max(total / group.size, 1.0)
+
+
+def lamp(norms):
+    """Each unit's LAMP score: its squared norm over the sum of the squared
+    norms of the units ranked at or above it (1 for the largest; 0 for a
+    zero unit)."""
+    squares = ops.square(norms)
+    order = ops.argsort(squares)
+    ordered = ops.take(squares, order)
+    suffix = ops.flip(ops.cumsum(ops.flip(ordered, axis=0)), axis=0)
+    scores = ordered / ops.maximum(suffix, _TINY)
+    return ops.take(scores, ops.argsort(order))
+
+
+class RankedUnitController(UnitController):
+    """Steers `plan`'s units with one ranking across groups (see the module
+    docstring), with `state`."""
+
+    def __init__(self, plan, state, allocation):
+        super().__init__(plan, state)
+        if allocation not in RANKED:
+            raise ValueError(f"allocation must be one of {RANKED}. "
+                             f"Received: {allocation!r}")
+        self.allocation = allocation
+        self.root_weights = [math.sqrt(unit_weights(g)) for g in plan.groups]
+        self.total = sum(g.size for g in plan.groups)
+
+    def scores(self, norms):
+        """Each group's scores (comparable across groups)."""
+        if self.allocation == "global":
+            return [n / c for n, c in zip(norms, self.root_weights)]
+        return [lamp(n) for n in norms]
+
+    def scales(self, norms):
+        """Each group's scale `u_g` for the shared strength."""
+        if self.allocation == "global":
+            return [ops.convert_to_tensor(c, "float32")
+                    for c in self.root_weights]
+        return [ops.sqrt(ops.maximum(ops.mean(ops.square(n)), _TINY))
+                for n in norms]
+
+    def global_ranks(self, norms):
+        """Every unit's rank across groups, lowest score first, each
+        group's largest unit last; split back by group."""
+        flat = ops.concatenate([
+            ops.where(ops.equal(ranks(n), n.shape[0] - 1), float("inf"), s)
+            for n, s in zip(norms, self.scores(norms))])
+        return self.split(ranks(flat))
+
+    def split(self, flat):
+        parts, start = [], 0
+        for group in self.plan.groups:
+            parts.append(flat[start:start + group.size])
+            start += group.size
+        return parts
+
+    def step(self, learning_rate, iterations, value_of):
+        plan, state = self.plan, self.state
+        engaged, steer, locking, held, control = self.phase(iterations)
+        # Every group's vector holds the shared target, start and keep.
+        scheduled = self.scheduled(iterations)[0]
+        shared = state.vectors[0].value
+        keep = shared[UnitState.KEEP]
+        total = float(self.total)
+        norms = plan.norms(value_of)
+        rank = self.global_ranks(norms)
+        count = ops.minimum(ops.floor(scheduled * total + 1e-6),
+                            total - len(plan.groups))
+        lr = ops.cast(learning_rate, "float32")
+        steered = lr * ops.exp(shared[UnitState.LOG_SCALE])
+        scales, afters = [], []
+        for group, norm, r, u in zip(plan.groups, norms, rank,
+                                     self.scales(norms)):
+            allowed = ops.less(r, count)
+            top = ops.greater_equal(r, total - keep)
+            if group.k == 0:
+                scale = ops.where(ops.logical_and(
+                    allowed, ops.logical_not(top)), 0.0, 1.0)
+            else:
+                t = steered * ops.power(u, 2.0 - group.k)
+                scale = unit_scales(norm, t, group.k)
+                spared = ops.logical_or(top, ops.logical_and(
+                    ops.equal(scale, 0), ops.logical_not(allowed)))
+                scale = ops.where(spared, ops.ones_like(scale), scale)
+            unsteered = unit_scales(norm, group.strength(lr), group.k)
+            scale = ops.where(steer, scale, unsteered)
+            scales.append(scale)
+            afters.append(norm * scale)
+        # The lock: the `keep` highest ranked units after the step stay.
+        after_rank = self.global_ranks(afters)
+        masks = []
+        for index, (after, r) in enumerate(zip(afters, after_rank)):
+            kept = ops.logical_and(ops.greater_equal(r, total - keep),
+                                   ops.greater(after, 0))
+            mask = ops.where(locking, kept, state.masks[index].value)
+            scales[index] = ops.where(held, ops.cast(mask, "float32"),
+                                      scales[index])
+            masks.append(mask)
+        # The control law, on the fraction of all units that are zero.
+        zeros = sum(ops.sum(ops.cast(ops.equal(a, 0), "float32"))
+                    for a in afters) / total
+        move = ops.clip(GAIN * (scheduled - zeros), -MAX_MOVE, MAX_MOVE)
+        log_scale = ops.clip(shared[UnitState.LOG_SCALE] + move,
+                             -MAX_LOG_SCALE, MAX_LOG_SCALE)
+        vectors = []
+        for index in range(len(plan.groups)):
+            vector = state.vectors[index].value
+            moved = with_field(vector, UnitState.LOG_SCALE, log_scale)
+            vectors.append(ops.where(control, moved, vector))
+        weights = plan.scaled(scales, value_of)
+        return weights, vectors, masks, [state.run.with_locked(locking)]

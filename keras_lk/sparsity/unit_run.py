@@ -1,0 +1,169 @@
+"""The host side of `SparsityTarget(structure="units")`: the targets
+(`uniform_fraction` for a MACs target), the start of a run and what each
+epoch logs. The step's side is in `units` and `unit_ranking`."""
+
+import numpy as np
+from keras import ops
+
+from keras_lk import tags
+from keras_lk.sparsity.unit_ranking import RANKED, RankedUnitController
+from keras_lk.sparsity.units import UnitController, initial_log_scale
+from keras_lk.structure.analysis import analyze
+from keras_lk.structure.flops import total_macs
+from keras_lk.structure.groups import build_groups
+from keras_lk.structure.prune import kept_count
+from keras_lk.structure.surgery import dead_units
+
+UNIT_ALLOCATIONS = ("uniform",) + RANKED
+
+def uniform_fraction(model, target_flops, names=None):
+    """The one fraction of units that, removed from every group named (or
+    every removable group), removes at least `target_flops` of `model`'s
+    multiply-accumulates (`keras_lk.macs`), the least that does.
+
+    Returns:
+        `(fraction, {group: units removed}, fraction of the MACs left)`.
+    """
+    analysis = analyze(model)
+    groups = {g.name: g for g in build_groups(analysis)
+              if (g.name in names if names is not None else g.removable)}
+    dense = total_macs(analysis, {})
+
+    def removed(fraction):
+        counts = {name: g.size - kept_count(g.size, fraction)
+                  for name, g in groups.items()}
+        dead = {groups[name]._root: set(range(count))
+                for name, count in counts.items() if count}
+        return counts, total_macs(analysis, dead) / max(dense, 1)
+
+    goal = 1.0 - target_flops
+    low, high = 0.0, 1.0 - 1e-9
+    counts, left = removed(high)
+    if left > goal + 1e-12:
+        raise ValueError(
+            f"target_flops={target_flops} cannot be reached by removing "
+            "units: with one unit left in every covered group, "
+            f"{left:.3f} of the multiply-accumulates remain. Covered groups: "
+            f"{sorted(counts)}")
+    for _ in range(40):
+        middle = (low + high) / 2
+        if removed(middle)[1] <= goal:
+            high = middle
+        else:
+            low = middle
+    counts, left = removed(high)
+    return high, counts, left
+
+
+class UnitRun:
+    """The host side of `SparsityTarget(structure="units")`: the targets,
+    the start of a run and what each epoch logs."""
+
+    def __init__(self, model, optimizer, target, target_flops,
+                 allocation="uniform"):
+        plan = optimizer.unit_plan
+        if plan is None:
+            raise ValueError(
+                "SparsityTarget(structure='units') steers the group penalty "
+                "of keras_lk.attach(model, LkRegularizer(k, alpha, "
+                "proximal=True), structure='units'); the model's weights "
+                "carry none. Attach it before compiling.")
+        if optimizer.unit_state is None or not optimizer.unit_state.fits(
+                plan):
+            raise ValueError(
+                "SparsityTarget(structure='units'): the optimizer was built "
+                "before the group penalty was attached, so it keeps no state "
+                "for the unit groups. Compile the model again after "
+                "attach(..., structure='units').")
+        bad = [g.name for g in plan.groups if g.k > 1]
+        if bad:
+            raise ValueError(
+                f"SparsityTarget(structure='units') needs k <= 1 (a group "
+                f"step that zeroes units); groups {bad} have k = "
+                f"{plan.groups[0].k}.")
+        self.plan = plan
+        self.analysis = analyze(model)
+        self.groups = build_groups(self.analysis)
+        self.dense_macs = total_macs(self.analysis, {})
+        self.allocation = allocation
+        sizes = [g.size for g in plan.groups]
+        if allocation != "uniform":
+            # One ranking across groups (`unit_ranking`): every group's
+            # vector holds the shared target and the units kept in all.
+            ks = sorted({g.k for g in plan.groups})
+            if len(ks) > 1:
+                raise ValueError(
+                    f"SparsityTarget(allocation={allocation!r}) takes one "
+                    f"strength for all unit groups, which needs one k; the "
+                    f"groups have k in {ks}.")
+            self.controller = RankedUnitController(
+                plan, optimizer.unit_state, allocation)
+            total = sum(sizes)
+            self.targets = [target] * len(sizes)
+            self.keeps = [max(total - round(target * total), len(sizes))
+                          ] * len(sizes)
+            self.macs_goal = None
+            return
+        self.controller = UnitController(plan, optimizer.unit_state)
+        if target_flops is not None:
+            fraction, counts, left = uniform_fraction(
+                model, target_flops, [g.name for g in plan.groups])
+            self.targets = [counts.get(g.name, 0) / g.size
+                            for g in plan.groups]
+            self.macs_goal = left
+        else:
+            self.targets = [(g.size - kept_count(g.size, target)) / g.size
+                            for g in plan.groups]
+            self.macs_goal = None
+        self.keeps = [round(s * (1 - t)) for s, t in zip(sizes, self.targets)]
+
+    def start(self, begin, end, learning_rate, settings):
+        values = self.plan.norms(lambda v: v.value)
+        norms = [ops.convert_to_numpy(n) for n in values]
+        starts = [float(np.mean(n == 0)) for n in norms]
+        scales = [initial_log_scale(n, t, end - begin, learning_rate)
+                  for n, t in zip(norms, self.targets)]
+        if self.allocation != "uniform":
+            everything = np.concatenate(norms)
+            starts = [float(np.mean(everything == 0))] * len(norms)
+            # The shared strength acts on each group's norms over its scale.
+            relative = np.concatenate([
+                n / ops.convert_to_numpy(u) for n, u in zip(
+                    norms, self.controller.scales(values))])
+            scales = [initial_log_scale(relative, self.targets[0],
+                                        end - begin, learning_rate)
+                      ] * len(norms)
+        self.controller.start_run(begin, end, self.targets, self.keeps,
+                                  starts, scales, settings)
+
+    def describe(self):
+        return [(g.name, t, g.k, g.size)
+                for g, t in zip(self.plan.groups, self.targets)]
+
+    def epoch(self, iterations):
+        """`(logs, scalars, {histogram tag: unit norms})` of the units
+        now."""
+        norms = [ops.convert_to_numpy(n).astype("float64")
+                 for n in self.plan.norms(lambda v: v.value)]
+        scheduled = ops.convert_to_numpy(self.controller.scheduled(
+            iterations))
+        sizes = np.array([g.size for g in self.plan.groups])
+        zero = np.array([np.mean(n == 0) for n in norms])
+        logs = {tags.LOG_SPARSITY: float(np.sum(zero * sizes) / sizes.sum()),
+                tags.LOG_SPARSITY_TARGET: float(
+                    np.sum(scheduled * sizes) / sizes.sum())}
+        # As `macs(model, live=True) / macs(model)`, on the analysis read
+        # once at the start of the run.
+        dead = dead_units(self.analysis, self.groups, "keep")
+        live = total_macs(self.analysis, dead) / max(self.dense_macs, 1)
+        logs[tags.LOG_LIVE_MACS_FRAC] = live
+        scalars, histograms = {}, {}
+        for group, norm, z, s in zip(self.plan.groups, norms, zero,
+                                     scheduled):
+            scalars[tags.tag(tags.SPARSITY, group.name)] = float(z)
+            scalars[tags.tag(tags.SPARSITY_TARGET, group.name)] = float(s)
+            scalars[tags.tag(tags.LIVE_UNITS, group.name)] = float(
+                np.count_nonzero(norm))
+            histograms[tags.tag(tags.UNIT_NORMS, group.name)] = norm
+        scalars[tags.tag(tags.LIVE_MACS_FRACTION, tags.ALL_LAYERS)] = live
+        return logs, scalars, histograms
