@@ -402,14 +402,15 @@ def test_structured_sweep_quick_with_torch_pruning_live(tmp_path, capsys):
     logdir = tmp_path / "units"
     assert cli.main(["sweep", "--structure", "units", "--quick", "--logdir",
                      str(logdir), "--methods", "group_k0", "prune_units",
-                     "tp_magnitude"]) == 0
+                     "tp_magnitude", "group_k0_adaptive"]) == 0
     printed = capsys.readouterr().out
-    assert "5 runs on digits_mlp" in printed
+    assert "6 runs on digits_mlp" in printed
     assert "digits_mlp, short fit" in printed
     runs = sorted(p.name for p in logdir.iterdir() if p.is_dir())
     assert runs == sorted([
         "digits_mlp_short_dense_seed0", "digits_mlp_short_torch_dense_seed0",
         "digits_mlp_short_group_k0_f0.5_seed0",
+        "digits_mlp_short_group_k0_adaptive_f0.5_seed0",
         "digits_mlp_short_prune_units_f0.5_seed0",
         "digits_mlp_short_tp_magnitude_f0.5_seed0"])
     for run in runs:

@@ -427,8 +427,9 @@ SETUPS = ("mixed_float16", "use_ema", "accumulation") + (
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("allocation", ("uniform", "adaptive"))
 @pytest.mark.parametrize("setup", SETUPS)
-def test_a_unit_target_in_every_training_setup(setup):
+def test_a_unit_target_in_every_training_setup(setup, allocation):
     if setup == "mixed_float16":
         keras.config.set_dtype_policy("mixed_float16")
     inner = keras.optimizers.SGD(
@@ -444,8 +445,13 @@ def test_a_unit_target_in_every_training_setup(setup):
         assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
     x, y = data(128)
     model.fit(x, y, epochs=4, batch_size=16, verbose=0, callbacks=[
-        keras_lk.SparsityTarget(0.5, structure="units")])
-    assert live(model) == {"pixels": 1, "conv": 4, "hidden": 16, "head": 3}
+        keras_lk.SparsityTarget(0.5, structure="units",
+                                allocation=allocation)])
+    counts = live(model)
+    if allocation == "uniform":
+        assert counts == {"pixels": 1, "conv": 4, "hidden": 16, "head": 3}
+    else:
+        assert counts["conv"] + counts["hidden"] == 20, counts
     small = keras_lk.strip(model, shrink=True)
     np.testing.assert_allclose(
         numpy(small.predict(x[:16], verbose=0)).astype("float32"),
