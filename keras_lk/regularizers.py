@@ -106,16 +106,8 @@ class LkRegularizer(keras.regularizers.Regularizer):
                     "Compile with optimizer=keras_lk.ProximalOptimizer("
                     "your_optimizer), or use proximal=False.")
 
-        @ops.custom_gradient
-        def penalty(x):
-            def grad(*args, upstream=None):
-                check()
-                # The proximal step applies the penalty: no gradient.
-                return backend.current().no_gradient(x)
-
-            return lk_penalty(x, self.k, self.alpha, self.reduction), grad
-
-        return penalty(ops.copy(ops.convert_to_tensor(x)))
+        return proximal_guard(x, lambda x: lk_penalty(
+            x, self.k, self.alpha, self.reduction), check)
 
     def proximal_strength(self, learning_rate, size):
         """The `t` of the proximal step: `lr * alpha / n` (mean) or `lr * alpha`.
@@ -137,3 +129,20 @@ class LkRegularizer(keras.regularizers.Regularizer):
         proximal = ", proximal=True" if self.proximal else ""
         return (f"LkRegularizer(k={k}, alpha={self.alpha!r}, "
                 f"reduction={self.reduction!r}{proximal})")
+
+
+def proximal_guard(x, value_of, check):
+    """`value_of(x)` for a penalty applied as a proximal step: its gradient
+    is 0 (the step applies it), and computing it calls `check()`, which
+    raises when no `ProximalOptimizer` takes the step. `value_of` may read
+    no variable (TensorFlow's custom gradients refuse them)."""
+
+    @ops.custom_gradient
+    def guarded(x):
+        def grad(*args, upstream=None):
+            check()
+            return backend.current().no_gradient(x)
+
+        return value_of(x), grad
+
+    return guarded(ops.copy(ops.convert_to_tensor(x)))

@@ -17,7 +17,7 @@ from keras import ops
 
 from keras_lk import _validation, backend
 from keras_lk.penalties import lk_penalty
-from keras_lk.regularizers import REDUCTIONS
+from keras_lk.regularizers import REDUCTIONS, proximal_guard
 from keras_lk.structure.analysis import analyze
 from keras_lk.structure.group_prox import check_group_k, unit_scales
 from keras_lk.structure.groups import build_groups
@@ -122,17 +122,11 @@ class GroupLkRegularizer(keras.regularizers.Regularizer):
                     "unregularized. Compile with optimizer=keras_lk."
                     "ProximalOptimizer(your_optimizer).")
 
-        @ops.custom_gradient
-        def guard(x):
-            # 0, whose gradient checks that the proximal step is taken.
-            def grad(*args, upstream=None):
-                check()
-                return backend.current().no_gradient(x)
-
-            return ops.zeros((), keras.config.floatx()), grad
-
+        # 0, whose gradient checks that the proximal step is taken (the
+        # value reads the group's other variables, so it is added outside).
         x = ops.convert_to_tensor(x)
-        guarded = guard(ops.copy(x))
+        guarded = proximal_guard(
+            x, lambda x: ops.zeros((), keras.config.floatx()), check)
         if plan is None or variable is None:
             return guarded
         # The proximal step applies the penalty: its value has no gradient.
