@@ -44,6 +44,10 @@ PENALTY_PULL_RATIO = "penalty_pull_ratio"
 LIVE_UNITS = "live_units"
 LIVE_MACS_FRACTION = "live_macs_fraction"
 LOG_LIVE_MACS_FRAC = "live_macs_frac"
+# SparsityTarget's schedule when it aims at a share of the MACs with units
+# ranked across groups.
+LIVE_MACS_FRACTION_TARGET = "live_macs_fraction_target"
+LOG_LIVE_MACS_FRAC_TARGET = "live_macs_frac_target"
 # Histograms of each unit group's unit norms (SparsityTarget(structure=
 # "units")).
 UNIT_NORMS = "unit_norms"

@@ -384,6 +384,14 @@ def test_unit_target_says_what_is_wrong():
     with pytest.raises(ValueError, match="Compile the model again"):
         model.fit(x, y, epochs=1, verbose=0, callbacks=[
             keras_lk.SparsityTarget(0.5, structure="units")])
+    model = conv_model()
+    keras_lk.attach(model, keras_lk.LkRegularizer(1.0, 0.1),
+                    structure="units")
+    model.compile(keras_lk.ProximalOptimizer(keras.optimizers.SGD(0.05)),
+                  "mse")
+    with pytest.raises(ValueError, match="with proximal=False"):
+        model.fit(x, y, epochs=1, verbose=0, callbacks=[
+            keras_lk.SparsityTarget(0.5, structure="units")])
     model = compiled(conv_model(), k=2.0)
     with pytest.raises(ValueError, match="needs k <= 1"):
         model.fit(x, y, epochs=1, verbose=0, callbacks=[
@@ -397,9 +405,6 @@ def test_unit_target_says_what_is_wrong():
                                 allocation="normalized")
     with pytest.raises(ValueError, match="argument `allocation`"):
         keras_lk.SparsityTarget(0.5, allocation="adaptive")
-    with pytest.raises(ValueError, match="target_flops needs allocation="):
-        keras_lk.SparsityTarget(structure="units", target_flops=0.5,
-                                allocation="global")
     with pytest.raises(ValueError, match="argument `structure`"):
         keras_lk.SparsityTarget(0.5, structure="channels")
     with pytest.raises(ValueError, match="argument `target_flops`"):
@@ -460,8 +465,16 @@ def test_a_unit_target_in_every_training_setup(setup, allocation):
 
 
 @pytest.mark.slow
-def test_the_penalty_share_is_reported(tmp_path):
-    model = compiled(conv_model(units=32), k=1.0, alpha=1e-2)
+@pytest.mark.parametrize("proximal", (True, False))
+def test_the_penalty_share_is_reported(tmp_path, proximal):
+    if proximal:
+        model = compiled(conv_model(units=32), k=1.0, alpha=1e-2)
+    else:
+        model = conv_model(units=32)
+        keras_lk.attach(model, keras_lk.LkRegularizer(1.0, 1e-2, "sum"),
+                        structure="units")
+        model.compile(keras.optimizers.SGD(0.05), keras.losses.
+                      BinaryCrossentropy(from_logits=True))
     x, y = data(64)
     history = model.fit(x, y, epochs=1, batch_size=16, verbose=0,
                         callbacks=[keras_lk.LkMonitor(tmp_path)])
@@ -663,3 +676,60 @@ def test_global_ranks_by_size_and_adaptive_without_scale():
     adaptive = ranked_fit("adaptive", 1.0)
     assert ranked_fit("adaptive", 0.01) == adaptive
     assert len(adaptive["conv"]) + len(adaptive["hidden"]) == 30
+
+
+def test_the_macs_are_a_polynomial_of_the_units_kept():
+    from keras_lk.structure.analysis import analyze
+    from keras_lk.structure.flops import MacsByCounts, total_macs
+    from keras_lk.structure.groups import build_groups
+    model = conv_model(units=32)
+    analysis = analyze(model)
+    groups = [g for g in build_groups(analysis) if g.removable]
+    polynomial = MacsByCounts(analysis, groups)
+    polynomial.check(trials=8)
+    rng = np.random.default_rng(1)
+    for _ in range(5):
+        removed = [int(rng.integers(0, g.size)) for g in groups]
+        dead = {g._root: set(rng.choice(g.size, r, replace=False).tolist())
+                for g, r in zip(groups, removed) if r}
+        left = total_macs(analysis, dead) / polynomial.dense
+        assert polynomial.fraction_removed(removed) == pytest.approx(
+            1 - left, abs=1e-9)
+    # Where the count were not a polynomial of the units kept (no layer
+    # keras_lk can rebuild is such today), `check` says so.
+    polynomial.quadratic[0, 1] += 1e-3
+    with pytest.raises(ValueError, match="allocation='uniform'"):
+        polynomial.check()
+
+
+@pytest.mark.parametrize("allocation", (
+    "global", pytest.param("adaptive", marks=pytest.mark.slow)))
+def test_a_ranked_flops_target_removes_at_least_that_share(
+        allocation, tmp_path):
+    import events
+    model = compiled(conv_model(units=32), k=0.0)
+    x, y = data(128)
+    dense = keras_lk.macs(model)
+    history = model.fit(x, y, epochs=4, batch_size=16, verbose=0,
+                        callbacks=[keras_lk.SparsityTarget(
+                            structure="units", target_flops=0.5,
+                            allocation=allocation, log_dir=str(tmp_path))])
+    left = keras_lk.macs(model, live=True) / dense
+    assert left <= 0.5
+    # The fewest units that get there, in the ranking's order: close.
+    assert left > 0.4
+    # While it steers, no more than the schedule is removed; the lock
+    # (end_step: 3/4 of the fit) removes at least the target.
+    steered = list(zip(history.history["live_macs_frac"],
+                       history.history["live_macs_frac_target"]))[:2]
+    for got, scheduled in steered:
+        assert got >= scheduled - 1e-6, history.history
+    assert history.history["live_macs_frac_target"][-1] == pytest.approx(0.5)
+    assert min(live(model).values()) >= 1
+    small = keras_lk.strip(model, shrink=True)
+    assert keras_lk.macs(small) / dense == pytest.approx(left)
+    np.testing.assert_allclose(small.predict(x, verbose=0),
+                               model.predict(x, verbose=0), atol=1e-5)
+    written = events.tags(events.read(tmp_path), "train")
+    assert "live_macs_fraction_target/(all layers)" in written
+    assert "sparsity_target/conv" not in written

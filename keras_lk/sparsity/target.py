@@ -115,9 +115,13 @@ class SparsityTarget(keras.callbacks.Callback):
             norms (`unit_norms/<group>`). Defaults to None.
         target_flops: With `structure="units"`, instead of `target`: the
             fraction of the model's multiply-accumulates (`keras_lk.macs`)
-            to remove, e.g. 0.5. The one fraction of units that every
-            covered group loses is chosen at the start of `fit` to remove
-            at least that much. Defaults to None.
+            to remove, e.g. 0.5. With allocation `"uniform"` the one
+            fraction of units that every covered group loses is chosen at
+            the start of `fit` to remove at least that much; with a
+            ranking across groups the lowest ranked units go until that
+            share is removed (counted exactly as `keras_lk.macs` does).
+            Logs then `live_macs_frac_target`, the scheduled share left.
+            Defaults to None.
 
     Raises:
         ValueError: At construction for a bad argument; at the start of
@@ -177,14 +181,6 @@ class SparsityTarget(keras.callbacks.Callback):
                     target)
             allocation = _validation.check_choice(
                 "allocation", allocation or "uniform", UNIT_ALLOCATIONS)
-            if allocation != "uniform" and target_flops is not None:
-                raise ValueError(
-                    "target_flops needs allocation='uniform': the "
-                    "multiply-accumulates a unit costs depend on which "
-                    "other units go, so a ranking across groups cannot "
-                    "promise a share of them in advance. Give target= (a "
-                    "fraction of units) with allocation="
-                    f"{allocation!r}. Received: target_flops={target_flops!r}")
             if protect != "units":
                 raise _validation.invalid(
                     "protect", "'units' with structure='units' (each group "

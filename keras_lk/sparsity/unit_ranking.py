@@ -16,7 +16,12 @@ covered units are ranked together and the lowest go, wherever they are:
 
 In the step, with `N` covered units and `s(t)` the scheduled fraction:
 - at most `floor(s(t) * N)` units are zero, the lowest ranked; every
-  group's largest unit is never zeroed;
+  group's largest unit is never zeroed. With a MACs target
+  (`target_flops`) `s(t)` is a share of the multiply-accumulates: the
+  lowest ranked units are zeroed as long as removing them removes no more
+  than that share, counted with `MacsByCounts` (exact: a polynomial of the
+  units each group keeps), and `keep` is what is left once the lowest
+  ranked units remove the target share;
 - k = 0 zeroes exactly those (gradual magnitude pruning of units, by
   count);
 - k > 0 takes each group's proximal step with `t_g = lr * exp(log_scale) *
@@ -70,7 +75,7 @@ class RankedUnitController(UnitController):
     """Steers `plan`'s units with one ranking across groups (see the module
     docstring), with `state`."""
 
-    def __init__(self, plan, state, allocation):
+    def __init__(self, plan, state, allocation, macs=None):
         super().__init__(plan, state)
         if allocation not in RANKED:
             raise ValueError(f"allocation must be one of {RANKED}. "
@@ -78,6 +83,56 @@ class RankedUnitController(UnitController):
         self.allocation = allocation
         self.root_weights = [math.sqrt(unit_weights(g)) for g in plan.groups]
         self.total = sum(g.size for g in plan.groups)
+        # With a MACs target: `MacsByCounts` of plan.groups, in their order.
+        self.macs = macs
+        if macs is not None:
+            self.membership = ops.convert_to_tensor(np.concatenate([
+                np.tile(np.eye(len(plan.groups), dtype="float32")[i],
+                        (g.size, 1)) for i, g in enumerate(plan.groups)]))
+            self.linear = ops.convert_to_tensor(macs.linear, "float32")
+            self.quadratic = ops.convert_to_tensor(macs.quadratic, "float32")
+
+    def removed(self, counts):
+        """The share of the MACs removed with `counts[..., g]` units of each
+        group removed."""
+        return -(ops.matmul(counts, self.linear) + ops.sum(
+            ops.matmul(counts, self.quadratic) * counts, axis=-1))
+
+    def prefix_removed(self, rank):
+        """`[N + 1]`: the share of the MACs removed with the `m` lowest
+        ranked units removed, for m = 0..N."""
+        order = ops.argsort(ops.concatenate(rank))
+        counts = ops.cumsum(ops.take(self.membership, order, axis=0),
+                            axis=0)
+        counts = ops.concatenate([ops.zeros((1, len(self.plan.groups)),
+                                            "float32"), counts])
+        return self.removed(counts)
+
+    def budget(self, rank, scheduled, target):
+        """`(count, keep)`: how many of the lowest ranked units may be zero
+        now, and how many units stay once the target is reached."""
+        total = float(self.total)
+        limit = self.total - len(self.plan.groups)
+        if self.macs is None:
+            return (ops.minimum(ops.floor(scheduled * total + 1e-6), limit),
+                    self.state.vectors[0].value[UnitState.KEEP])
+        removed = self.prefix_removed(rank)[:limit + 1]
+        count = ops.sum(ops.cast(ops.less_equal(
+            removed[1:], scheduled + 1e-6), "float32"))
+        # The fewest units whose removal reaches the target (all but one
+        # per group at most).
+        reach = ops.minimum(ops.sum(ops.cast(ops.less(
+            removed, target - 1e-6), "float32")), float(limit))
+        return count, total - reach
+
+    def zero_share(self, afters):
+        """The schedule's measure of the zeros: the fraction of units that
+        are zero, or with a MACs target the share of the MACs they hold."""
+        zeros = ops.stack([ops.sum(ops.cast(ops.equal(a, 0), "float32"))
+                           for a in afters])
+        if self.macs is None:
+            return ops.sum(zeros) / float(self.total)
+        return self.removed(zeros)
 
     def scores(self, norms):
         """Each group's scores (comparable across groups)."""
@@ -114,12 +169,10 @@ class RankedUnitController(UnitController):
         # Every group's vector holds the shared target, start and keep.
         scheduled = self.scheduled(iterations)[0]
         shared = state.vectors[0].value
-        keep = shared[UnitState.KEEP]
         total = float(self.total)
         norms = plan.norms(value_of)
         rank = self.global_ranks(norms)
-        count = ops.minimum(ops.floor(scheduled * total + 1e-6),
-                            total - len(plan.groups))
+        count, keep = self.budget(rank, scheduled, shared[UnitState.TARGET])
         lr = ops.cast(learning_rate, "float32")
         steered = lr * ops.exp(shared[UnitState.LOG_SCALE])
         scales, afters = [], []
@@ -142,6 +195,7 @@ class RankedUnitController(UnitController):
             afters.append(norm * scale)
         # The lock: the `keep` highest ranked units after the step stay.
         after_rank = self.global_ranks(afters)
+        _, keep = self.budget(after_rank, scheduled, shared[UnitState.TARGET])
         masks = []
         for index, (after, r) in enumerate(zip(afters, after_rank)):
             kept = ops.logical_and(ops.greater_equal(r, total - keep),
@@ -150,9 +204,8 @@ class RankedUnitController(UnitController):
             scales[index] = ops.where(held, ops.cast(mask, "float32"),
                                       scales[index])
             masks.append(mask)
-        # The control law, on the fraction of all units that are zero.
-        zeros = sum(ops.sum(ops.cast(ops.equal(a, 0), "float32"))
-                    for a in afters) / total
+        # The control law, on the share of all units (or MACs) zeroed.
+        zeros = self.zero_share(afters)
         move = ops.clip(GAIN * (scheduled - zeros), -MAX_MOVE, MAX_MOVE)
         log_scale = ops.clip(shared[UnitState.LOG_SCALE] + move,
                              -MAX_LOG_SCALE, MAX_LOG_SCALE)

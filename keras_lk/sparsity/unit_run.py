@@ -9,10 +9,12 @@ from keras_lk import tags
 from keras_lk.sparsity.unit_ranking import RANKED, RankedUnitController
 from keras_lk.sparsity.units import UnitController, initial_log_scale
 from keras_lk.structure.analysis import analyze
-from keras_lk.structure.flops import total_macs
+from keras_lk.structure.flops import MacsByCounts, total_macs
+from keras_lk.structure.group_penalty import GroupLkRegularizer
 from keras_lk.structure.groups import build_groups
 from keras_lk.structure.prune import kept_count
 from keras_lk.structure.surgery import dead_units
+from keras_lk.wrappers import unwrap
 
 UNIT_ALLOCATIONS = ("uniform",) + RANKED
 
@@ -63,11 +65,18 @@ class UnitRun:
                  allocation="uniform"):
         plan = optimizer.unit_plan
         if plan is None:
+            gradient = any(
+                isinstance(unwrap(getattr(v, "regularizer", None)),
+                           GroupLkRegularizer)
+                for v in model.trainable_variables)
             raise ValueError(
                 "SparsityTarget(structure='units') steers the group penalty "
                 "of keras_lk.attach(model, LkRegularizer(k, alpha, "
                 "proximal=True), structure='units'); the model's weights "
-                "carry none. Attach it before compiling.")
+                + ("carry it with proximal=False (a gradient penalty, which "
+                   "no step steers). Attach it with proximal=True and "
+                   "compile again." if gradient else
+                   "carry none. Attach it before compiling."))
         if optimizer.unit_state is None or not optimizer.unit_state.fits(
                 plan):
             raise ValueError(
@@ -96,13 +105,29 @@ class UnitRun:
                     f"SparsityTarget(allocation={allocation!r}) takes one "
                     f"strength for all unit groups, which needs one k; the "
                     f"groups have k in {ks}.")
-            self.controller = RankedUnitController(
-                plan, optimizer.unit_state, allocation)
             total = sum(sizes)
-            self.targets = [target] * len(sizes)
-            self.keeps = [max(total - round(target * total), len(sizes))
-                          ] * len(sizes)
             self.macs_goal = None
+            macs = None
+            if target_flops is not None:
+                # Checks it can be reached (with one unit left per group).
+                fraction, counts, self.macs_goal = uniform_fraction(
+                    model, target_flops, [g.name for g in plan.groups])
+                by_name = {g.name: g for g in self.groups}
+                macs = MacsByCounts(self.analysis,
+                                    [by_name[g.name] for g in plan.groups])
+                macs.check()
+                target = target_flops
+                # The units a uniform fraction would keep, as a first guess
+                # (the step counts them from the ranking).
+                kept = total - sum(counts.values())
+            else:
+                kept = max(total - round(target * total), len(sizes))
+            self.controller = RankedUnitController(
+                plan, optimizer.unit_state, allocation, macs)
+            self.targets = [target] * len(sizes)
+            self.keeps = [kept] * len(sizes)
+            # The fraction of units the strength's first guess aims at.
+            self.unit_fraction = 1 - kept / total
             return
         self.controller = UnitController(plan, optimizer.unit_state)
         if target_flops is not None:
@@ -125,12 +150,16 @@ class UnitRun:
                   for n, t in zip(norms, self.targets)]
         if self.allocation != "uniform":
             everything = np.concatenate(norms)
-            starts = [float(np.mean(everything == 0))] * len(norms)
+            start = float(np.mean(everything == 0))
+            if self.controller.macs is not None:
+                start = float(self.controller.macs.fraction_removed(
+                    [np.sum(n == 0) for n in norms]))
+            starts = [start] * len(norms)
             # The shared strength acts on each group's norms over its scale.
             relative = np.concatenate([
                 n / ops.convert_to_numpy(u) for n, u in zip(
                     norms, self.controller.scales(values))])
-            scales = [initial_log_scale(relative, self.targets[0],
+            scales = [initial_log_scale(relative, self.unit_fraction,
                                         end - begin, learning_rate)
                       ] * len(norms)
         self.controller.start_run(begin, end, self.targets, self.keeps,
@@ -149,9 +178,15 @@ class UnitRun:
             iterations))
         sizes = np.array([g.size for g in self.plan.groups])
         zero = np.array([np.mean(n == 0) for n in norms])
-        logs = {tags.LOG_SPARSITY: float(np.sum(zero * sizes) / sizes.sum()),
-                tags.LOG_SPARSITY_TARGET: float(
-                    np.sum(scheduled * sizes) / sizes.sum())}
+        logs = {tags.LOG_SPARSITY: float(np.sum(zero * sizes) / sizes.sum())}
+        ranked = self.allocation != "uniform"
+        by_macs = ranked and self.controller.macs is not None
+        if by_macs:
+            # The schedule is a share of the MACs removed.
+            logs[tags.LOG_LIVE_MACS_FRAC_TARGET] = 1.0 - float(scheduled[0])
+        else:
+            logs[tags.LOG_SPARSITY_TARGET] = float(
+                np.sum(scheduled * sizes) / sizes.sum())
         # As `macs(model, live=True) / macs(model)`, on the analysis read
         # once at the start of the run.
         dead = dead_units(self.analysis, self.groups, "keep")
@@ -161,9 +196,17 @@ class UnitRun:
         for group, norm, z, s in zip(self.plan.groups, norms, zero,
                                      scheduled):
             scalars[tags.tag(tags.SPARSITY, group.name)] = float(z)
-            scalars[tags.tag(tags.SPARSITY_TARGET, group.name)] = float(s)
+            if not ranked:  # ranked: one schedule for all the groups
+                scalars[tags.tag(tags.SPARSITY_TARGET, group.name)] = float(s)
             scalars[tags.tag(tags.LIVE_UNITS, group.name)] = float(
                 np.count_nonzero(norm))
             histograms[tags.tag(tags.UNIT_NORMS, group.name)] = norm
         scalars[tags.tag(tags.LIVE_MACS_FRACTION, tags.ALL_LAYERS)] = live
+        if by_macs:
+            scalars[tags.tag(tags.LIVE_MACS_FRACTION_TARGET,
+                             tags.ALL_LAYERS)] = logs[
+                                 tags.LOG_LIVE_MACS_FRAC_TARGET]
+        elif ranked:
+            scalars[tags.tag(tags.SPARSITY_TARGET, tags.ALL_LAYERS)] = logs[
+                tags.LOG_SPARSITY_TARGET]
         return logs, scalars, histograms

@@ -3,6 +3,8 @@ units: `macs`."""
 
 import math
 
+import numpy as np
+
 from keras_lk.structure.analysis import analyze
 from keras_lk.structure.groups import build_groups
 from keras_lk.structure.surgery import dead_units
@@ -120,3 +122,82 @@ def macs(model, live=False):
     if live:
         dead = dead_units(analysis, build_groups(analysis), "keep")
     return total_macs(analysis, dead)
+
+
+class MacsByCounts:
+    """The multiply-accumulates left when `removed[i]` units of each of
+    `groups` are removed, as a polynomial of the counts:
+    `dense * (1 + a . r + r' Q r)`.
+
+    Every layer's count is a product of at most two channel counts, each a
+    sum of live units of some groups, so the polynomial is found from the
+    counts with no unit, one or two units of a group and one unit of each
+    pair of groups removed. It is exact where a layer's count depends only
+    on how many units each group keeps; `check` tries random removals and
+    raises a ValueError where it does not (e.g. grouped convolutions,
+    whose count is rounded per group).
+
+    Args:
+        analysis: `keras_lk.structure.analysis.analyze(model)`.
+        groups: The `UnitGroup`s whose units may go.
+    """
+
+    def __init__(self, analysis, groups):
+        self.analysis = analysis
+        self.groups = list(groups)
+        self.dense = float(total_macs(analysis, {}))
+        n = len(self.groups)
+        self.linear = np.zeros(n)
+        self.quadratic = np.zeros((n, n))
+        one = [self._removed(self._unit(i)) for i in range(n)]
+        for i, group in enumerate(self.groups):
+            if group.size > 2:
+                two = self._removed(self._unit(i, 2))
+                self.quadratic[i, i] = (two - 2 * one[i]) / 2
+            self.linear[i] = one[i] - self.quadratic[i, i]
+            for j in range(i):
+                both = self._removed(self._unit(i) + self._unit(j))
+                self.quadratic[i, j] = self.quadratic[j, i] = (
+                    both - one[i] - one[j]) / 2
+
+    def _unit(self, index, count=1):
+        removed = np.zeros(len(self.groups), int)
+        removed[index] = count
+        return removed
+
+    def _removed(self, removed, seed=None):
+        """The fraction of the MACs removed, counted on the graph."""
+        rng = None if seed is None else np.random.default_rng(seed)
+        dead = {}
+        for group, count in zip(self.groups, removed):
+            if count:
+                units = (range(count) if rng is None else rng.choice(
+                    group.size, count, replace=False))
+                dead[group._root] = {int(u) for u in units}
+        left = total_macs(self.analysis, dead)
+        return (left - self.dense) / max(self.dense, 1.0)
+
+    def fraction_removed(self, removed):
+        """The polynomial's fraction of the MACs removed (NumPy)."""
+        removed = np.asarray(removed, float)
+        return -(removed @ self.linear
+                 + np.einsum("...i,ij,...j->...", removed, self.quadratic,
+                             removed))
+
+    def check(self, trials=4, seed=0):
+        """Raises a ValueError unless the polynomial matches the graph's
+        count on `trials` random removals (of random units)."""
+        rng = np.random.default_rng(seed)
+        for trial in range(trials):
+            removed = np.array([rng.integers(0, g.size) for g in self.groups])
+            counted = -self._removed(removed, seed=trial)
+            guessed = self.fraction_removed(removed)
+            if abs(counted - guessed) > 1e-6 * max(1.0, abs(counted)):
+                raise ValueError(
+                    "The multiply-accumulates of this model do not depend "
+                    "only on how many units each group keeps (removing "
+                    f"{dict(zip([g.name for g in self.groups], removed.tolist()))}"
+                    f" removes {counted:.6f} of them, the count-based "
+                    f"estimate {guessed:.6f}), so a ranking across groups "
+                    "cannot aim at a share of them. Use allocation='uniform' "
+                    "with target_flops, or target= (a fraction of units).")

@@ -15,8 +15,8 @@ pruning over the first 3/4 of the steps, then fine-tuning):
   `SparsityTarget(structure="units", target_flops=...)`;
 - `group_k0_global`, `group_k0_adaptive` (only when named in `methods`):
   group k = 0 with the units ranked across groups (`SparsityTarget`'s
-  allocation "global" or "adaptive"), as many units removed in all as
-  the uniform methods remove, so the MACs left differ;
+  allocation "global" or "adaptive"), reaching the same share of MACs
+  removed with units taken where the ranking puts them;
 - `prune_units`: dense training for 3/4 of the steps, one-shot
   `prune_units` (group L2 norm, uniform), `shrink`, and fine-tuning for
   the rest: the same total steps;
@@ -51,7 +51,6 @@ from keras_lk.regularizers import LkRegularizer
 from keras_lk.sparsity.shipping import strip
 from keras_lk.sparsity.target import SparsityTarget
 from keras_lk.structure.flops import macs
-from keras_lk.structure.groups import unit_groups
 from keras_lk.structure.prune import prune_units
 from keras_lk.sparsity.unit_run import uniform_fraction
 from keras_lk.structure.surgery import shrink
@@ -64,8 +63,7 @@ PEER_METHODS = ("tp_magnitude", "tp_group_norm")
 PEER_DENSE = "torch_dense"
 METHODS = KERAS_METHODS + PEER_METHODS
 # Not in the default sweep: group k = 0 with units ranked across groups
-# (`SparsityTarget(allocation=...)`), removing as many units in all as the
-# uniform methods do, wherever the ranking puts them.
+# (`SparsityTarget(allocation=...)`), at the same share of MACs removed.
 ALLOCATION_METHODS = ("group_k0_global", "group_k0_adaptive")
 ALL_METHODS = METHODS + ALLOCATION_METHODS
 K_OF = {"group_k0": 0.0, "group_k0.5": 0.5, "group_k1": 1.0,
@@ -201,17 +199,9 @@ def run_keras(run, data, stream=None):
     attach(net, LkRegularizer(K_OF[run.method], 0.0, proximal=True),
            structure="units")
     _recompile(net, ProximalOptimizer(optimizer))
-    allocation = ALLOCATION_OF.get(run.method)
-    if allocation is None:
-        target = dict(target_flops=run.target)
-    else:
-        # As many units in all as the uniform fraction removes.
-        _, counts, _ = uniform_fraction(net, run.target)
-        sizes = [g.size for g in unit_groups(net) if g.name in counts]
-        target = dict(target=sum(counts.values()) / sum(sizes),
-                      allocation=allocation)
     net.fit(x_train, y_train, epochs=1, callbacks=[SparsityTarget(
-        structure="units", begin_step=0, end_step=end, **target)], **fit)
+        structure="units", target_flops=run.target, begin_step=0,
+        end_step=end, allocation=ALLOCATION_OF.get(run.method))], **fit)
     small = strip(net, shrink=True)
     sample = x_test[:64]
     gap = float(np.max(np.abs(small.predict(sample, verbose=0)
