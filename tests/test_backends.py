@@ -205,7 +205,8 @@ def test_data_parallel_on_two_host_devices_gives_one_devices_zeros(tmp_path):
     assert_same_fit(results, results, prefix="parallel_")
 
 
-@pytest.mark.parametrize("command", ["demo", "sweep"])
+@pytest.mark.parametrize("command", [
+    "demo", pytest.param("sweep", marks=pytest.mark.slow)])
 def test_the_training_commands_say_in_one_line_which_backend_they_need(
         command, tmp_path):
     # Keras's inference-only numpy backend stands in for one keras_lk does

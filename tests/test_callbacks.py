@@ -319,6 +319,7 @@ model.fit(x, y, epochs=4, verbose=0,
 """
 
 
+@pytest.mark.slow
 def test_events_are_on_disk_when_the_process_is_killed_mid_fit(tmp_path):
     import signal
     import subprocess

@@ -397,6 +397,7 @@ def test_report_on_a_users_own_run_without_accuracy(tmp_path, capsys):
     assert (tmp_path / "chart.png").read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.slow
 def test_structured_sweep_quick_with_torch_pruning_live(tmp_path, capsys):
     from tbparse import SummaryReader
     logdir = tmp_path / "units"

@@ -559,6 +559,7 @@ def test_the_gradient_mode_reaches_every_slice_and_is_zero_at_zero(k):
     assert not np.any(numpy(hidden.kernel)[:, 2])
 
 
+@pytest.mark.slow
 def test_the_gradient_mode_trains_with_any_optimizer_and_saves(tmp_path):
     model = conv_model()
     keras_lk.attach(model, keras_lk.LkRegularizer(0.5, 0.02, "sum"),
@@ -666,6 +667,7 @@ def ranked_fit(allocation, scale):
             for g in keras_lk.unit_groups(model) if g.removable}
 
 
+@pytest.mark.slow
 def test_global_ranks_by_size_and_adaptive_without_scale():
     # The hidden units 100x smaller: every unit "global" removes is theirs.
     small = ranked_fit("global", 0.01)

@@ -361,7 +361,8 @@ def test_the_alpha_and_reduction_given_do_not_matter_under_it():
     assert courses[0][0][31] > 0.5  # on its way to 0.7 (scheduled: 0.67)
 
 
-@pytest.mark.parametrize("fail_at", [1, 4])  # steering; locked (step 48)
+@pytest.mark.parametrize("fail_at", [
+    1, pytest.param(4, marks=pytest.mark.slow)])  # steering; locked (step 48)
 def test_a_fit_that_raises_leaves_the_controller_inert(fail_at):
     model = mlp()
     with pytest.raises(RuntimeError, match="boom"):
@@ -542,8 +543,8 @@ def test_k0_is_magnitude_pruning_against_a_numpy_reference():
 
 
 @pytest.mark.parametrize("fail_at, backup_first, end_step", [
-    (1, False, 48),     # raises while steering (the lock is at step 48)
-    (4, True, 48),      # raises after the lock
+    pytest.param(1, False, 48, marks=pytest.mark.slow),  # while steering
+    pytest.param(4, True, 48, marks=pytest.mark.slow),   # after the lock
     (1, True, None),    # the default schedule, saved with the run
 ])
 def test_backup_and_restore_resumes_the_run_where_it_stopped(

@@ -130,6 +130,7 @@ def test_the_fused_pass_gives_exactly_the_unfused_arrays(relative, nonfinite):
     assert whole["max_abs"] == magnitude.max()
 
 
+@pytest.mark.slow
 def test_the_packed_pass_gives_exactly_the_per_weight_statistics():
     # Many weights in one pass (rows of 1024, padded; blocks of rows, one
     # compiled step): to the bit what weight_statistics gives each one,
