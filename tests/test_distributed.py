@@ -64,7 +64,26 @@ SCRIPT = textwrap.dedent("""
         grouped.fit(x, y, epochs=3, batch_size=16, shuffle=False, verbose=0,
                     callbacks=[keras_lk.SparsityTarget(0.5,
                                                        structure="units")])
+        # Units ranked across two groups toward a share of the MACs.
+        keras.utils.set_random_seed(0)
+        with strategy.scope():
+            ranked = keras.Sequential([
+                keras.Input((x.shape[1],)),
+                keras.layers.Dense(16, activation="relu", name="a"),
+                keras.layers.Dense(8, activation="relu", name="b"),
+                keras.layers.Dense(y.shape[1], name="head")])
+            keras_lk.attach(ranked, keras_lk.LkRegularizer(
+                0, 1e-3, proximal=True), structure="units")
+            ranked.compile(keras_lk.ProximalOptimizer(
+                keras.optimizers.SGD(0.05)), "mse")
+        ranked.fit(x, y, epochs=3, batch_size=16, shuffle=False, verbose=0,
+                   callbacks=[keras_lk.SparsityTarget(
+                       structure="units", target_flops=0.5,
+                       allocation="adaptive")])
         out[name] = {
+            "ranked_units": [g.live() for g in keras_lk.unit_groups(ranked)],
+            "ranked_macs": keras_lk.macs(ranked, live=True)
+                           / keras_lk.macs(ranked),
             "grouped_units": [g.live() for g in
                               keras_lk.unit_groups(grouped)],
             "grouped": grouped.get_layer("hidden").kernel.numpy().ravel(
@@ -106,6 +125,8 @@ def test_mirrored_strategy_on_two_logical_cpus(tmp_path):
     # Toward units: the same units left, the same weights.
     assert mirrored["grouped_units"] == single["grouped_units"]
     assert mirrored["grouped_units"][1] == 8
+    assert mirrored["ranked_units"] == single["ranked_units"]
+    assert mirrored["ranked_macs"] == single["ranked_macs"] <= 0.5
     np.testing.assert_allclose(mirrored["grouped"], single["grouped"],
                                rtol=1e-4, atol=1e-5)
     # The proximal kernel: anchored on the data (3 informative features of
