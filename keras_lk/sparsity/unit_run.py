@@ -18,15 +18,17 @@ from keras_lk.wrappers import unwrap
 
 UNIT_ALLOCATIONS = ("uniform",) + RANKED
 
-def uniform_fraction(model, target_flops, names=None):
+def uniform_fraction(model, target_flops, names=None, analysis=None):
     """The one fraction of units that, removed from every group named (or
     every removable group), removes at least `target_flops` of `model`'s
     multiply-accumulates (`keras_lk.macs`), the least that does.
 
+    `analysis`: `analyze(model)`, when the caller has it already.
+
     Returns:
         `(fraction, {group: units removed}, fraction of the MACs left)`.
     """
-    analysis = analyze(model)
+    analysis = analysis if analysis is not None else analyze(model)
     groups = {g.name: g for g in build_groups(analysis)
               if (g.name in names if names is not None else g.removable)}
     dense = total_macs(analysis, {})
@@ -111,7 +113,8 @@ class UnitRun:
             if target_flops is not None:
                 # Checks it can be reached (with one unit left per group).
                 fraction, counts, self.macs_goal = uniform_fraction(
-                    model, target_flops, [g.name for g in plan.groups])
+                    model, target_flops, [g.name for g in plan.groups],
+                    self.analysis)
                 by_name = {g.name: g for g in self.groups}
                 macs = MacsByCounts(self.analysis,
                                     [by_name[g.name] for g in plan.groups])
@@ -132,7 +135,8 @@ class UnitRun:
         self.controller = UnitController(plan, optimizer.unit_state)
         if target_flops is not None:
             fraction, counts, left = uniform_fraction(
-                model, target_flops, [g.name for g in plan.groups])
+                model, target_flops, [g.name for g in plan.groups],
+                self.analysis)
             self.targets = [counts.get(g.name, 0) / g.size
                             for g in plan.groups]
             self.macs_goal = left
