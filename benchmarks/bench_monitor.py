@@ -74,7 +74,7 @@ def child(kind, size, repeats):
     import tensorflow as tf
 
     # The statistics function the monitors run (traced, XLA-fused blocks).
-    from keras_lk.measures.weights import _compiled_statistics, _per_weight
+    from keras_lk.monitoring.measures.weights import _compiled_statistics, _per_weight
 
     if kind.startswith("many_"):
         # "many_<kind>": `size` encodes count x side (e.g. 200x500).
@@ -133,7 +133,7 @@ def many_child(kind, arrays, repeats):
     import numpy as np
     import tensorflow as tf
 
-    from keras_lk.measures.weights import _compiled_statistics, _per_weight
+    from keras_lk.monitoring.measures.weights import _compiled_statistics, _per_weight
 
     variables = [on_device(a) for a in arrays]
 

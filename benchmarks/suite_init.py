@@ -17,7 +17,7 @@ import os
 
 import numpy as np
 
-from keras_lk.regularizers import LkRegularizer
+from keras_lk.penalties.regularizers import LkRegularizer
 from keras_lk.study import suite
 
 PEER_MODELS = ("digits_mlp", "small_output_mlp", "digits_conv",

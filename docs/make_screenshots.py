@@ -7,7 +7,7 @@ It trains the getting-started model twice, with the L0.5 penalty as a
 gradient (`quickstart`) and, stronger, as a proximal step (`proximal`),
 and a small conv net on scikit-learn's digits toward whole units
 (`units`: the group penalty with `SparsityTarget(structure="units",
-target_flops=0.75)`), each logged with `LkMonitor`; serves the logs with
+target_macs=0.75)`), each logged with `LkMonitor`; serves the logs with
 TensorBoard on 127.0.0.1; and has headless Chromium photograph the
 Scalars, Histograms and Custom Scalars dashboards into
 `docs/figures/tensorboard_*.png`.
@@ -71,7 +71,7 @@ def train_units(log_dir):
                   "sparse_categorical_crossentropy", metrics=["accuracy"])
     model.fit(x, labels, epochs=16, validation_split=0.2, verbose=0,
               callbacks=[keras_lk.SparsityTarget(structure="units",
-                                                 target_flops=0.75),
+                                                 target_macs=0.75),
                          keras_lk.LkMonitor(os.path.join(log_dir, "units"),
                                             units=True)])
 

@@ -8,21 +8,25 @@ Examples:
     ...     8, kernel_regularizer=keras_lk.LkRegularizer(k=0.5, alpha=1e-3))
 """
 
-from keras_lk._install import require_tensorflow as _require_tensorflow
+from keras_lk.core.install import require_tensorflow as _require_tensorflow
 
 _require_tensorflow()
 
+from keras_lk import _moved  # noqa: E402
 from keras_lk.attach import attach, detach  # noqa: E402
-from keras_lk.callbacks import (  # noqa: E402
+from keras_lk.export import strip  # noqa: E402
+from keras_lk.monitoring.callbacks import (  # noqa: E402
     AbsWeightHistograms, LkMonitor, RegularizationShare, ZeroCounts)
-from keras_lk.penalties import lk_penalty, safe_abs_pow  # noqa: E402
-from keras_lk.optimizers import ProximalOptimizer  # noqa: E402
-from keras_lk.proximal import prox  # noqa: E402
-from keras_lk.regularizers import LkRegularizer  # noqa: E402
-from keras_lk.sparsity import SparsityTarget, sparsity, strip  # noqa: E402
+from keras_lk.penalties.group import GroupLkRegularizer  # noqa: E402
+from keras_lk.penalties.math import lk_penalty, safe_abs_pow  # noqa: E402
+from keras_lk.penalties.optimizer import ProximalOptimizer  # noqa: E402
+from keras_lk.penalties.prox import group_prox, prox  # noqa: E402
+from keras_lk.penalties.regularizers import LkRegularizer  # noqa: E402
+from keras_lk.sparsity import SparsityTarget, sparsity  # noqa: E402
 from keras_lk.structure import (  # noqa: E402
-    GroupLkRegularizer, UnitGroup, group_prox, macs, prune_units, shrink,
-    unit_groups)
+    UnitGroup, macs, prune_units, shrink, unit_groups)
+
+_moved.install()
 
 __version__ = "0.1.0"
 

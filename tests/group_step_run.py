@@ -10,7 +10,7 @@ import keras
 import numpy as np
 
 import keras_lk
-from keras_lk.structure.group_penalty import UnitPlan
+from keras_lk.penalties.plan import UnitPlan
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from test_group_penalty import conv_model, data, zero_loss  # noqa: E402

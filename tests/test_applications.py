@@ -168,7 +168,7 @@ def test_a_keras_application_trains_toward_half_its_macs_and_shrinks(
         "float32")
     model.fit(x, np.arange(32) % 10, epochs=2, batch_size=8, verbose=0,
               callbacks=[keras_lk.SparsityTarget(
-                  structure="units", target_flops=0.5,
+                  structure="units", target_macs=0.5,
                   allocation=allocation)])
     left = keras_lk.macs(model, live=True) / keras_lk.macs(model)
     assert 0.4 < left <= 0.5

@@ -7,7 +7,7 @@ import pytest
 import keras_lk
 from keras_lk import LkRegularizer
 from helpers import nested_model
-from keras_lk.attach import iter_layers
+from keras_lk.attach.walk import iter_layers
 
 
 def test_attach_to_every_kernel_and_fit_includes_penalty():

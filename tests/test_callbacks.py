@@ -428,7 +428,7 @@ def test_all_weights_option_includes_biases(tmp_path):
 
 
 def test_importable_from_callbacks_module():
-    from keras_lk import callbacks
+    from keras_lk.monitoring import callbacks
     assert set(callbacks.__all__) == {"AbsWeightHistograms", "LkMonitor",
                                       "RegularizationShare", "ZeroCounts"}
     assert callbacks.LkMonitor is keras_lk.LkMonitor
@@ -620,7 +620,7 @@ def test_the_statistics_graph_is_traced_once_across_fits(tmp_path):
     for _ in range(3):
         model.fit(x, y, epochs=1, verbose=0, callbacks=[monitor])
     # Private on purpose: only the tracing count proves there is no retrace.
-    from keras_lk.measures import weights as measures
+    from keras_lk.monitoring.measures import weights as measures
     traced = measures._compiled_statistics().experimental_get_tracing_count()
     for _ in range(3):
         model.fit(x, y, epochs=1, verbose=0, callbacks=[

@@ -78,7 +78,7 @@ SCRIPT = textwrap.dedent("""
                 keras.optimizers.SGD(0.05)), "mse")
         ranked.fit(x, y, epochs=3, batch_size=16, shuffle=False, verbose=0,
                    callbacks=[keras_lk.SparsityTarget(
-                       structure="units", target_flops=0.5,
+                       structure="units", target_macs=0.5,
                        allocation="adaptive")])
         out[name] = {
             "ranked_units": [g.live() for g in keras_lk.unit_groups(ranked)],

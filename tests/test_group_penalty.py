@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import keras_lk
-from keras_lk.structure.group_penalty import UnitPlan
+from keras_lk.penalties.plan import UnitPlan
 
 numpy = keras.ops.convert_to_numpy
 
@@ -298,19 +298,19 @@ def test_a_unit_target_is_reached_exactly_and_shrinks(k):
     assert keras_lk.macs(small) == keras_lk.macs(model, live=True)
 
 
-@pytest.mark.parametrize("target_flops", (
+@pytest.mark.parametrize("target_macs", (
     0.5, pytest.param(0.75, marks=pytest.mark.slow)))
-def test_a_flops_target_removes_at_least_that_share(target_flops):
+def test_a_macs_target_removes_at_least_that_share(target_macs):
     model = compiled(conv_model(units=32), k=0.5)
     x, y = data(128)
     dense = keras_lk.macs(model)
     history = model.fit(x, y, epochs=4, batch_size=16, verbose=0,
                         callbacks=[keras_lk.SparsityTarget(
-                            structure="units", target_flops=target_flops)])
+                            structure="units", target_macs=target_macs)])
     left = keras_lk.macs(model, live=True) / dense
-    assert left <= 1 - target_flops
+    assert left <= 1 - target_macs
     # The smallest uniform fraction that gets there: not far below.
-    assert left > 1 - target_flops - 0.15
+    assert left > 1 - target_macs - 0.15
     assert history.history["live_macs_frac"][-1] == pytest.approx(left)
     assert keras_lk.macs(keras_lk.shrink(model)) / dense == pytest.approx(left)
 
@@ -397,9 +397,9 @@ def test_unit_target_says_what_is_wrong():
         model.fit(x, y, epochs=1, verbose=0, callbacks=[
             keras_lk.SparsityTarget(0.5, structure="units")])
     with pytest.raises(ValueError, match="needs structure='units'"):
-        keras_lk.SparsityTarget(target_flops=0.5)
+        keras_lk.SparsityTarget(target_macs=0.5)
     with pytest.raises(ValueError, match="not both"):
-        keras_lk.SparsityTarget(0.5, structure="units", target_flops=0.5)
+        keras_lk.SparsityTarget(0.5, structure="units", target_macs=0.5)
     with pytest.raises(ValueError, match="argument `allocation`"):
         keras_lk.SparsityTarget(0.5, structure="units",
                                 allocation="normalized")
@@ -407,8 +407,8 @@ def test_unit_target_says_what_is_wrong():
         keras_lk.SparsityTarget(0.5, allocation="adaptive")
     with pytest.raises(ValueError, match="argument `structure`"):
         keras_lk.SparsityTarget(0.5, structure="channels")
-    with pytest.raises(ValueError, match="argument `target_flops`"):
-        keras_lk.SparsityTarget(structure="units", target_flops=1.5)
+    with pytest.raises(ValueError, match="argument `target_macs`"):
+        keras_lk.SparsityTarget(structure="units", target_macs=1.5)
     with pytest.raises(ValueError, match="argument `target`"):
         keras_lk.SparsityTarget()
 
@@ -607,7 +607,7 @@ def test_the_gradient_mode_refuses_k_zero():
 # Allocation across groups: one ranking of all the covered units.
 
 def test_lamp_scores_and_unit_weights():
-    from keras_lk.sparsity.unit_ranking import lamp, unit_weights
+    from keras_lk.sparsity.ranking import lamp, unit_weights
     norms = np.array([3.0, 1.0, 0.0, 2.0], "float32")
     # Squares 9, 1, 0, 4: each over the sum of those at least as large.
     np.testing.assert_allclose(numpy(lamp(norms)),
@@ -682,7 +682,7 @@ def test_global_ranks_by_size_and_adaptive_without_scale():
 
 def test_the_macs_are_a_polynomial_of_the_units_kept():
     from keras_lk.structure.analysis import analyze
-    from keras_lk.structure.flops import MacsByCounts, total_macs
+    from keras_lk.structure.macs import MacsByCounts, total_macs
     from keras_lk.structure.groups import build_groups
     model = conv_model(units=32)
     analysis = analyze(model)
@@ -706,7 +706,7 @@ def test_the_macs_are_a_polynomial_of_the_units_kept():
 
 @pytest.mark.parametrize("allocation", (
     "global", pytest.param("adaptive", marks=pytest.mark.slow)))
-def test_a_ranked_flops_target_removes_at_least_that_share(
+def test_a_ranked_macs_target_removes_at_least_that_share(
         allocation, tmp_path):
     import events
     model = compiled(conv_model(units=32), k=0.0)
@@ -714,7 +714,7 @@ def test_a_ranked_flops_target_removes_at_least_that_share(
     dense = keras_lk.macs(model)
     history = model.fit(x, y, epochs=4, batch_size=16, verbose=0,
                         callbacks=[keras_lk.SparsityTarget(
-                            structure="units", target_flops=0.5,
+                            structure="units", target_macs=0.5,
                             allocation=allocation, log_dir=str(tmp_path))])
     left = keras_lk.macs(model, live=True) / dense
     assert left <= 0.5

@@ -127,7 +127,7 @@ def test_three_fresh_monitors_each_log_their_own_fit(tmp_path):
 @pytest.mark.slow
 def test_ten_fresh_monitors_grow_nothing_and_never_retrace(tmp_path, caplog):
     # Private on purpose: only tracing counts prove there is no retrace.
-    from keras_lk.measures import weights as measures
+    from keras_lk.monitoring.measures import weights as measures
     x, y = regression_data()
     model = two_layer_model(lr=0.01)
     users = regularizers_of(model)

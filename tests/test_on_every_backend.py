@@ -372,8 +372,8 @@ def test_the_packed_pass_gives_each_weights_statistics_and_numpys():
     # run eagerly on this backend, it gives what the pass over each weight
     # gives, to the bit, and NumPy's counts: zeros, padding (sizes that
     # are not whole rows of 1024), NaN and inf, a weight spanning blocks.
-    from keras_lk.packed_stats import packed_statistics, unstack
-    from keras_lk.stats import weight_statistics
+    from keras_lk.monitoring.packed_stats import packed_statistics, unstack
+    from keras_lk.monitoring.stats import weight_statistics
     rng = np.random.default_rng(5)
     tensors = [rng.normal(size=shape).astype("float32") * scale
                for shape, scale in [((3, 4), 1.0), ((0,), 1.0),
@@ -523,7 +523,7 @@ def test_every_step_is_recorded_once_and_jax_calls_the_host_once_a_step(
     # all trainable weights share one host callback per step (a callback
     # costs about 0.35 ms; models have hundreds of weights); a frozen
     # regularized weight, which Keras's step does not call, adds none.
-    from keras_lk.recording import Recording
+    from keras_lk.monitoring.recording import Recording
     calls = []
     if BACKEND == "jax":
         import jax

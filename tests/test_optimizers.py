@@ -400,7 +400,7 @@ def test_the_registry_of_handled_weights_drops_them_with_their_weights():
     import gc
     import weakref
 
-    from keras_lk.wrappers import HANDLED, mark_proximal_handled
+    from keras_lk.core.handled import HANDLED, mark_proximal_handled
     regularizer = LkRegularizer(k=1, alpha=0.1, proximal=True)
     variable = keras.Variable(np.ones((3, 2), "float32"))
     variable.regularizer = regularizer

@@ -6,7 +6,7 @@ import tensorflow as tf
 from keras import ops
 
 from keras_lk import lk_penalty, safe_abs_pow
-from keras_lk.penalties import sum_abs_pow
+from keras_lk.penalties.math import sum_abs_pow
 
 ARTICLE_K = (0.5, 1.0, 1.5, 2.0, 3.0, 10.0)
 OTHER_K = (0.1, 0.3, 0.8, 1.2, 2.5, 4.0, 5.0, 7.0, 70.0)

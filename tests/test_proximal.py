@@ -129,7 +129,7 @@ def test_float32_matches_float64(k):
 
 @pytest.mark.parametrize("t", STRENGTHS + (1e-6,))
 def test_half_threshold_by_newton_matches_the_closed_form(t):
-    from keras_lk.proximal import half_threshold_newton
+    from keras_lk.penalties.prox import half_threshold_newton
     tau = threshold(t, 0.5)
     y = np.concatenate([Y, tau * np.array([1.0001, 1.001, 1.01, 1.5, 3.0,
                                            100.0, -1.0001, 0.9999])])

@@ -1,8 +1,9 @@
 import numpy as np
 import pytest
 
-from keras_lk.stats import (histogram_buckets, log_histogram_buckets,
-                            weight_statistics)
+from keras_lk.monitoring.stats import (histogram_buckets,
+                                        log_histogram_buckets,
+                                        weight_statistics)
 
 
 def host(stats):
@@ -109,7 +110,7 @@ def test_the_fused_pass_gives_exactly_the_unfused_arrays(relative, nonfinite):
     # weights above a block, 2^19 elements, take that path in a fit): with
     # a small block, the fused pass runs here on every full block and must
     # give the arrays of one unfused pass over the whole weight.
-    from keras_lk.measures.weights import _fuse
+    from keras_lk.monitoring.measures.weights import _fuse
     rng = np.random.default_rng(11)
     w = (rng.standard_normal(5000) * rng.choice([1, 1e-3, 1e-7], 5000)
          ).astype("float32")
@@ -140,8 +141,8 @@ def test_the_packed_pass_gives_exactly_the_per_weight_statistics():
     # XLA-compiled, or neither: XLA's log10 may differ from TensorFlow's in
     # the last bit, moving a weight on a bucket edge to the next bucket).
     import tensorflow as tf
-    from keras_lk.measures.weights import _fuse
-    from keras_lk.packed_stats import packed_statistics, unstack
+    from keras_lk.monitoring.measures.weights import _fuse
+    from keras_lk.monitoring.packed_stats import packed_statistics, unstack
     rng = np.random.default_rng(0)
     tensors = [rng.normal(size=shape).astype("float32") * scale
                for shape, scale in [((3, 4), 1.0), ((100,), 1e-3), ((0,), 1),
@@ -178,7 +179,8 @@ def test_the_packed_pass_gives_exactly_the_per_weight_statistics():
 
 
 def test_packs_are_bounded_and_large_weights_go_alone():
-    from keras_lk.packed_stats import PACK, PACK_TENSORS, PACK_WEIGHT, ROW, packs
+    from keras_lk.monitoring.packed_stats import (PACK, PACK_TENSORS,
+                                                  PACK_WEIGHT, ROW, packs)
     sizes = [PACK_WEIGHT, PACK_WEIGHT + 1, 10, PACK_WEIGHT, PACK_WEIGHT,
              PACK_WEIGHT, 5]
     groups = packs(sizes)

@@ -14,7 +14,7 @@ import pytest
 
 import keras_lk
 from keras_lk import LkRegularizer
-from keras_lk.attach import iter_layers
+from keras_lk.attach.walk import iter_layers
 from events import read, tags
 from zoo import ZOO
 

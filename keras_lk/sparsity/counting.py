@@ -4,8 +4,8 @@ zero count SparsityTarget, the sweep and the docs' figures share."""
 import keras
 import numpy as np
 
-from keras_lk import _validation
-from keras_lk.measures import WEIGHT_CHOICES, layers_and_weights
+from keras_lk.core import checks
+from keras_lk.monitoring.measures import WEIGHT_CHOICES, layers_and_weights
 
 
 def sparsity(model, weights="kernels"):
@@ -28,9 +28,9 @@ def sparsity(model, weights="kernels"):
         >>> keras_lk.sparsity(model)["layers"]["d"]
         {'zeros': 8, 'size': 8, 'fraction': 1.0}
     """
-    _validation.check_choice("weights", weights, WEIGHT_CHOICES)
+    checks.check_choice("weights", weights, WEIGHT_CHOICES)
     if not isinstance(model, keras.Model) or not model.built:
-        raise _validation.invalid("model", "a built keras.Model", model)
+        raise checks.invalid("model", "a built keras.Model", model)
     layers = {path: exact_zeros([v for _, v in layer_weights])
               for path, layer_weights in layers_and_weights(model, weights)}
     total = _counts(sum(c["zeros"] for c in layers.values()),

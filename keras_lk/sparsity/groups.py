@@ -12,15 +12,15 @@ import math
 
 import numpy as np
 
-from keras_lk import tags
-from keras_lk.walk import weights_by_layer
-from keras_lk.regularizers import LkRegularizer
-from keras_lk.wrappers import unwrap
+from keras_lk.monitoring import tags
+from keras_lk.attach.walk import weights_by_layer
+from keras_lk.penalties.regularizers import LkRegularizer
+from keras_lk.core.chain import unwrap
 
 ALLOCATIONS = ("global", "uniform", "normalized")
 
 
-class Group:
+class WeightGroup:
     """Weights that reach one target together, compared on one scale."""
 
     def __init__(self, name, variables, target, k):
@@ -76,7 +76,7 @@ def check_state(layers, state):
 
 
 def allocate(layers, target, allocation):
-    """The `Group`s of the covered `layers` for `target` (a fraction, or a
+    """The `WeightGroup`s of the covered `layers` for `target` (a fraction, or a
     dict by layer path) under `allocation`."""
     if isinstance(target, dict):
         known = {path for path, _ in layers}
@@ -104,20 +104,21 @@ def allocate(layers, target, allocation):
                 f"group per layer). Received: " + ", ".join(
                     f"{v.path}: {unwrap(v.regularizer)!r}"
                     for v in variables))
-        groups.append(Group(name, variables, fraction, ks[0]))
+        groups.append(WeightGroup(name, variables, fraction, ks[0]))
     return groups
 
 
-def units(groups, allocation):
-    """Each covered weight's unit `u` (by variable id): its RMS at the
-    run's start (1 if it is all zeros) for `"normalized"`, else 1."""
+def scales(groups, allocation):
+    """Each covered weight's scale `u` (by variable id), the one its
+    magnitudes are compared on (`|w| / u`): its RMS at the run's start (1
+    if it is all zeros) for `"normalized"`, else 1."""
     found = {}
     for group in groups:
         for variable in group.variables:
-            unit = 1.0
+            scale = 1.0
             if allocation == "normalized":
                 rms = float(np.sqrt(np.mean(np.square(
                     variable.numpy().astype("float64")))))
-                unit = rms if rms > 0 else 1.0
-            found[id(variable)] = unit
+                scale = rms if rms > 0 else 1.0
+            found[id(variable)] = scale
     return found

@@ -8,22 +8,23 @@ import math
 import keras
 from keras import ops
 
-from keras_lk import backend
+from keras_lk.core import backend
 
 
-def kept(group, protection, unit):
+def kept(group, protection, scale):
     """The lock's mask of each weight of `group`: True for the weights kept.
 
     Args:
-        group: A `Group`.
+        group: A `WeightGroup`.
         protection: Its `Protection`.
-        unit: `variable -> u`, the weight's unit (a tensor).
+        scale: `variable -> u`, the scale of the weight's magnitudes
+            (a tensor).
     """
     exempt = [protection.mask(v) for v in group.variables]
     # Protected weights rank last: never zeroed by the lock.
     scores = ops.concatenate([
         ops.reshape(ops.where(keep, float("inf"), ops.abs(ops.cast(
-            v.value, "float32")) / unit(v)), (-1,))
+            v.value, "float32")) / scale(v)), (-1,))
         for v, keep in zip(group.variables, exempt)])
     count = int(round(group.target * group.size))
     # The zeros first (|w| = 0), then the smallest |w| / u.

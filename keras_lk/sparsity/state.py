@@ -1,57 +1,89 @@
 """SparsityTarget's state, kept among `ProximalOptimizer`'s variables.
 
-The optimizer owns it (`ProximalOptimizer.sparsity_state`) and creates it
-when it is built, so that BackupAndRestore and `.keras` files keep it with
-the optimizer's own state. The controller reads and writes it here, by
-field name; no other module knows its layout.
+It is made when the optimizer is built (`SparsityState.build`, registered
+with `ProximalOptimizer.keep_state`), so that BackupAndRestore and
+`.keras` files keep it with the optimizer's own state. One layout serves
+weights and units: every steered member (a covered weight, or a unit
+group) has an `Entry`, a float32 vector of the named `FIELDS` and a bool
+mask; the run has a `RunState`. No other module knows the layout.
 """
 
 import keras
 import numpy as np
 from keras import ops
 
-from keras_lk import backend
+from keras_lk.core import backend
+from keras_lk.penalties.optimizer import ProximalOptimizer
+
+# An entry's fields:
+# - log_scale: log of the group's strength (k > 0);
+# - threshold: the group's threshold on the magnitudes (k = 0);
+# - scale: the scale `u` a weight's magnitude is measured in, |w| / u
+#   (allocation "normalized"; 1 otherwise; unused by units);
+# - start: the group's fraction of zeros at the run's start;
+# - target: the fraction of zeros at `end_step` (units);
+# - keep: how many units stay at the lock (units).
+# A weight's entry repeats its group's values.
+FIELDS = ("log_scale", "threshold", "scale", "start", "target", "keep")
+_INDEX = {name: index for index, name in enumerate(FIELDS)}
 
 
 def with_field(vector, field, value):
-    """`vector` with `vector[field] = value` (a tensor)."""
+    """`vector` with position `field` set to `value` (a tensor)."""
     vector = ops.convert_to_tensor(vector)
     index = ops.arange(vector.shape[0])
     return ops.where(ops.equal(index, field),
                      ops.cast(value, vector.dtype), vector)
 
 
-class WeightState:
-    """One covered weight's state: its mask (before the lock its protected
-    weights, exempt from the proximal step; from the lock on the weights
-    kept), and its group's log strength, threshold (k = 0), unit and
-    starting sparsity, repeated in every member of the group."""
+class Entry:
+    """One steered member's state: `vector` (the `FIELDS`) and `mask`.
 
-    LOG_SCALE, THRESHOLD, UNIT, START = range(4)
+    The mask of a weight: before the lock its protected elements (exempt
+    from the proximal step), from the lock on the elements kept. Of a unit
+    group: the units kept at the lock.
+    """
 
-    def __init__(self, mask, vector):
-        self.mask = mask
+    def __init__(self, vector, mask):
         self.vector = vector
+        self.mask = mask
 
-    def field(self, index):
-        return self.vector[index]
+    def get(self, name):
+        """The field `name` now, a scalar tensor."""
+        return self.vector[_INDEX[name]]
 
-    @property
-    def log_scale(self):
-        return self.vector[self.LOG_SCALE]
+    log_scale = property(lambda self: self.get("log_scale"))
+    threshold = property(lambda self: self.get("threshold"))
+    scale = property(lambda self: self.get("scale"))
+    start = property(lambda self: self.get("start"))
+    target = property(lambda self: self.get("target"))
+    keep = property(lambda self: self.get("keep"))
 
-    @property
-    def threshold(self):
-        return self.vector[self.THRESHOLD]
+    def changed(self, vector=None, **values):
+        """The vector (or `vector`) with the fields named set (tensors)."""
+        vector = self.vector.value if vector is None else vector
+        for name, value in values.items():
+            vector = with_field(vector, _INDEX[name], value)
+        return vector
 
-    @property
-    def unit(self):
-        return self.vector[self.UNIT]
-
-    def reset(self, log_scale, unit, start, mask):
-        """The state at a run's first step (on the host)."""
-        self.vector.assign(np.array([log_scale, 0.0, unit, start], "float32"))
+    def reset(self, mask, **values):
+        """The state at a run's first step (on the host): the fields named,
+        0 for the others."""
+        unknown = set(values) - set(FIELDS)
+        if unknown:
+            raise ValueError(f"Unknown state fields {sorted(unknown)}; the "
+                             f"fields are {FIELDS}.")
+        self.vector.assign(np.array([values.get(name, 0.0)
+                                     for name in FIELDS], "float32"))
         self.mask.assign(mask)
+
+    @classmethod
+    def build(cls, optimizer, name, mask_shape, mask_suffix):
+        vector = optimizer.add_variable((len(FIELDS),), "zeros", "float32",
+                                        name=f"{name}_state")
+        mask = optimizer.add_variable(tuple(mask_shape), "ones", "bool",
+                                      name=f"{name}_{mask_suffix}")
+        return cls(vector, mask)
 
 
 class RunState:
@@ -116,8 +148,8 @@ class RunState:
             self.locked, locked))
 
     def ensure_heartbeat(self):
-        """The heartbeat variable, made on first use where the optimizer
-        does not carry one; set to -1 (no owning fit yet)."""
+        """The heartbeat variable, made here where the optimizer does not
+        carry one; set to -1 (no owning fit yet)."""
         if self.heartbeat is None:
             self.heartbeat = keras.Variable(np.array(-1, "int64"),
                                             dtype="int64", trainable=False)
@@ -127,34 +159,42 @@ class RunState:
 
 
 class SparsityState:
-    """Every covered weight's `WeightState` (by variable id) and the run.
+    """The state of every steered member and of the run, owned by the
+    optimizer: `weights` (an `Entry` per weight with a proximal
+    `LkRegularizer`, by variable id) and `units` (an `Entry` per group of
+    the optimizer's `UnitPlan`, in its order)."""
 
-    Create it with `SparsityState.build(optimizer, variables)` in the
-    optimizer's `build`.
-    """
-
-    def __init__(self, weights, run):
+    def __init__(self, weights, units, run):
         self.weights = weights
+        self.units = units
         self.run = run
 
     @classmethod
-    def build(cls, optimizer, variables):
+    def build(cls, optimizer, variables, plan):
         """Adds the state of `variables` (the weights with a proximal
-        regularizer) to `optimizer`'s variables; None if there are none."""
-        if not variables:
+        regularizer) and of `plan`'s groups (or None) to `optimizer`'s
+        variables; None if there are neither."""
+        if not variables and plan is None:
             return None
-        weights = {}
-        for variable in variables:
-            name = variable.path.replace("/", "_")
-            weights[id(variable)] = WeightState(
-                optimizer.add_variable(tuple(variable.shape), "ones", "bool",
-                                       name=f"{name}_sparsity_mask"),
-                optimizer.add_variable((4,), "zeros", "float32",
-                                       name=f"{name}_sparsity_state"))
-        return cls(weights, RunState.build(optimizer, "sparsity"))
+        weights = {id(v): Entry.build(optimizer, v.path.replace("/", "_")
+                                      + "_sparsity", v.shape, "mask")
+                   for v in variables}
+        units = [Entry.build(optimizer, f"units_{index}", (group.size,),
+                             "kept")
+                 for index, group in enumerate(plan.groups if plan else ())]
+        return cls(weights, units, RunState.build(optimizer, "sparsity"))
 
     def __contains__(self, variable):
         return id(variable) in self.weights
 
     def of(self, variable):
         return self.weights[id(variable)]
+
+    def fits(self, plan):
+        """Whether the unit entries were built for `plan`'s groups."""
+        return len(self.units) == len(plan.groups) and all(
+            tuple(e.mask.shape) == (g.size,)
+            for e, g in zip(self.units, plan.groups))
+
+
+ProximalOptimizer.keep_state("sparsity", SparsityState.build)

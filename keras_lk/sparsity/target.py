@@ -1,36 +1,41 @@
 """`SparsityTarget`: the callback that drives proximal Lk training to a
 requested sparsity, and owns its controller for the duration of `fit`.
 
-The room, one concept a file: `groups` (what is covered, and allocation),
-`protection`, `lock`, `controller` (the control law, in the step),
-`state` (kept in the optimizer), `schedule`, `counting` (exact zeros) and
-`shipping` (`strip`).
+One path for weights and units: a run (`weights.WeightRun` or
+`unit_run.UnitRun`) is the host side (the groups, the start, what each
+epoch logs) and holds the controller that `ProximalOptimizer.steer` hands
+the step to.
 """
 
 import contextlib
 import numbers
 import os
+import warnings
 import zlib
 
 import keras
 from keras import ops
 
-from keras_lk import _validation, backend, tags
-from keras_lk.sparsity import groups as grouping
-from keras_lk.sparsity.controller import Controller, initial_log_scale
+from keras_lk.core import backend, checks
+from keras_lk.core.chain import proximal_optimizer
+from keras_lk.monitoring import tags
+from keras_lk.monitoring.measures.units import norm_buckets
+from keras_lk.monitoring.summary import RunWriter, check_writable
 from keras_lk.sparsity.groups import ALLOCATIONS
-from keras_lk.sparsity.protection import PROTECTIONS, Protection
-from keras_lk.measures.units import norm_buckets
-from keras_lk.sparsity.counting import exact_zeros
+from keras_lk.sparsity.protection import PROTECTIONS
 from keras_lk.sparsity.unit_run import UNIT_ALLOCATIONS, UnitRun
-from keras_lk.summary import RunWriter, check_writable
-from keras_lk.wrappers import proximal_optimizer
+from keras_lk.sparsity.weights import WeightRun
+
+# `target_flops` was renamed `target_macs` (it is a share of the
+# multiply-accumulates); the old name warns once per process, which is
+# what this flag exists for.
+_warned_flops = []
 
 
 def _check_target(name, value):
     if (isinstance(value, bool) or not isinstance(value, (int, float))
             or not 0 < value < 1):
-        raise _validation.invalid(name, "a number strictly between 0 and 1",
+        raise checks.invalid(name, "a number strictly between 0 and 1",
                                   value)
     return float(value)
 
@@ -40,7 +45,7 @@ def _check_step(name, value, allow_none):
         return None
     if (isinstance(value, bool) or not isinstance(value, numbers.Integral)
             or value < 0):
-        raise _validation.invalid(
+        raise checks.invalid(
             name, "an integer >= 0" + (" or None" if allow_none else ""),
             value)
     return int(value)
@@ -113,7 +118,7 @@ class SparsityTarget(keras.callbacks.Callback):
             and, with `log_dir`, `live_units/<group>`,
             `live_macs_fraction/(all layers)` and histograms of the unit
             norms (`unit_norms/<group>`). Defaults to None.
-        target_flops: With `structure="units"`, instead of `target`: the
+        target_macs: With `structure="units"`, instead of `target`: the
             fraction of the model's multiply-accumulates (`keras_lk.macs`)
             to remove, e.g. 0.5. With allocation `"uniform"` the one
             fraction of units that every covered group loses is chosen at
@@ -122,6 +127,8 @@ class SparsityTarget(keras.callbacks.Callback):
             share is removed (counted exactly as `keras_lk.macs` does).
             Logs then `live_macs_frac_target`, the scheduled share left.
             Defaults to None.
+        target_flops: The former name of `target_macs`, still accepted
+            with a DeprecationWarning (once). Defaults to None.
 
     Raises:
         ValueError: At construction for a bad argument; at the start of
@@ -149,44 +156,56 @@ class SparsityTarget(keras.callbacks.Callback):
 
     def __init__(self, target=None, begin_step=None, end_step=None,
                  allocation=None, log_dir=None, protect="units",
-                 structure=None, target_flops=None):
+                 structure=None, target_macs=None, target_flops=None):
         backend.require_training("keras_lk.SparsityTarget")
         super().__init__()
-        if structure is not None and structure != "units":
-            raise _validation.invalid("structure", "None or 'units'",
-                                      structure)
-        self.structure = structure
-        self.target_flops = None
         if target_flops is not None:
+            if target_macs is not None:
+                raise ValueError(
+                    "target_flops is the old name of target_macs: give one. "
+                    f"Received: target_macs={target_macs!r}, "
+                    f"target_flops={target_flops!r}")
+            if not _warned_flops:
+                _warned_flops.append(True)
+                warnings.warn(
+                    "SparsityTarget(target_flops=...) is deprecated: it is a "
+                    "share of the multiply-accumulates, now named "
+                    "target_macs.", DeprecationWarning, stacklevel=2)
+            target_macs = target_flops
+        if structure is not None and structure != "units":
+            raise checks.invalid("structure", "None or 'units'", structure)
+        self.structure = structure
+        self.target_macs = None
+        if target_macs is not None:
             if self.structure != "units":
                 raise ValueError(
-                    "target_flops counts multiply-accumulates of whole "
+                    "target_macs counts multiply-accumulates of whole "
                     "units: it needs structure='units'. Received: "
-                    f"target_flops={target_flops!r}, structure={structure!r}")
+                    f"target_macs={target_macs!r}, structure={structure!r}")
             if target is not None:
                 raise ValueError(
                     "Give either target (a fraction of units) or "
-                    "target_flops (a fraction of multiply-accumulates), not "
+                    "target_macs (a fraction of multiply-accumulates), not "
                     f"both. Received: target={target!r}, "
-                    f"target_flops={target_flops!r}")
-            self.target_flops = _check_target("target_flops", target_flops)
+                    f"target_macs={target_macs!r}")
+            self.target_macs = _check_target("target_macs", target_macs)
         elif target is None:
-            raise _validation.invalid(
+            raise checks.invalid(
                 "target", "a number strictly between 0 and 1" + (
-                    " (or target_flops=)" if self.structure else ""), target)
+                    " (or target_macs=)" if self.structure else ""), target)
         if self.structure == "units":
             if isinstance(target, dict):
-                raise _validation.invalid(
+                raise checks.invalid(
                     "target", "a fraction of units with structure='units'",
                     target)
-            allocation = _validation.check_choice(
+            allocation = checks.check_choice(
                 "allocation", allocation or "uniform", UNIT_ALLOCATIONS)
             if protect != "units":
-                raise _validation.invalid(
+                raise checks.invalid(
                     "protect", "'units' with structure='units' (each group "
                     "keeps its largest unit)", protect)
         elif allocation == "adaptive":
-            raise _validation.invalid(
+            raise checks.invalid(
                 "allocation", "'global', 'uniform' or 'normalized' without "
                 "structure ('adaptive' ranks whole units: structure='units')",
                 allocation)
@@ -195,7 +214,7 @@ class SparsityTarget(keras.callbacks.Callback):
             self.target = None
         elif isinstance(target, dict):
             if not target:
-                raise _validation.invalid(
+                raise checks.invalid(
                     "target", "a fraction or a non-empty dict", target)
             self.target = {str(k): _check_target(f"target[{k!r}]", v)
                            for k, v in target.items()}
@@ -205,62 +224,50 @@ class SparsityTarget(keras.callbacks.Callback):
         self.end_step = _check_step("end_step", end_step, True)
         if (self.begin_step is not None and self.end_step is not None
                 and self.end_step <= self.begin_step):
-            raise _validation.invalid(
+            raise checks.invalid(
                 "end_step", f"an integer > begin_step={begin_step}", end_step)
-        self.allocation = _validation.check_choice(
+        self.allocation = checks.check_choice(
             "allocation", allocation,
             UNIT_ALLOCATIONS if self.structure else ALLOCATIONS)
-        self.protect = _validation.check_choice("protect", protect,
+        self.protect = checks.check_choice("protect", protect,
                                                 PROTECTIONS)
         if log_dir is not None and (not isinstance(log_dir, (str, os.PathLike))
                                     or not str(log_dir)):
-            raise _validation.invalid("log_dir", "None or a directory path",
+            raise checks.invalid("log_dir", "None or a directory path",
                                       log_dir)
         self.log_dir = None if log_dir is None else os.fspath(log_dir)
-        self._controller = None
+        self._run = None
         self._optimizer = None
         self._writer = None
-        self._units = None
+        self._started = False
+
+    @property
+    def target_flops(self):
+        """The old name of `target_macs`."""
+        return self.target_macs
 
     def on_train_begin(self, logs=None):
         model = self.model
         self._optimizer = self._proximal_optimizer(model)
         if not self._optimizer.built:
             model.optimizer.build(model.trainable_variables)
-        if self.structure == "units":
-            return self._begin_units(model)
-        layers = grouping.covered_layers(model)
-        state = self._optimizer.sparsity_state
-        grouping.check_state(layers, state)
-        groups = grouping.allocate(layers, self.target, self.allocation)
-        protection = Protection(
-            model, [v for group in groups for v in group.variables],
-            self.protect)
-        self._install(model, lambda: Controller(groups, state, protection),
-                      "controller")
-
-    def _begin_units(self, model):
         # The penalties the weights carry now (attach may follow compile).
         self._optimizer.find_proximal(model.trainable_variables)
-
-        def build():
-            self._units = UnitRun(model, self._optimizer, self.target,
-                                  self.target_flops, self.allocation)
-            return self._units.controller
-
-        self._install(model, build, "unit_controller")
-
-    def _install(self, model, build, slot):
-        """Builds the controller (in the model's distribution strategy),
-        puts it in the optimizer's `slot` and opens the log writer."""
+        # Built in the model's distribution strategy, as its variables.
         strategy = getattr(model, "distribute_strategy", None)
         with (strategy.scope() if strategy is not None
               else contextlib.nullcontext()):
-            self._controller = build()
-        self._controller.window = max(
+            if self.structure == "units":
+                self._run = UnitRun(model, self._optimizer, self.target,
+                                    self.target_macs, self.allocation)
+            else:
+                self._run = WeightRun(model, self._optimizer, self.target,
+                                      self.allocation, self.protect)
+        controller = self._run.controller
+        controller.window = max(
             1, int(getattr(model, "steps_per_execution", 1) or 1))
         self._started = False
-        setattr(self._optimizer, slot, self._controller)
+        self._optimizer.steer(controller)
         # The step traced so far has no controller in it.
         model.make_train_function(force=True)
         if self.log_dir is not None:
@@ -273,25 +280,24 @@ class SparsityTarget(keras.callbacks.Callback):
         if self._started:
             return
         self._started = True
-        unfinished, settings = self._controller.state.run.host()
+        unfinished, settings = self._run.controller.state.run.host()
         if epoch > 0 and unfinished == 1 and settings == self._settings():
             return  # resumed: schedule, strengths and masks as saved
         self._start_run()
 
     def _settings(self):
         """A number that identifies this callback's settings."""
-        groups = [(g.name, g.target, g.k, g.size)
-                  for g in getattr(self._controller, "groups", ())]
-        if self._units is not None:
-            groups = self._units.describe()
         # 31 bits: on JAX (no 64-bit integers by default) the run's state
         # is int32.
-        return zlib.crc32(repr((groups, self.begin_step, self.end_step,
-                                self.allocation, self.protect)).encode()
-                          ) & 0x7FFFFFFF
+        return zlib.crc32(repr((self._run.describe(), self.begin_step,
+                                self.end_step, self.allocation,
+                                self.protect)).encode()) & 0x7FFFFFFF
+
+    def _learning_rate(self):
+        return float(ops.convert_to_numpy(
+            self._optimizer.inner_optimizer.learning_rate))
 
     def _start_run(self):
-        controller = self._controller
         iterations = int(ops.convert_to_numpy(self.model.optimizer.iterations))
         begin = iterations if self.begin_step is None else self.begin_step
         end = self.end_step
@@ -304,23 +310,9 @@ class SparsityTarget(keras.callbacks.Callback):
                           .gradient_accumulation_steps or 1)
             end = begin + max(1, int(0.75 * steps * epochs / per_update))
         if end <= begin:
-            raise _validation.invalid(
+            raise checks.invalid(
                 "end_step", f"an iteration after begin_step={begin}", end)
-        if self._units is not None:
-            self._units.start(begin, end, float(ops.convert_to_numpy(
-                self._optimizer.inner_optimizer.learning_rate)),
-                self._settings())
-            return
-        units = grouping.units(controller.groups, self.allocation)
-        learning_rate = float(ops.convert_to_numpy(
-            self._optimizer.inner_optimizer.learning_rate))
-        controller.start_run(
-            begin, end,
-            [exact_zeros(group.variables)["fraction"]
-             for group in controller.groups],
-            [initial_log_scale(group, units, end - begin, learning_rate)
-             for group in controller.groups],
-            units, self._settings())
+        self._run.start(begin, end, self._learning_rate(), self._settings())
 
     @staticmethod
     def _proximal_optimizer(model):
@@ -336,47 +328,28 @@ class SparsityTarget(keras.callbacks.Callback):
     def on_train_batch_begin(self, batch, logs=None):
         iterations = backend.current().detached(
             self.model.optimizer.iterations)  # (JAX: synced)
-        self._controller.heartbeat.assign(
+        self._run.controller.heartbeat.assign(
             ops.convert_to_tensor(iterations, "int64"))
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs if logs is not None else {}
-        controller = self._controller
         iterations = ops.convert_to_tensor(self.model.optimizer.iterations)
-        if self._units is not None:
-            unit_logs, scalars, norms = self._units.epoch(iterations)
-            logs.update(unit_logs)
-            if self._writer is not None:
-                self._writer.scalars(scalars, epoch)
-                self._writer.histograms({tag: norm_buckets(values) for
-                                         tag, values in norms.items()}, epoch)
-            return
-        scheduled = ops.convert_to_numpy(controller.scheduled(iterations))
-        actual = [exact_zeros(group.variables)["fraction"]
-                  for group in controller.groups]
-        sizes = [group.size for group in controller.groups]
-        logs[tags.LOG_SPARSITY] = sum(
-            a * n for a, n in zip(actual, sizes)) / sum(sizes)
-        logs[tags.LOG_SPARSITY_TARGET] = float(sum(
-            s * n for s, n in zip(scheduled, sizes)) / sum(sizes))
+        run_logs, scalars, norms = self._run.epoch(
+            iterations,
+            None if self._writer is None else self._learning_rate())
+        logs.update(run_logs)
         if self._writer is not None:
-            thresholds = controller.thresholds(float(ops.convert_to_numpy(
-                self._optimizer.inner_optimizer.learning_rate)))
-            scalars = {}
-            for index, group in enumerate(controller.groups):
-                scalars[tags.tag(tags.SPARSITY, group.name)] = actual[index]
-                scalars[tags.tag(tags.SPARSITY_TARGET, group.name)] = float(
-                    scheduled[index])
-                scalars[tags.tag(tags.ZEROING_THRESHOLD, group.name)] = (
-                    thresholds[index])
             self._writer.scalars(scalars, epoch)
+            if norms:
+                self._writer.histograms({
+                    tag: norm_buckets(values)
+                    for tag, values in norms.items()}, epoch)
 
     def on_train_end(self, logs=None):
-        if self._controller is not None:
-            self._controller.finish_run()
+        if self._run is not None:
+            self._run.controller.finish_run()
         if self._optimizer is not None:
-            self._optimizer.controller = None
-            self._optimizer.unit_controller = None
+            self._optimizer.steer(None)
             # The next fit traces a step without the controller.
             self.model.make_train_function(force=True)
         if self._writer is not None:

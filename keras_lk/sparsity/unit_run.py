@@ -1,26 +1,28 @@
 """The host side of `SparsityTarget(structure="units")`: the targets
 (`uniform_fraction` for a MACs target), the start of a run and what each
-epoch logs. The step's side is in `units` and `unit_ranking`."""
+epoch logs. The step's side is in `units` (and the ranked policy in
+`ranking`)."""
 
 import numpy as np
 from keras import ops
 
-from keras_lk import tags
-from keras_lk.sparsity.unit_ranking import RANKED, RankedUnitController
-from keras_lk.sparsity.units import UnitController, initial_log_scale
+from keras_lk.core.chain import unwrap
+from keras_lk.monitoring import tags
+from keras_lk.penalties.group import GroupLkRegularizer
+from keras_lk.sparsity.control import initial_log_scale
+from keras_lk.sparsity.ranking import RANKED, Ranked
+from keras_lk.sparsity.units import UnitController, Uniform
 from keras_lk.structure.analysis import analyze
-from keras_lk.structure.flops import MacsByCounts, total_macs
-from keras_lk.structure.group_penalty import GroupLkRegularizer
 from keras_lk.structure.groups import build_groups
+from keras_lk.structure.macs import MacsByCounts, total_macs
 from keras_lk.structure.prune import kept_count
 from keras_lk.structure.surgery import dead_units
-from keras_lk.wrappers import unwrap
 
 UNIT_ALLOCATIONS = ("uniform",) + RANKED
 
-def uniform_fraction(model, target_flops, names=None, analysis=None):
+def uniform_fraction(model, target_macs, names=None, analysis=None):
     """The one fraction of units that, removed from every group named (or
-    every removable group), removes at least `target_flops` of `model`'s
+    every removable group), removes at least `target_macs` of `model`'s
     multiply-accumulates (`keras_lk.macs`), the least that does.
 
     `analysis`: `analyze(model)`, when the caller has it already.
@@ -40,12 +42,12 @@ def uniform_fraction(model, target_flops, names=None, analysis=None):
                 for name, count in counts.items() if count}
         return counts, total_macs(analysis, dead) / max(dense, 1)
 
-    goal = 1.0 - target_flops
+    goal = 1.0 - target_macs
     low, high = 0.0, 1.0 - 1e-9
     counts, left = removed(high)
     if left > goal + 1e-12:
         raise ValueError(
-            f"target_flops={target_flops} cannot be reached by removing "
+            f"target_macs={target_macs} cannot be reached by removing "
             "units: with one unit left in every covered group, "
             f"{left:.3f} of the multiply-accumulates remain. Covered groups: "
             f"{sorted(counts)}")
@@ -63,7 +65,7 @@ class UnitRun:
     """The host side of `SparsityTarget(structure="units")`: the targets,
     the start of a run and what each epoch logs."""
 
-    def __init__(self, model, optimizer, target, target_flops,
+    def __init__(self, model, optimizer, target, target_macs,
                  allocation="uniform"):
         plan = optimizer.unit_plan
         if plan is None:
@@ -79,8 +81,8 @@ class UnitRun:
                    "no step steers). Attach it with proximal=True and "
                    "compile again." if gradient else
                    "carry none. Attach it before compiling."))
-        if optimizer.unit_state is None or not optimizer.unit_state.fits(
-                plan):
+        state = optimizer.state("sparsity")
+        if state is None or not state.fits(plan):
             raise ValueError(
                 "SparsityTarget(structure='units'): the optimizer was built "
                 "before the group penalty was attached, so it keeps no state "
@@ -110,32 +112,32 @@ class UnitRun:
             total = sum(sizes)
             self.macs_goal = None
             macs = None
-            if target_flops is not None:
+            if target_macs is not None:
                 # Checks it can be reached (with one unit left per group).
                 fraction, counts, self.macs_goal = uniform_fraction(
-                    model, target_flops, [g.name for g in plan.groups],
+                    model, target_macs, [g.name for g in plan.groups],
                     self.analysis)
                 by_name = {g.name: g for g in self.groups}
                 macs = MacsByCounts(self.analysis,
                                     [by_name[g.name] for g in plan.groups])
                 macs.check()
-                target = target_flops
+                target = target_macs
                 # The units a uniform fraction would keep, as a first guess
                 # (the step counts them from the ranking).
                 kept = total - sum(counts.values())
             else:
                 kept = max(total - round(target * total), len(sizes))
-            self.controller = RankedUnitController(
-                plan, optimizer.unit_state, allocation, macs)
+            self.controller = UnitController(
+                plan, state, Ranked(plan, allocation, macs))
             self.targets = [target] * len(sizes)
             self.keeps = [kept] * len(sizes)
             # The fraction of units the strength's first guess aims at.
             self.unit_fraction = 1 - kept / total
             return
-        self.controller = UnitController(plan, optimizer.unit_state)
-        if target_flops is not None:
+        self.controller = UnitController(plan, state, Uniform())
+        if target_macs is not None:
             fraction, counts, left = uniform_fraction(
-                model, target_flops, [g.name for g in plan.groups],
+                model, target_macs, [g.name for g in plan.groups],
                 self.analysis)
             self.targets = [counts.get(g.name, 0) / g.size
                             for g in plan.groups]
@@ -155,14 +157,14 @@ class UnitRun:
         if self.allocation != "uniform":
             everything = np.concatenate(norms)
             start = float(np.mean(everything == 0))
-            if self.controller.macs is not None:
-                start = float(self.controller.macs.fraction_removed(
+            if self.controller.policy.macs is not None:
+                start = float(self.controller.policy.macs.fraction_removed(
                     [np.sum(n == 0) for n in norms]))
             starts = [start] * len(norms)
             # The shared strength acts on each group's norms over its scale.
             relative = np.concatenate([
                 n / ops.convert_to_numpy(u) for n, u in zip(
-                    norms, self.controller.scales(values))])
+                    norms, self.controller.policy.scales(values))])
             scales = [initial_log_scale(relative, self.unit_fraction,
                                         end - begin, learning_rate)
                       ] * len(norms)
@@ -173,7 +175,7 @@ class UnitRun:
         return [(g.name, t, g.k, g.size)
                 for g, t in zip(self.plan.groups, self.targets)]
 
-    def epoch(self, iterations):
+    def epoch(self, iterations, learning_rate=None):
         """`(logs, scalars, {histogram tag: unit norms})` of the units
         now."""
         norms = [ops.convert_to_numpy(n).astype("float64")
@@ -184,7 +186,7 @@ class UnitRun:
         zero = np.array([np.mean(n == 0) for n in norms])
         logs = {tags.LOG_SPARSITY: float(np.sum(zero * sizes) / sizes.sum())}
         ranked = self.allocation != "uniform"
-        by_macs = ranked and self.controller.macs is not None
+        by_macs = ranked and self.controller.policy.macs is not None
         if by_macs:
             # The schedule is a share of the MACs removed.
             logs[tags.LOG_LIVE_MACS_FRAC_TARGET] = 1.0 - float(scheduled[0])

@@ -6,21 +6,21 @@
 - `rules.py`: what each kind of layer does to the channels;
 - `analysis.py`: the pass over the graph that applies the rules;
 - `groups.py`: `UnitGroup` and `unit_groups`;
+- `records.py`: the slice records of the groups, for the group penalty;
 - `prune.py`: `prune_units`;
 - `surgery.py`: `shrink`;
-- `flops.py`: multiply-accumulates, dense and live;
-- `group_prox.py`: the proximal step of `t * ||v||_2^k` on a group;
-- `group_penalty.py`: `GroupLkRegularizer` (one variable's records) and
-  `UnitPlan` (the groups, joined again from the records, and their step).
+- `macs.py`: multiply-accumulates, dense and live.
 
-`SparsityTarget(structure="units")`'s control is `keras_lk/sparsity/units.py`.
+The group penalty and its step are `keras_lk/penalties/` (`group.py`,
+`plan.py`, `prox.py`); training toward units is `keras_lk/sparsity/`.
 """
 
-from keras_lk.structure.flops import macs
-from keras_lk.structure.group_penalty import GroupLkRegularizer
-from keras_lk.structure.group_prox import group_prox
+from keras_lk.penalties.group import GroupLkRegularizer
+from keras_lk.penalties.prox import group_prox
 from keras_lk.structure.groups import UnitGroup, unit_groups
+from keras_lk.structure.macs import macs
 from keras_lk.structure.prune import prune_units
 from keras_lk.structure.surgery import shrink
 
-__all__ = ["GroupLkRegularizer", "UnitGroup", "group_prox", "macs", "prune_units", "shrink", "unit_groups"]
+__all__ = ["GroupLkRegularizer", "UnitGroup", "group_prox", "macs",
+           "prune_units", "shrink", "unit_groups"]

@@ -11,7 +11,7 @@ import dataclasses
 
 import keras
 
-from keras_lk import _validation
+from keras_lk.core import checks
 
 _TENSOR = "__keras_tensor__"
 
@@ -61,7 +61,7 @@ def functional_view(model):
     Raises a ValueError for a model without a graph (a subclassed model).
     """
     if not isinstance(model, keras.Model) or not model.built:
-        raise _validation.invalid("model", "a built keras.Model", model)
+        raise checks.invalid("model", "a built keras.Model", model)
     if not isinstance(model, keras.Sequential):
         config = _config_of(model)
         if config is not None and _is_graph(config):

@@ -5,7 +5,7 @@ import numbers
 
 import numpy as np
 
-from keras_lk import _validation
+from keras_lk.core import checks
 from keras_lk.structure.groups import build_groups
 from keras_lk.structure.analysis import analyze
 
@@ -74,18 +74,18 @@ def prune_units(model, fraction, score="l2", round_to=None):
         >>> keras_lk.shrink(model).get_layer("hidden").units
         8
     """
-    fraction = _validation.check_real(
+    fraction = checks.check_real(
         "fraction", fraction, minimum=0.0,
         expected="a fraction in [0, 1)")
     if fraction >= 1:
-        raise _validation.invalid("fraction", "a fraction in [0, 1)",
+        raise checks.invalid("fraction", "a fraction in [0, 1)",
                                   fraction)
     if score not in SCORES:
-        raise _validation.invalid("score", f"one of {sorted(SCORES)}", score)
+        raise checks.invalid("score", f"one of {sorted(SCORES)}", score)
     if round_to is not None and (
             isinstance(round_to, bool)
             or not isinstance(round_to, numbers.Integral) or round_to < 1):
-        raise _validation.invalid("round_to", "a positive integer or None",
+        raise checks.invalid("round_to", "a positive integer or None",
                                   round_to)
     analysis = analyze(model)
     # Every score is read from the weights as they were, then the units go.

@@ -3,7 +3,7 @@
 import keras
 import numpy as np
 
-from keras_lk import _validation
+from keras_lk.core import checks
 from keras_lk.structure.analysis import analyze, unit_norms
 from keras_lk.structure.groups import build_groups, unknown_reasons
 
@@ -158,7 +158,7 @@ def shrink(model, unknown_layers="raise"):
         True
     """
     if unknown_layers not in UNKNOWN_LAYERS:
-        raise _validation.invalid("unknown_layers",
+        raise checks.invalid("unknown_layers",
                                   f"one of {list(UNKNOWN_LAYERS)}",
                                   unknown_layers)
     analysis = analyze(model)

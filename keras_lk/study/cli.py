@@ -24,11 +24,11 @@ import os
 import shlex
 import sys
 
-from keras_lk.backend import require_training
+from keras_lk.core.backend import require_training
 from keras_lk.sparsity.groups import ALLOCATIONS
 from keras_lk.sparsity.protection import PROTECTIONS
 from keras_lk.study import figures, report, runs, structured, suite, sweep
-from keras_lk.summary import check_writable
+from keras_lk.monitoring.summary import check_writable
 
 PLOT_K = (0.5, 1.0, 1.5, 2.0, 3.0, 10.0)
 

@@ -6,7 +6,7 @@ import os
 from tensorboard.backend.event_processing import event_accumulator
 from tensorboard.util import tensor_util
 
-from keras_lk.tags import ALL_LAYERS
+from keras_lk.monitoring.tags import ALL_LAYERS
 
 # (column title, run, tag, format)
 COLUMNS = (

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 import keras
 
-from keras_lk.callbacks import LkMonitor
-from keras_lk.optimizers import ProximalOptimizer
-from keras_lk.regularizers import LkRegularizer
+from keras_lk.monitoring.callbacks import LkMonitor
+from keras_lk.penalties.optimizer import ProximalOptimizer
+from keras_lk.penalties.regularizers import LkRegularizer
 from keras_lk.study.suite_data import load_digits  # noqa: F401 (re-export)
 
 DEFAULT_EPOCHS = 40

@@ -12,7 +12,7 @@ pruning over the first 3/4 of the steps, then fine-tuning):
 
 - `group_k0`, `group_k0.5`, `group_k1`: `attach(model, LkRegularizer(k,
   proximal=True), structure="units")` with `ProximalOptimizer` and
-  `SparsityTarget(structure="units", target_flops=...)`;
+  `SparsityTarget(structure="units", target_macs=...)`;
 - `group_k0_global`, `group_k0_adaptive` (only when named in `methods`):
   group k = 0 with the units ranked across groups (`SparsityTarget`'s
   allocation "global" or "adaptive"), reaching the same share of MACs
@@ -45,12 +45,12 @@ import numpy as np
 import tensorflow as tf
 from tensorboard.plugins.hparams import api as hparams_api
 
-from keras_lk.attach import attach
-from keras_lk.optimizers import ProximalOptimizer
-from keras_lk.regularizers import LkRegularizer
-from keras_lk.sparsity.shipping import strip
+from keras_lk.attach.weights import attach
+from keras_lk.penalties.optimizer import ProximalOptimizer
+from keras_lk.penalties.regularizers import LkRegularizer
+from keras_lk.export import strip
 from keras_lk.sparsity.target import SparsityTarget
-from keras_lk.structure.flops import macs
+from keras_lk.structure.macs import macs
 from keras_lk.structure.prune import prune_units
 from keras_lk.sparsity.unit_run import uniform_fraction
 from keras_lk.structure.surgery import shrink
@@ -200,7 +200,7 @@ def run_keras(run, data, stream=None):
            structure="units")
     _recompile(net, ProximalOptimizer(optimizer))
     net.fit(x_train, y_train, epochs=1, callbacks=[SparsityTarget(
-        structure="units", target_flops=run.target, begin_step=0,
+        structure="units", target_macs=run.target, begin_step=0,
         end_step=end, allocation=ALLOCATION_OF.get(run.method))], **fit)
     small = strip(net, shrink=True)
     sample = x_test[:64]
@@ -231,7 +231,7 @@ def _hparams_config(logdir, targets):
                         list(FITS))),
                      hparams_api.HParam("method", hparams_api.Discrete(
                         ["dense", PEER_DENSE, *ALL_METHODS])),
-                     hparams_api.HParam("target_flops", hparams_api.Discrete(
+                     hparams_api.HParam("target_macs", hparams_api.Discrete(
                         [0.0, *targets])),
                      hparams_api.HParam("seed", hparams_api.IntInterval(
                         0, 2**31 - 1))],
@@ -269,7 +269,7 @@ def run_sweep(logdir, models=MODELS, fits=FITS, targets=DEFAULT_TARGETS,
                 os.path.join(logdir, run.name)).as_default():
             hparams_api.hparams({
                 "model": run.model, "fit": run.fit, "method": run.method,
-                "target_flops": run.target, "seed": run.seed},
+                "target_macs": run.target, "seed": run.seed},
                 trial_id=run.name)
             for name, value in (("test_accuracy", result.accuracy),
                                 ("macs_fraction", result.macs_fraction),

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import keras
 
-from keras_lk.optimizers import ProximalOptimizer
+from keras_lk.penalties.optimizer import ProximalOptimizer
 from keras_lk.study.suite_data import (LENGTH, SEQUENCE, TOKENS, VOCAB,
                                       digit_images, load_digits, order_data,
                                       teacher_data, token_counts_data)

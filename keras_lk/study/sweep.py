@@ -31,7 +31,7 @@ import numpy as np
 import tensorflow as tf
 from tensorboard.plugins.hparams import api as hparams_api
 
-from keras_lk.regularizers import LkRegularizer
+from keras_lk.penalties.regularizers import LkRegularizer
 from keras_lk.sparsity.schedule import polynomial
 from keras_lk.sparsity.counting import exact_zeros
 from keras_lk.sparsity.target import SparsityTarget
