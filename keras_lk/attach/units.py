@@ -3,27 +3,25 @@ on, and taken off, every weight a removable unit group slices."""
 
 import warnings
 
-import keras
-
+from keras_lk.attach.walk import (config_attribute, forget_compiled_steps,
+                                  owners, unsaved)
 from keras_lk.core import checks
-from keras_lk.penalties.regularizers import LkRegularizer
 from keras_lk.penalties.group import GroupLkRegularizer
 from keras_lk.penalties.plan import UnitPlan
+from keras_lk.penalties.regularizers import LkRegularizer
 from keras_lk.structure.records import unit_records
-from keras_lk.attach.walk import (config_attribute, iter_layers, reset_steps,
-                                  unsaved)
 
 
 def variable_owners(model):
     """`{id(variable): (path, layer, attribute)}`: the layer attribute that
     holds each variable (`kernel`, `gamma`, `recurrent_kernel`, ...)."""
-    owners = {}
-    for path, layer in iter_layers(model):
+    found = {}
+    for key, (path, layer, variable) in owners(model).items():
         for attribute, value in vars(layer).items():
-            if isinstance(value, keras.Variable):
-                # Deeper layers take a variable over, as weights_by_layer.
-                owners[id(value)] = (path, layer, attribute.lstrip("_"))
-    return owners
+            if value is variable:
+                found[key] = (path, layer, attribute.lstrip("_"))
+                break
+    return found
 
 
 def attach_units(model, regularizer, names):
@@ -77,7 +75,7 @@ def attach_units(model, regularizer, names):
             "again after loading.", stacklevel=3)
     UnitPlan.build([variable for variable, _ in records.values()],
                    regularizer.proximal)
-    reset_steps(model)
+    forget_compiled_steps(model)
     return touched
 
 
@@ -107,5 +105,5 @@ def detach_units(model, names):
             setattr(layer, setting, new)
         if all(layer is not other for other in touched):
             touched.append(layer)
-    reset_steps(model)
+    forget_compiled_steps(model)
     return touched

@@ -74,6 +74,17 @@ def iter_layers(model):
     yield from walk(model, "")
 
 
+def owners(model):
+    """`{id(variable): (path, layer, variable)}` in walk order: each of
+    `model`'s weights under the innermost layer that holds it (later,
+    deeper layers take a variable over)."""
+    found = {}
+    for path, layer in iter_layers(model):
+        for variable in layer.weights:
+            found[id(variable)] = (path, layer, variable)
+    return found
+
+
 def weights_by_layer(model, weights=None):
     """`[(layer path, [(weight name, variable)])]`: each variable once,
     under the innermost layer that holds it, in walk order.
@@ -83,18 +94,9 @@ def weights_by_layer(model, weights=None):
         weights: None for all the weights, or a callable
             `(weight name, variable) -> bool` choosing some.
     """
-    owner = {}      # variable id -> (path, name, variable)
-    order = []
-    for path, layer in iter_layers(model):
-        for variable in layer.weights:
-            if id(variable) not in owner:
-                order.append(id(variable))
-            # Later (deeper) layers take the variable over.
-            owner[id(variable)] = (path, variable.name.split("/")[-1],
-                                   variable)
     grouped = {}
-    for key in order:
-        path, name, variable = owner[key]
+    for path, _, variable in owners(model).values():
+        name = variable.name.split("/")[-1]
         if weights is None or weights(name, variable):
             names = [n for n, _ in grouped.get(path, [])]
             # Keras lets a layer give two weights one name: number the
@@ -166,8 +168,10 @@ def config_attribute(layer, weight):
     return None
 
 
-def reset_steps(model):
-    # A compiled step traced before the change would not see it.
+def forget_compiled_steps(model):
+    """Drops `model`'s compiled train and test functions: a step traced
+    before a regularizer changed would not see the change, and the next
+    call traces a new one."""
     for name in ("train_function", "test_function"):
         if getattr(model, name, None) is not None:
             setattr(model, name, None)

@@ -7,10 +7,10 @@ import warnings
 
 import keras
 
-from keras_lk.core import checks
 from keras_lk.attach.units import attach_units, detach_units
-from keras_lk.attach.walk import (config_attribute, iter_layers, reset_steps,
-                                  unsaved, weights_by_layer)
+from keras_lk.attach.walk import (config_attribute, forget_compiled_steps,
+                                  iter_layers, unsaved)
+from keras_lk.core import checks
 
 STRUCTURES = (None, "units")
 
@@ -78,7 +78,7 @@ def _set_regularizer(model, chosen, regularizer, weight):
         attribute = config_attribute(layer, weight)
         if attribute is not None:
             setattr(layer, attribute, regularizer)
-    reset_steps(model)
+    forget_compiled_steps(model)
 
 
 def attach(model, regularizer, *, layer_types=None, names=None,

@@ -2,7 +2,7 @@
 
 `AbsWeightHistograms`, `ZeroCounts` and `RegularizationShare` each measure
 one thing; `LkMonitor` measures all three with one writer and one frequency.
-They share one lifecycle (`monitor.Monitor`), which runs a list of measures
+They share one lifecycle (`lifecycle.MeasuringCallback`), which runs a list of measures
 (`measures/`) over windows of steps and writes what they report; the
 compiled steps are observed through `recording.py`, which leaves the model as
 it found it when `fit` returns.
@@ -38,7 +38,7 @@ from keras_lk.monitoring.measures import WEIGHT_CHOICES
 from keras_lk.monitoring.measures.penalty import PenaltyMeasure, PullMeasure
 from keras_lk.monitoring.measures.units import UnitMeasure
 from keras_lk.monitoring.measures.weights import WeightMeasure, ZeroOptions
-from keras_lk.monitoring.lifecycle import Monitor
+from keras_lk.monitoring.lifecycle import MeasuringCallback
 from keras_lk.monitoring.stats import DEFAULT_BUCKETS
 
 __all__ = ["AbsWeightHistograms", "LkMonitor", "RegularizationShare",
@@ -62,7 +62,7 @@ def _check_weight_options(tol, relative_tol, weights, buckets,
     return tol
 
 
-class AbsWeightHistograms(Monitor):
+class AbsWeightHistograms(MeasuringCallback):
     """Logs per-layer histograms of |w| and of log10|w| to TensorBoard.
 
     Written with TensorBoard's histogram plugin, so the Histograms and
@@ -84,7 +84,6 @@ class AbsWeightHistograms(Monitor):
         update_freq: `"epoch"`, `"batch"` (every batch) or an integer N
             (every N batches; the step axis is then the optimizer's
             iteration count). Defaults to `"epoch"`.
-            Defaults to `"epoch"`.
         weights: `"kernels"` (kernels and embeddings) or `"all"` (every
             weight, biases and normalization statistics included). Defaults
             to `"kernels"`.
@@ -107,7 +106,7 @@ class AbsWeightHistograms(Monitor):
             WeightMeasure(weights, buckets=buckets)])
 
 
-class ZeroCounts(Monitor):
+class ZeroCounts(MeasuringCallback):
     """Logs per-layer and whole-model counts of zero and near-zero weights.
 
     For each layer and for `(all layers)`: `exact_zero_count` and
@@ -132,7 +131,6 @@ class ZeroCounts(Monitor):
         update_freq: `"epoch"`, `"batch"` (every batch) or an integer N
             (every N batches; the step axis is then the optimizer's
             iteration count). Defaults to `"epoch"`.
-            Defaults to `"epoch"`.
         tol: Near-zero threshold, `>= 0`. Defaults to `1e-3`.
         relative_tol: Whether `tol` is relative to each tensor's max|w|.
             Defaults to False.
@@ -163,7 +161,7 @@ class ZeroCounts(Monitor):
             weights, zeros=ZeroOptions(tol, relative_tol, step_stats))])
 
 
-class RegularizationShare(Monitor):
+class RegularizationShare(MeasuringCallback):
     """Logs the penalty each layer adds to the loss, and its share of it.
 
     Counts every weight regularizer Keras applies (`keras.regularizers.L2`
@@ -194,7 +192,6 @@ class RegularizationShare(Monitor):
         update_freq: `"epoch"`, `"batch"` (every batch) or an integer N
             (every N batches; the step axis is then the optimizer's
             iteration count). Defaults to `"epoch"`.
-            Defaults to `"epoch"`.
         pull_batch: None, or a batch `(x, y)` on which to measure the data
             loss's gradient for `penalty_pull_ratio`. Defaults to None.
 
@@ -215,7 +212,7 @@ class RegularizationShare(Monitor):
             PenaltyMeasure(), PullMeasure(pull_batch)])
 
 
-class LkMonitor(Monitor):
+class LkMonitor(MeasuringCallback):
     """`AbsWeightHistograms`, `ZeroCounts` and `RegularizationShare` in one.
 
     One statistics pass per log feeds both the histograms and the zero
@@ -233,7 +230,6 @@ class LkMonitor(Monitor):
         update_freq: `"epoch"`, `"batch"` (every batch) or an integer N
             (every N batches; the step axis is then the optimizer's
             iteration count). Defaults to `"epoch"`.
-            Defaults to `"epoch"`.
         tol: Near-zero threshold, `>= 0`. Defaults to `1e-3`.
         relative_tol: Whether `tol` is relative to each tensor's max|w|.
             Defaults to False.

@@ -1,4 +1,4 @@
-"""`Monitor`: the lifecycle every keras_lk monitoring callback shares.
+"""`MeasuringCallback`: the lifecycle every keras_lk monitoring callback shares.
 
 It runs a list of measures (see `measures`) over windows of steps, has the
 compiled steps recorded while `fit` runs (see `recording`), and writes what
@@ -47,7 +47,7 @@ def _is_chief(model):
     return bool(getattr(extended, "should_checkpoint", True))
 
 
-class Monitor(keras.callbacks.Callback):
+class MeasuringCallback(keras.callbacks.Callback):
     """Lifecycle shared by every keras_lk monitoring callback.
 
     Windows of steps: `"epoch"` (each epoch; written in epoch mode, else

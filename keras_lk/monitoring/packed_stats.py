@@ -152,8 +152,8 @@ def packed_statistics(tensors, tol, relative=False, buckets=DEFAULT_BUCKETS,
     Returns:
         The dict `weight_statistics` returns, each value stacked over the
         tensors (a leading axis of `len(tensors)`): one result, whose
-        slicing per tensor is left to the host (`unstack`), since a graph
-        op per tensor and value is what made tracing cost grow.
+        slicing per tensor is left to the host (`unstack`): a graph op per
+        tensor and value would make the trace grow with the tensors.
 
     Examples:
 
@@ -197,8 +197,8 @@ def packed_statistics(tensors, tol, relative=False, buckets=DEFAULT_BUCKETS,
         ops.isfinite(total),
         lambda: (max_abs, min_nonzero, int_zeros, int_zeros),
         with_nonfinite)
-    # One bucket pass either way: its sanitizing costs little (the first
-    # pass's is what doubled its time), and one pass traces once.
+    # One bucket pass either way: its sanitizing costs little, and one
+    # pass traces once.
     joint, log_lo, log_hi = _bucket_counts(
         layout, max_abs, min_nonzero, tol, relative, buckets, fuse)
     width = 2 * buckets * (buckets + 1)

@@ -19,7 +19,6 @@ from keras import ops
 from keras_lk.core import backend, checks
 from keras_lk.core.chain import proximal_optimizer
 from keras_lk.monitoring import tags
-from keras_lk.monitoring.measures.units import norm_buckets
 from keras_lk.monitoring.summary import RunWriter, check_writable
 from keras_lk.sparsity.groups import ALLOCATIONS
 from keras_lk.sparsity.protection import PROTECTIONS
@@ -334,16 +333,14 @@ class SparsityTarget(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         logs = logs if logs is not None else {}
         iterations = ops.convert_to_tensor(self.model.optimizer.iterations)
-        run_logs, scalars, norms = self._run.epoch(
+        run_logs, scalars, histograms = self._run.epoch(
             iterations,
             None if self._writer is None else self._learning_rate())
         logs.update(run_logs)
         if self._writer is not None:
             self._writer.scalars(scalars, epoch)
-            if norms:
-                self._writer.histograms({
-                    tag: norm_buckets(values)
-                    for tag, values in norms.items()}, epoch)
+            if histograms:
+                self._writer.histograms(histograms, epoch)
 
     def on_train_end(self, logs=None):
         if self._run is not None:

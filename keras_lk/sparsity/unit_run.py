@@ -8,6 +8,7 @@ from keras import ops
 
 from keras_lk.core.chain import unwrap
 from keras_lk.monitoring import tags
+from keras_lk.monitoring.measures.units import unit_cards
 from keras_lk.penalties.group import GroupLkRegularizer
 from keras_lk.sparsity.control import initial_log_scale
 from keras_lk.sparsity.ranking import RANKED, Ranked
@@ -176,8 +177,7 @@ class UnitRun:
                 for g, t in zip(self.plan.groups, self.targets)]
 
     def epoch(self, iterations, learning_rate=None):
-        """`(logs, scalars, {histogram tag: unit norms})` of the units
-        now."""
+        """`(logs, scalars, histograms)` of the units now."""
         norms = [ops.convert_to_numpy(n).astype("float64")
                  for n in self.plan.norms(lambda v: v.value)]
         scheduled = ops.convert_to_numpy(self.controller.scheduled(
@@ -198,16 +198,13 @@ class UnitRun:
         dead = dead_units(self.analysis, self.groups, "keep")
         live = total_macs(self.analysis, dead) / max(self.dense_macs, 1)
         logs[tags.LOG_LIVE_MACS_FRAC] = live
-        scalars, histograms = {}, {}
-        for group, norm, z, s in zip(self.plan.groups, norms, zero,
-                                     scheduled):
+        scalars, histograms = unit_cards(
+            [(group.name, float(np.count_nonzero(norm)), norm)
+             for group, norm in zip(self.plan.groups, norms)], live)
+        for group, z, s in zip(self.plan.groups, zero, scheduled):
             scalars[tags.tag(tags.SPARSITY, group.name)] = float(z)
             if not ranked:  # ranked: one schedule for all the groups
                 scalars[tags.tag(tags.SPARSITY_TARGET, group.name)] = float(s)
-            scalars[tags.tag(tags.LIVE_UNITS, group.name)] = float(
-                np.count_nonzero(norm))
-            histograms[tags.tag(tags.UNIT_NORMS, group.name)] = norm
-        scalars[tags.tag(tags.LIVE_MACS_FRACTION, tags.ALL_LAYERS)] = live
         if by_macs:
             scalars[tags.tag(tags.LIVE_MACS_FRACTION_TARGET,
                              tags.ALL_LAYERS)] = logs[

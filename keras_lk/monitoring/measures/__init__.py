@@ -50,7 +50,7 @@ class Report:
 
 def layers_and_weights(model, which):
     """`[(layer path, [(weight name, variable)])]`, each variable once,
-    under its innermost layer (see `attach.weights_by_layer`).
+    under its innermost layer (see `keras_lk.attach.walk.weights_by_layer`).
 
     Args:
         model: A built `keras.Model`.

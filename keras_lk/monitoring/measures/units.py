@@ -25,6 +25,20 @@ def norm_buckets(norms, count=NORM_BUCKETS):
     return np.stack([edges[:-1], edges[1:], counts], axis=1)
 
 
+def unit_cards(units, live):
+    """The live-unit cards, written by `LkMonitor(units=True)` and by
+    `SparsityTarget(structure="units")`: `(scalars, histograms)` with
+    `live_units/<group>` and `unit_norms/<group>` for each `(group name,
+    live units, unit norms)` of `units`, and `live_macs_fraction/(all
+    layers)`, the live share of the multiply-accumulates `live`."""
+    scalars, histograms = {}, {}
+    for name, count, norms in units:
+        scalars[tags.tag(tags.LIVE_UNITS, name)] = count
+        histograms[tags.tag(tags.UNIT_NORMS, name)] = norm_buckets(norms)
+    scalars[tags.tag(tags.LIVE_MACS_FRACTION, tags.ALL_LAYERS)] = live
+    return scalars, histograms
+
+
 class UnitMeasure:
     """`live_units/<group>`, `live_macs_fraction/(all layers)` and the
     histograms `unit_norms/<group>` (each unit's L2 norm over all its
@@ -53,19 +67,17 @@ class UnitMeasure:
     def measure(self, report):
         if report.run == tags.VALIDATION or self._analysis is None:
             return  # the weights have not changed since the training log
-        values, dead = {}, {}
+        values, dead, units = {}, {}, []
         for group in self._groups:
             zero = zero_units_of(self._analysis, group, values)
-            report.scalars[tags.tag(tags.LIVE_UNITS, group.name)] = (
-                group.size - len(zero))
-            report.histograms[tags.tag(tags.UNIT_NORMS, group.name)] = (
-                norm_buckets(unit_norms(self._analysis, group._root,
-                                        group.size, 2, values)))
+            units.append((group.name, group.size - len(zero), unit_norms(
+                self._analysis, group._root, group.size, 2, values)))
             dead[group._root] = removed_units(zero, group.size)
         live = total_macs(self._analysis, dead)
         share = fraction(live, self._dense) if self._dense else 1.0
-        report.scalars[tags.tag(tags.LIVE_MACS_FRACTION,
-                                tags.ALL_LAYERS)] = share
+        scalars, histograms = unit_cards(units, share)
+        report.scalars.update(scalars)
+        report.histograms.update(histograms)
         report.logs[tags.LOG_LIVE_MACS_FRAC] = share
 
     def layout(self):

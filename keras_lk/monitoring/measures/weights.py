@@ -47,9 +47,8 @@ def _statistics(variables, signs, tol, relative, buckets):
     # argument keeps the static shape of the first one traced.) The
     # reductions run on the device; small results come back.
     # Packed weights (see `_plan`) go through one pass per pack: the graph
-    # does not grow with their number (a pass per weight cost seconds per
-    # tensor to trace on models with hundreds), and small weights get the
-    # fused pass too. Returns (stacked results per pack, results of the
+    # does not grow with their number (a pass per weight would be traced
+    # once per tensor), and small weights get the fused pass too. Returns (stacked results per pack, results of the
     # others by index, sign counts by index).
     plan = _plan(variables)
     packed = {i for group in plan for i in group}
