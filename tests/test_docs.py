@@ -146,7 +146,8 @@ def test_the_wheel_and_sdist_build_and_the_wheel_imports(tmp_path):
     wheel, = (tmp_path / "dist").glob("keras_lk-*.whl")
     sdist, = (tmp_path / "dist").glob("keras_lk-*.tar.gz")
     names = zipfile.ZipFile(wheel).namelist()
-    for module in ("keras_lk/backend.py", "keras_lk/sparsity/controller.py",
+    for module in ("keras_lk/core/backend.py", "keras_lk/sparsity/control.py",
+                   "keras_lk/monitoring/measures/units.py",
                    "keras_lk/study/cli.py", "keras_lk_cli.py"):
         assert module in names, module
     metadata = zipfile.ZipFile(wheel).read(

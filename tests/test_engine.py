@@ -120,3 +120,37 @@ def test_target_flops_is_target_macs_and_warns_once(monkeypatch):
                                 target_flops=0.4)
     with pytest.raises(ValueError, match="needs structure='units'"):
         keras_lk.SparsityTarget(target_macs=0.4)
+
+
+def test_a_file_with_state_of_another_layout_loads_the_rest(
+        tmp_path, monkeypatch):
+    # A file saved by a keras_lk whose SparsityTarget state had another
+    # layout (here: four fields): the weights and Adam's moments load,
+    # the state starts afresh with a warning, and a target still trains.
+    x = np.random.default_rng(0).normal(size=(64, 6)).astype("float32")
+
+    def model():
+        keras.utils.set_random_seed(0)
+        built = keras.Sequential([keras.Input((6,)), keras.layers.Dense(
+            5, name="h", kernel_regularizer=keras_lk.LkRegularizer(
+                1, 0.1, proximal=True)), keras.layers.Dense(2, name="o")])
+        built.compile(keras_lk.ProximalOptimizer(
+            keras.optimizers.Adam(0.01)), "mse")
+        return built
+
+    with monkeypatch.context() as patch:
+        patch.setattr(state_module, "FIELDS", state_module.FIELDS[:4])
+        saved = model()
+        saved.fit(x, x[:, :2], epochs=2, verbose=0)
+    path = tmp_path / "earlier.keras"
+    saved.save(path)
+    with pytest.warns(UserWarning, match="sparsity_state"):
+        loaded = keras.saving.load_model(path)
+    inner = loaded.optimizer.inner_optimizer.variables
+    for old, new in zip(saved.optimizer.inner_optimizer.variables, inner):
+        np.testing.assert_array_equal(old.numpy(), new.numpy())
+    assert any(float(np.abs(v.numpy()).sum()) > 0 for v in inner[2:])
+    loaded.fit(x, x[:, :2], epochs=4, batch_size=8, verbose=0,
+               callbacks=[keras_lk.SparsityTarget(0.6)])
+    kernel = loaded.get_layer("h").kernel.numpy()
+    assert int((kernel == 0).sum()) == round(0.6 * kernel.size)

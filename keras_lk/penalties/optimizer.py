@@ -352,8 +352,10 @@ class ProximalOptimizer(keras.optimizers.Optimizer):
         projections, custom layers) loads without them, hence with fewer
         variables, and Keras's loading by position would skip all of them,
         Adam's moments included: here every variable found by its path
-        is loaded, and a warning names the rest. With as many variables as
-        were saved, it loads by position, as Keras does.
+        is loaded, and a warning names the rest (the wrapped optimizer's
+        own state loads by position where it matches in number and
+        shapes). With as many variables as were saved, of the same shapes,
+        it loads by position, as Keras does.
         """
         keys = set(store.keys())
         if self._PATHS not in keys:  # saved by an earlier keras_lk
@@ -361,7 +363,9 @@ class ProximalOptimizer(keras.optimizers.Optimizer):
         saved = bytes(np.asarray(store[self._PATHS], "uint8")).decode()
         saved = saved.split("\n") if saved else []
         variables = self.variables
-        if len(saved) == len(variables):
+        if len(saved) == len(variables) and all(
+                tuple(store[str(index)].shape) == tuple(variable.shape)
+                for index, variable in enumerate(variables)):
             # By position, as Keras: a fresh model of the same build in the
             # same process (BackupAndRestore) has other generated names.
             for index, variable in enumerate(variables):
@@ -369,6 +373,23 @@ class ProximalOptimizer(keras.optimizers.Optimizer):
             return
         index_of = {path: index for index, path in enumerate(saved)}
         fresh = []
+        # The wrapped optimizer's own state (Adam's moments, one per
+        # trainable weight) is the same whatever keras_lk keeps: where the
+        # saved one matches it in number and shapes, it loads by position
+        # (the paths of a model saved mid-fit carry its name, and those of
+        # a loaded one do not).
+        inner = self.inner_optimizer.variables
+        prefix = self.inner_optimizer.name + "/"
+        inner_saved = [i for i, path in enumerate(saved)
+                       if path.startswith(prefix)]
+        if len(inner_saved) == len(inner) and all(
+                tuple(store[str(i)].shape) == tuple(v.shape)
+                for i, v in zip(inner_saved, inner)):
+            for i, variable in zip(inner_saved, inner):
+                variable.assign(store[str(i)])
+                index_of.pop(saved[i], None)
+            done = {id(v) for v in inner}
+            variables = [v for v in variables if id(v) not in done]
         for variable in variables:
             index = index_of.pop(variable.path, None)
             value = None if index is None else store[str(index)]
@@ -377,12 +398,15 @@ class ProximalOptimizer(keras.optimizers.Optimizer):
                 continue
             variable.assign(value)
         if fresh or index_of:
+            count = len(self.variables)
             warnings.warn(
-                f"{self.name}: loaded {len(variables) - len(fresh)} of its "
-                f"{len(variables)} variables by path. Saved but not here "
-                f"(weights saved with a proximal regularizer the loaded "
-                f"model does not have, e.g. one `attach` warned would not be "
-                f"saved: attach it again): {sorted(index_of)}. Here but not "
+                f"{self.name}: loaded {count - len(fresh)} of its "
+                f"{count} variables by path and shape. Saved but not here "
+                f"(the state of weights saved with a proximal regularizer "
+                f"the loaded model does not have, e.g. one `attach` warned "
+                f"would not be saved: attach it again; or SparsityTarget's "
+                f"state in an earlier keras_lk's layout, which starts "
+                f"afresh): {sorted(index_of)}. Here but not "
                 f"saved (starting fresh): {fresh}.", stacklevel=2)
 
     def get_config(self):

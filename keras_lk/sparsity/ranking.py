@@ -87,6 +87,7 @@ class Ranked:
         self.total = sum(g.size for g in plan.groups)
         self.macs = macs
         self._scales = None
+        self._steered = None
         if macs is not None:
             self.membership = ops.convert_to_tensor(np.concatenate([
                 np.tile(np.eye(len(plan.groups), dtype="float32")[i],
@@ -170,8 +171,10 @@ class Ranked:
         return parts
 
     # The policy.
-    def prepare(self, norms):
+    def prepare(self, norms, entries, learning_rate):
         self._scales = self.scales(norms)
+        # One strength for all: the shared log_scale, held by every entry.
+        self._steered = learning_rate * ops.exp(entries[0].log_scale)
 
     def bounds(self, norms, scheduled, entries):
         rank = self.global_ranks(norms)
@@ -183,8 +186,7 @@ class Ranked:
     def strength(self, index, group, entry, learning_rate):
         if group.k == 0:
             return None
-        return learning_rate * ops.exp(entry.log_scale) * ops.power(
-            self._scales[index], 2.0 - group.k)
+        return self._steered * ops.power(self._scales[index], 2.0 - group.k)
 
     def kept(self, afters, scheduled, entries):
         after_rank = self.global_ranks(afters)

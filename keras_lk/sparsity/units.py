@@ -55,8 +55,8 @@ class Uniform:
     # k = 0 steps by a threshold on the norms (the scheduled quantile).
     thresholds = True
 
-    def prepare(self, norms):
-        """Reads what the step's other calls share from the norms."""
+    def prepare(self, norms, entries, learning_rate):
+        """Reads what the step's other calls share, once a step."""
 
     def per_group(self, scheduled, count):
         """The schedule of each of the `count` groups (a `[count]`
@@ -155,30 +155,21 @@ class UnitController:
                                      len(plan.groups))
         norms = plan.norms(value_of)
         lr = ops.cast(learning_rate, "float32")
-        policy.prepare(norms)
+        policy.prepare(norms, entries, lr)
         scales = []
         for index, (group, norm, entry, (allowed, top)) in enumerate(zip(
                 plan.groups, norms, entries,
                 policy.bounds(norms, scheduled, entries))):
             t = policy.strength(index, group, entry, lr)
-            regular = group.strength(lr)
-            if t is None:  # exactly the allowed units go
-                steered = ops.zeros_like(norm)
-                scale = unit_scales(norm, regular, group.k)
-            else:
-                scale = unit_scales(norm, ops.where(phase.steer, t, regular),
-                                    group.k)
-                steered = scale
+            # k = 0 ranked: exactly the allowed units go (no strength).
+            steered = (ops.zeros_like(norm) if t is None
+                       else unit_scales(norm, t, group.k))
             # Spared: beyond the schedule's count, or among the `keep`.
             spared = ops.logical_or(top, ops.logical_and(
                 ops.equal(steered, 0), ops.logical_not(allowed)))
-            if t is None:
-                scale = ops.where(phase.steer, ops.where(spared, 1.0, 0.0),
-                                  scale)
-            else:
-                scale = ops.where(ops.logical_and(phase.steer, spared),
-                                  ops.ones_like(scale), scale)
-            scales.append(scale)
+            steered = ops.where(spared, ops.ones_like(steered), steered)
+            scales.append(ops.where(phase.steer, steered, unit_scales(
+                norm, group.strength(lr), group.k)))
         afters = [n * s for n, s in zip(norms, scales)]
         masks = []
         for index, kept in enumerate(policy.kept(afters, scheduled,
