@@ -19,6 +19,7 @@ Where the steps differ (elementwise or by unit, and how the units are
 ranked across groups) is in `weights` and `units`.
 """
 
+import functools
 import math
 
 import numpy as np
@@ -54,11 +55,22 @@ class Phase:
         self.engaged = engaged
         self.locked = run.locked
         self.steer = ops.logical_and(engaged, ops.logical_not(self.locked))
-        self.locking = ops.logical_and(self.steer, ops.greater_equal(
-            ops.cast(iterations, "int64"), run.end))
-        self.held = ops.logical_and(engaged, ops.logical_or(
+        self._run, self._iterations = run, iterations
+
+    # Computed where a step asks (an eager step runs each operation).
+    @functools.cached_property
+    def locking(self):
+        return ops.logical_and(self.steer, ops.greater_equal(
+            ops.cast(self._iterations, "int64"), self._run.end))
+
+    @functools.cached_property
+    def held(self):
+        return ops.logical_and(self.engaged, ops.logical_or(
             self.locked, self.locking))
-        self.control = self.every(iterations, CONTROL_EVERY)
+
+    @functools.cached_property
+    def control(self):
+        return self.every(self._iterations, CONTROL_EVERY)
 
     def every(self, iterations, period):
         """Steering, at a step that is a multiple of `period`."""

@@ -161,15 +161,21 @@ class UnitController:
                 plan.groups, norms, entries,
                 policy.bounds(norms, scheduled, entries))):
             t = policy.strength(index, group, entry, lr)
-            # k = 0 ranked: exactly the allowed units go (no strength).
-            steered = (ops.zeros_like(norm) if t is None
-                       else unit_scales(norm, t, group.k))
-            # Spared: beyond the schedule's count, or among the `keep`.
+            regular = group.strength(lr)
+            if t is None:
+                # Ranked k = 0: exactly the allowed units go.
+                steered = ops.zeros_like(norm)
+                scale = unit_scales(norm, regular, group.k)
+            else:
+                # One group step, with the strength of the phase.
+                scale = steered = unit_scales(
+                    norm, ops.where(phase.steer, t, regular), group.k)
+            # Spared while steering: beyond the schedule's count, or among
+            # the `keep`.
             spared = ops.logical_or(top, ops.logical_and(
                 ops.equal(steered, 0), ops.logical_not(allowed)))
             steered = ops.where(spared, ops.ones_like(steered), steered)
-            scales.append(ops.where(phase.steer, steered, unit_scales(
-                norm, group.strength(lr), group.k)))
+            scales.append(ops.where(phase.steer, steered, scale))
         afters = [n * s for n, s in zip(norms, scales)]
         masks = []
         for index, kept in enumerate(policy.kept(afters, scheduled,
