@@ -98,15 +98,65 @@ def test_one_state_layout_with_named_fields():
 def test_the_optimizer_hook_refuses_what_cannot_steer():
     optimizer = keras_lk.ProximalOptimizer(keras.optimizers.SGD(0.1))
     with pytest.raises(ValueError, match="steering.*Received: steering=42"):
-        optimizer.steer(42)
-    optimizer.steer(None)
-    assert optimizer.steering is None
+        optimizer.steer("weights", 42)
+    with pytest.raises(ValueError, match="kind.*Received: kind='layers'"):
+        optimizer.steer("layers", None)
+    optimizer.steer("units", None)
+    assert optimizer.steering == {"units": None}
+
+
+def test_a_units_steering_made_for_another_plan_does_not_step():
+    # attach or detach during a fit makes a new plan: a steering made for
+    # the old one must not assign its values to the new plan's weights.
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(
+        6, name="hidden"), keras.layers.Dense(2, name="out")])
+    keras_lk.attach(model, keras_lk.LkRegularizer(1, 0.1, proximal=True),
+                    structure="units")
+    optimizer = keras_lk.ProximalOptimizer(keras.optimizers.SGD(0.1))
+    model.compile(optimizer, "mse")
+    x = np.random.default_rng(0).normal(size=(16, 4)).astype("float32")
+    model.fit(x, x[:, :2], epochs=1, verbose=0)
+
+    class Stale:
+        plan = object()
+
+        def step(self, *args):
+            raise AssertionError("a steering of another plan stepped")
+
+    optimizer.steer("units", Stale())
+    model.make_train_function(force=True)
+    before = model.get_layer("hidden").kernel.numpy()
+    model.fit(x, x[:, :2], epochs=1, verbose=0)
+    assert not np.array_equal(before, model.get_layer("hidden").kernel.numpy())
+
+
+def test_a_target_on_weights_and_one_on_units_in_one_fit():
+    model = keras.Sequential([
+        keras.Input((8,)), keras.layers.Dense(12, name="hidden"),
+        keras.layers.Dense(6, name="mid"), keras.layers.Dense(
+            3, name="out", kernel_regularizer=keras_lk.LkRegularizer(
+                1, 0.1, proximal=True))])
+    keras_lk.attach(model, keras_lk.LkRegularizer(0, 0.1, proximal=True),
+                    structure="units", names=["hidden"])
+    model.compile(keras_lk.ProximalOptimizer(keras.optimizers.SGD(0.05)),
+                  "mse")
+    x = np.random.default_rng(1).normal(size=(64, 8)).astype("float32")
+    model.fit(x, x[:, :3], epochs=4, batch_size=8, verbose=0, callbacks=[
+        keras_lk.SparsityTarget(0.5),
+        keras_lk.SparsityTarget(0.5, structure="units")])
+    out = model.get_layer("out").kernel.numpy()
+    assert int((out == 0).sum()) == round(0.5 * out.size)
+    hidden = model.get_layer("hidden").kernel.numpy()
+    assert int((np.abs(hidden).sum(axis=0) == 0).sum()) == 6
 
 
 def test_target_flops_is_target_macs_and_warns_once(monkeypatch):
     from keras_lk.sparsity import target as target_module
 
     monkeypatch.setattr(target_module, "_warned_flops", [])
+    with pytest.raises(ValueError, match="target"):
+        keras_lk.SparsityTarget(structure="units", target_flops=2.0)
+    # A call that raises does not use up the one warning.
     with pytest.warns(DeprecationWarning, match="target_macs"):
         old = keras_lk.SparsityTarget(structure="units", target_flops=0.4)
     with warnings.catch_warnings():
@@ -115,6 +165,8 @@ def test_target_flops_is_target_macs_and_warns_once(monkeypatch):
     new = keras_lk.SparsityTarget(structure="units", target_macs=0.4)
     assert old.target_macs == new.target_macs == old.target_flops == 0.4
     assert again.target_macs == 0.3
+    again.target_flops = 0.2
+    assert again.target_macs == 0.2
     with pytest.raises(ValueError, match="old name of target_macs"):
         keras_lk.SparsityTarget(structure="units", target_macs=0.4,
                                 target_flops=0.4)
@@ -154,3 +206,45 @@ def test_a_file_with_state_of_another_layout_loads_the_rest(
                callbacks=[keras_lk.SparsityTarget(0.6)])
     kernel = loaded.get_layer("h").kernel.numpy()
     assert int((kernel == 0).sum()) == round(0.6 * kernel.size)
+
+
+def test_a_run_saved_in_another_layout_starts_afresh_on_resuming(
+        tmp_path, monkeypatch):
+    # Saved mid-run by a keras_lk whose state had another layout (here a
+    # seventh field): resuming at a later epoch must not read the fresh
+    # (zero) state as the saved run's, but start a new run.
+    x = np.random.default_rng(0).normal(size=(64, 6)).astype("float32")
+
+    def model():
+        keras.utils.set_random_seed(0)
+        built = keras.Sequential([keras.Input((6,)), keras.layers.Dense(
+            5, name="h", kernel_regularizer=keras_lk.LkRegularizer(
+                1, 0.1, proximal=True)), keras.layers.Dense(2, name="o")])
+        built.compile(keras_lk.ProximalOptimizer(
+            keras.optimizers.SGD(0.05)), "mse")
+        return built
+
+    path = tmp_path / "mid_run.keras"
+    with monkeypatch.context() as patch:
+        patch.setattr(state_module, "FIELDS",
+                      state_module.FIELDS + ("extra",))
+        class SaveMidRun(keras.callbacks.Callback):
+            def on_epoch_end(self, epoch, logs=None):
+                if epoch == 1:
+                    self.model.save(path)
+
+        saved = model()
+        saved.fit(x, x[:, :2], epochs=4, batch_size=8, verbose=0,
+                  callbacks=[keras_lk.SparsityTarget(0.6, end_step=30),
+                             SaveMidRun()])
+    with pytest.warns(UserWarning, match="sparsity_state"):
+        loaded = keras.saving.load_model(path)
+    loaded.fit(x, x[:, :2], initial_epoch=2, epochs=6, batch_size=8,
+               verbose=0, callbacks=[keras_lk.SparsityTarget(
+                   0.6, end_step=30)])
+    kernel = loaded.get_layer("h").kernel
+    assert np.isfinite(kernel.numpy()).all()
+    assert int((kernel.numpy() == 0).sum()) == round(0.6 * kernel.numpy().size)
+    # A fresh run: the weight's scale was set (a resumed zero state has 0).
+    entry = loaded.optimizer.state("sparsity").of(kernel)
+    assert float(entry.scale) == 1.0

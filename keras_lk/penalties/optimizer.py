@@ -16,6 +16,10 @@ from keras_lk.penalties.prox import (half_threshold_newton, hard_threshold,
                                      prox, soft_threshold)
 from keras_lk.penalties.regularizers import LkRegularizer
 
+# What `steer` can hand over: the steps of the weights with a proximal
+# LkRegularizer, and those of the unit groups.
+STEERED = ("weights", "units")
+
 # The proximal steps with a fast form: k -> function(y, t).
 _FAST_PROX = {0.0: hard_threshold, 1.0: soft_threshold,
               0.5: half_threshold_newton}
@@ -148,7 +152,7 @@ class ProximalOptimizer(keras.optimizers.Optimizer):
         self.unit_plan = None
         self._unit_key = None
         self._states = {}
-        self.steering = None
+        self.steering = {}  # kind -> what steers that kind's steps
 
     def find_proximal(self, var_list):
         """Finds the proximal regularizers the weights carry now: `attach` and
@@ -198,23 +202,28 @@ class ProximalOptimizer(keras.optimizers.Optimizer):
         """The state registered as `name` (see `keep_state`), or None."""
         return self._states.get(name)
 
-    def steer(self, steering):
+    def steer(self, kind, steering):
         """Hands the proximal steps of one kind to `steering`, or (None)
         back to the penalties' own strengths.
 
-        `steering.steers` is `"weights"` (the weights with a proximal
-        `LkRegularizer`) or `"units"` (the groups of `unit_plan`), and
+        `kind` is `"weights"` (the weights with a proximal
+        `LkRegularizer`) or `"units"` (the groups of `unit_plan`);
         `steering.step(optimizer, variables, learning_rate, iterations,
         condition)` assigns their new values in the train step, where
-        `condition` holds (None: always). The train step must be traced
-        again after a change (`model.make_train_function(force=True)`).
+        `condition` holds (None: always). A units steering has the `plan`
+        it was made for, and steps only while that is this optimizer's
+        `unit_plan` (attach or detach during a fit makes a new one). The
+        train step must be traced again after a change
+        (`model.make_train_function(force=True)`).
         """
-        if steering is not None and getattr(steering, "steers", None) not in (
-                "weights", "units"):
+        kind = checks.check_choice("kind", kind, STEERED)
+        if steering is not None and not callable(
+                getattr(steering, "step", None)):
             raise checks.invalid(
-                "steering", "None or an object whose `steers` is 'weights' "
-                "or 'units'", steering)
-        self.steering = steering
+                "steering", "None or an object with a step(optimizer, "
+                "variables, learning_rate, iterations, condition) method",
+                steering)
+        self.steering[kind] = steering
 
     def build(self, var_list):
         """Builds the wrapped optimizer, then this one's state: whatever
@@ -262,8 +271,9 @@ class ProximalOptimizer(keras.optimizers.Optimizer):
         steering of that kind, if one is set (`steer`)."""
         condition = (updated if self.inner_optimizer
                      .gradient_accumulation_steps else None)
-        steering = self.steering
-        if steering is not None and steering.steers == kind:
+        steering = self.steering.get(kind)
+        if steering is not None and (
+                kind == "weights" or steering.plan is self.unit_plan):
             iterations = ops.convert_to_tensor(self.inner_optimizer.iterations)
             steering.step(self, variables, learning_rate, iterations,
                           condition)

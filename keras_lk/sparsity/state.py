@@ -159,15 +159,17 @@ class RunState:
 
 
 class SparsityState:
-    """The state of every steered member and of the run, owned by the
+    """The state of every steered member and of the runs, owned by the
     optimizer: `weights` (an `Entry` per weight with a proximal
-    `LkRegularizer`, by variable id) and `units` (an `Entry` per group of
-    the optimizer's `UnitPlan`, in its order)."""
+    `LkRegularizer`, by variable id), `units` (an `Entry` per group of the
+    optimizer's `UnitPlan`, in its order) and `runs` (a `RunState` per
+    kind, `"weights"` and `"units"`: a SparsityTarget on the weights and
+    one on the units may run in one fit)."""
 
-    def __init__(self, weights, units, run):
+    def __init__(self, weights, units, runs):
         self.weights = weights
         self.units = units
-        self.run = run
+        self.runs = runs
 
     @classmethod
     def build(cls, optimizer, variables, plan):
@@ -182,7 +184,12 @@ class SparsityState:
         units = [Entry.build(optimizer, f"units_{index}", (group.size,),
                              "kept")
                  for index, group in enumerate(plan.groups if plan else ())]
-        return cls(weights, units, RunState.build(optimizer, "sparsity"))
+        runs = {}
+        if variables:
+            runs["weights"] = RunState.build(optimizer, "sparsity")
+        if plan is not None:
+            runs["units"] = RunState.build(optimizer, "units")
+        return cls(weights, units, runs)
 
     def __contains__(self, variable):
         return id(variable) in self.weights

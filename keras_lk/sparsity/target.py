@@ -20,6 +20,7 @@ from keras_lk.core import backend, checks
 from keras_lk.core.chain import proximal_optimizer
 from keras_lk.monitoring import tags
 from keras_lk.monitoring.summary import RunWriter, check_writable
+from keras_lk.sparsity import state
 from keras_lk.sparsity.groups import ALLOCATIONS
 from keras_lk.sparsity.protection import PROTECTIONS
 from keras_lk.sparsity.unit_run import UNIT_ALLOCATIONS, UnitRun
@@ -164,12 +165,6 @@ class SparsityTarget(keras.callbacks.Callback):
                     "target_flops is the old name of target_macs: give one. "
                     f"Received: target_macs={target_macs!r}, "
                     f"target_flops={target_flops!r}")
-            if not _warned_flops:
-                _warned_flops.append(True)
-                warnings.warn(
-                    "SparsityTarget(target_flops=...) is deprecated: it is a "
-                    "share of the multiply-accumulates, now named "
-                    "target_macs.", DeprecationWarning, stacklevel=2)
             target_macs = target_flops
         if structure is not None and structure != "units":
             raise checks.invalid("structure", "None or 'units'", structure)
@@ -239,11 +234,21 @@ class SparsityTarget(keras.callbacks.Callback):
         self._optimizer = None
         self._writer = None
         self._started = False
+        if target_flops is not None and not _warned_flops:
+            _warned_flops.append(True)
+            warnings.warn(
+                "SparsityTarget(target_flops=...) is deprecated: it is a "
+                "share of the multiply-accumulates, now named target_macs.",
+                DeprecationWarning, stacklevel=2)
 
     @property
     def target_flops(self):
         """The old name of `target_macs`."""
         return self.target_macs
+
+    @target_flops.setter
+    def target_flops(self, value):
+        self.target_macs = value
 
     def on_train_begin(self, logs=None):
         model = self.model
@@ -266,7 +271,7 @@ class SparsityTarget(keras.callbacks.Callback):
         controller.window = max(
             1, int(getattr(model, "steps_per_execution", 1) or 1))
         self._started = False
-        self._optimizer.steer(controller)
+        self._optimizer.steer(controller.steers, controller)
         # The step traced so far has no controller in it.
         model.make_train_function(force=True)
         if self.log_dir is not None:
@@ -279,7 +284,7 @@ class SparsityTarget(keras.callbacks.Callback):
         if self._started:
             return
         self._started = True
-        unfinished, settings = self._run.controller.state.run.host()
+        unfinished, settings = self._run.controller.run.host()
         if epoch > 0 and unfinished == 1 and settings == self._settings():
             return  # resumed: schedule, strengths and masks as saved
         self._start_run()
@@ -288,9 +293,12 @@ class SparsityTarget(keras.callbacks.Callback):
         """A number that identifies this callback's settings."""
         # 31 bits: on JAX (no 64-bit integers by default) the run's state
         # is int32.
+        # The state's layout is part of it: a run saved in another layout
+        # starts afresh.
         return zlib.crc32(repr((self._run.describe(), self.begin_step,
                                 self.end_step, self.allocation,
-                                self.protect)).encode()) & 0x7FFFFFFF
+                                self.protect, state.FIELDS)).encode()
+                          ) & 0x7FFFFFFF
 
     def _learning_rate(self):
         return float(ops.convert_to_numpy(
@@ -345,8 +353,8 @@ class SparsityTarget(keras.callbacks.Callback):
     def on_train_end(self, logs=None):
         if self._run is not None:
             self._run.controller.finish_run()
-        if self._optimizer is not None:
-            self._optimizer.steer(None)
+        if self._optimizer is not None and self._run is not None:
+            self._optimizer.steer(self._run.controller.steers, None)
             # The next fit traces a step without the controller.
             self.model.make_train_function(force=True)
         if self._writer is not None:

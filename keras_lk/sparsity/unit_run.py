@@ -102,7 +102,7 @@ class UnitRun:
         self.allocation = allocation
         sizes = [g.size for g in plan.groups]
         if allocation != "uniform":
-            # One ranking across groups (`unit_ranking`): every group's
+            # One ranking across groups (`ranking`): every group's
             # vector holds the shared target and the units kept in all.
             ks = sorted({g.k for g in plan.groups})
             if len(ks) > 1:

@@ -107,7 +107,8 @@ class UnitController:
         self.plan = plan
         self.state = state
         self.policy = policy
-        self.heartbeat = state.run.ensure_heartbeat()
+        self.run = state.runs[self.steers]
+        self.heartbeat = self.run.ensure_heartbeat()
         self.window = 1
 
     # On the host.
@@ -118,16 +119,16 @@ class UnitController:
                 np.ones(group.size, bool), log_scale=log_scales[index],
                 target=targets[index], start=starts[index],
                 keep=keeps[index])
-        self.state.run.reset(begin, end, settings)
+        self.run.reset(begin, end, settings)
 
     def finish_run(self):
-        self.state.run.finish()
+        self.run.finish()
 
     # In the step.
     def scheduled(self, iterations):
         """Each group's scheduled fraction of zeros (of units, or with a
         ranked MACs target the share of the MACs)."""
-        run = self.state.run
+        run = self.run
         entries = self.state.units
         return polynomial(iterations, run.begin, run.end,
                           ops.stack([e.target for e in entries]),
@@ -139,7 +140,7 @@ class UnitController:
         `condition` holds (None for always)."""
         entries = self.state.units
         targets = (list(variables) + [e.vector for e in entries]
-                   + [e.mask for e in entries] + [self.state.run.vector])
+                   + [e.mask for e in entries] + [self.run.vector])
         backend.current().assign(targets, lambda: [
             value for part in self.values(learning_rate, iterations,
                                           lambda v: v.value)
@@ -150,7 +151,7 @@ class UnitController:
         after this step's group proximal step."""
         plan, policy = self.plan, self.policy
         entries = self.state.units
-        phase = Phase(self.state.run, iterations, self.window)
+        phase = Phase(self.run, iterations, self.window)
         scheduled = policy.per_group(self.scheduled(iterations),
                                      len(plan.groups))
         norms = plan.norms(value_of)
@@ -200,4 +201,4 @@ class UnitController:
                                      vector))
         weights = plan.scaled(scales, value_of)
         return weights, vectors, masks, [
-            self.state.run.with_locked(phase.locking)]
+            self.run.with_locked(phase.locking)]

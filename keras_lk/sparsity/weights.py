@@ -64,7 +64,8 @@ class WeightController:
         # last hook runs in a fit without that callback (one that raised
         # left the controller in the traced step): it is plain proximal
         # training there, untouched by the controller.
-        self.heartbeat = state.run.ensure_heartbeat()
+        self.run = state.runs[self.steers]
+        self.heartbeat = self.run.ensure_heartbeat()
         self.window = 1
         rng = np.random.default_rng(0)
         self.samples = {}  # variable id -> flat indices, or None for all
@@ -98,14 +99,14 @@ class WeightController:
                     self.protection.mask(variable),
                     log_scale=log_scale[index], scale=scales[id(variable)],
                     start=start[index], target=group.target)
-        self.state.run.reset(begin, end, settings)
+        self.run.reset(begin, end, settings)
 
     def finish_run(self):
-        self.state.run.finish()
+        self.run.finish()
 
     def thresholds(self, learning_rate):
         """Each group's zeroing threshold on `|w| / u` (0 once locked)."""
-        if bool(ops.convert_to_numpy(self.state.run.locked)):
+        if bool(ops.convert_to_numpy(self.run.locked)):
             return [0.0] * len(self.groups)
         scales = np.exp(ops.convert_to_numpy(self.field("log_scale")))
         taus = ops.convert_to_numpy(self.field("threshold"))
@@ -116,7 +117,7 @@ class WeightController:
     # In the step.
     def scheduled(self, iterations):
         """Each group's scheduled sparsity at step `iterations`."""
-        run = self.state.run
+        run = self.run
         return polynomial(iterations, run.begin, run.end,
                           ops.convert_to_tensor(self.targets),
                           self.field("start"))
@@ -149,7 +150,7 @@ class WeightController:
         step: the pruned weights stay 0; outside the owning fit, the
         regularizer's own step.
         """
-        phase = Phase(self.state.run, iterations, self.window)
+        phase = Phase(self.run, iterations, self.window)
         steer = phase.steer
         controlled = [v for v in variables if self.controls(v)]
 
@@ -189,7 +190,7 @@ class WeightController:
         the lock at `end_step` (only in a step that updated the weights,
         `updated`, under gradient accumulation)."""
         seam = backend.current()
-        phase = Phase(self.state.run, iterations, self.window, updated)
+        phase = Phase(self.run, iterations, self.window, updated)
         entries = [self.state.of(v) for v in self.covered]
 
         def controlled():
@@ -208,7 +209,7 @@ class WeightController:
         seam.assign(self.covered, lambda: [
             ops.where(e.mask.value, v.value, ops.zeros_like(v.value))
             for v, e in zip(self.covered, entries)], locking)
-        run = self.state.run
+        run = self.run
         seam.assign([run.vector], lambda: [run.with_locked(locking)])
 
     def _law(self, iterations):
