@@ -129,7 +129,7 @@ def test_the_docs_site_builds_strictly(tmp_path):
     assert result.returncode == 0, result.stderr[-4000:]
     api = (tmp_path / "site" / "api" / "index.html").read_text()
     for name in ("LkRegularizer", "LkMonitor", "ProximalOptimizer",
-                 "SparsityTarget", "attach.attach", "sparsity.shipping.strip",
+                 "SparsityTarget", "attach.attach", "export.strip",
                  "sparsity.counting.sparsity", "prox"):
         assert f'id="keras_lk.{name}"' in api, name
 
