@@ -174,6 +174,16 @@ def test_target_flops_is_target_macs_and_warns_once(monkeypatch):
         keras_lk.SparsityTarget(target_macs=0.4)
 
 
+def _proximal_model(optimizer):
+    """A small model whose first kernel carries a proximal L1 penalty."""
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(
+        5, name="h", kernel_regularizer=keras_lk.LkRegularizer(
+            1, 0.1, proximal=True)), keras.layers.Dense(2, name="o")])
+    model.compile(keras_lk.ProximalOptimizer(optimizer), "mse")
+    return model
+
+
 def test_a_file_with_state_of_another_layout_loads_the_rest(
         tmp_path, monkeypatch):
     # A file saved by a keras_lk whose SparsityTarget state had another
@@ -181,18 +191,9 @@ def test_a_file_with_state_of_another_layout_loads_the_rest(
     # the state starts afresh with a warning, and a target still trains.
     x = np.random.default_rng(0).normal(size=(64, 6)).astype("float32")
 
-    def model():
-        keras.utils.set_random_seed(0)
-        built = keras.Sequential([keras.Input((6,)), keras.layers.Dense(
-            5, name="h", kernel_regularizer=keras_lk.LkRegularizer(
-                1, 0.1, proximal=True)), keras.layers.Dense(2, name="o")])
-        built.compile(keras_lk.ProximalOptimizer(
-            keras.optimizers.Adam(0.01)), "mse")
-        return built
-
     with monkeypatch.context() as patch:
         patch.setattr(state_module, "FIELDS", state_module.FIELDS[:4])
-        saved = model()
+        saved = _proximal_model(keras.optimizers.Adam(0.01))
         saved.fit(x, x[:, :2], epochs=2, verbose=0)
     path = tmp_path / "earlier.keras"
     saved.save(path)
@@ -215,15 +216,6 @@ def test_a_run_saved_in_another_layout_starts_afresh_on_resuming(
     # (zero) state as the saved run's, but start a new run.
     x = np.random.default_rng(0).normal(size=(64, 6)).astype("float32")
 
-    def model():
-        keras.utils.set_random_seed(0)
-        built = keras.Sequential([keras.Input((6,)), keras.layers.Dense(
-            5, name="h", kernel_regularizer=keras_lk.LkRegularizer(
-                1, 0.1, proximal=True)), keras.layers.Dense(2, name="o")])
-        built.compile(keras_lk.ProximalOptimizer(
-            keras.optimizers.SGD(0.05)), "mse")
-        return built
-
     path = tmp_path / "mid_run.keras"
     with monkeypatch.context() as patch:
         patch.setattr(state_module, "FIELDS",
@@ -233,7 +225,7 @@ def test_a_run_saved_in_another_layout_starts_afresh_on_resuming(
                 if epoch == 1:
                     self.model.save(path)
 
-        saved = model()
+        saved = _proximal_model(keras.optimizers.SGD(0.05))
         saved.fit(x, x[:, :2], epochs=4, batch_size=8, verbose=0,
                   callbacks=[keras_lk.SparsityTarget(0.6, end_step=30),
                              SaveMidRun()])
