@@ -6,8 +6,8 @@ import dataclasses
 import keras
 import numpy as np
 
-from keras_lk.structure import rules
-from keras_lk.structure.channels import EXACT, UNKNOWN, Spaces
+from keras_lk.structure import describe, hub, rules
+from keras_lk.structure.channels import EXACT, UNKNOWN, Channels, Spaces
 from keras_lk.structure.graph import read
 
 _LAYER_MODULES = ("keras.layers", "keras.src.layers")
@@ -26,12 +26,16 @@ _NEEDS_IN_SHAPE = {"Flatten": rules.flatten, "Reshape": rules.reshape}
 class Analysis:
     """`graph`: the model's `Graph`; `spaces`: the union-find; `maps`:
     `Channels` per (scope, tensor key); `nodes`: every call walked, those
-    of nested models included (each with its `scope` and `graph`)."""
+    of nested models included (each with its `scope` and `graph`);
+    `blocks`: the `describe.Block`s that rules declared, in graph order
+    (unit i of the space `block_space` is `blocks[i]`)."""
 
     graph: object
     spaces: Spaces
     maps: dict
     nodes: list
+    blocks: list = dataclasses.field(default_factory=list)
+    block_space: object = None
 
     def roots(self):
         """Every space that is its own root, in the order made."""
@@ -59,6 +63,9 @@ class Analysis:
 def rule_of(node):
     """The rule for `node`, or None when keras_lk does not know its layer."""
     module = node.module
+    described = describe.rule_for(node.operation)
+    if described is not None:
+        return _described(described)
     if module.startswith(_LAYER_MODULES):
         if node.class_name in _NEEDS_IN_SHAPE:
             return _NEEDS_IN_SHAPE[node.class_name]
@@ -83,6 +90,7 @@ def analyze(model):
             analysis, graph, "", key, key[0],
             "it is one of the model's inputs")
     _walk(analysis, graph, "")
+    _block_space(analysis)
     for key in graph.outputs:
         spaces.keep(analysis.maps[("", key)],
                     "it is one of the model's outputs")
@@ -90,6 +98,36 @@ def analyze(model):
     for key, channels in analysis.maps.items():
         analysis.maps[key] = spaces.resolve(channels)
     return analysis
+
+
+def _described(rule):
+    """A rule written with `describe.LayerUnits` as an analysis rule."""
+    def apply(spaces, node, layer, maps, shape):
+        units = describe.LayerUnits(spaces, node, layer, maps, shape,
+                                    spaces.blocks)
+        return rule(layer, units)
+    return apply
+
+
+def _block_space(analysis):
+    """One space whose unit i is the i-th block declared: its slices are
+    the block's `zero` variables, whole."""
+    blocks = analysis.spaces.blocks
+    analysis.blocks = list(blocks)
+    if not blocks:
+        return
+    spaces = analysis.spaces
+    channels = spaces.new(len(blocks), "blocks")
+    analysis.block_space = int(channels.space[0])
+    spaces.kinds[analysis.block_space] = "blocks"
+    for index, block in enumerate(blocks):
+        block.index = index
+        one = Channels(channels.space[index:index + 1],
+                       channels.unit[index:index + 1])
+        for variable in block.zero:
+            size = variable.shape[0] if variable.shape else 1
+            spaces.record(one, block.layer, variable, 0,
+                          lambda p, n=size: np.arange(n)[None, :])
 
 
 def _fresh(analysis, graph, scope, key, maker, reason, kind=EXACT):

@@ -44,9 +44,11 @@ class Edit:
     of a shape), or "output_shape" (MultiHeadAttention's)."""
 
     layer: str
-    key: str
+    key: object
     kind: str
     channels: object
+    also: dict = dataclasses.field(default_factory=dict)
+    block: object = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,6 +86,9 @@ class Spaces:
         # A space whose units are positions of other spaces' (an Add of one
         # layer's output with a Concatenate): root -> resolved `Channels`.
         self.alias = {}
+        # Rules' `describe.Block`s, and the kind of a space that is not
+        # plain units ("blocks").
+        self.blocks, self.kinds = [], {}
 
     def new(self, size, producer, reason=None, kind=EXACT):
         """A new space of `size` units made by layer `producer`."""

@@ -121,10 +121,32 @@ def _flatten(value):
     return [], [value]
 
 
+def _graph_config(view):
+    """`view.get_config()`. A layer whose own `get_config` raises (keras_hub
+    0.32's LlamaTransformerDecoder reads an attribute it never sets) is read
+    with Keras's base config (name, dtype, trainable) for this one call:
+    the graph needs its calls, and the rules read such layers' attributes.
+    """
+    broken = []
+    for layer in view.layers:
+        try:
+            layer.get_config()
+        except (AttributeError, TypeError, KeyError, NotImplementedError):
+            broken.append(layer)
+    for layer in broken:
+        layer.get_config = (  # restored below
+            lambda layer=layer: keras.layers.Layer.get_config(layer))
+    try:
+        return view.get_config()
+    finally:
+        for layer in broken:
+            del layer.get_config
+
+
 def read(model):
     """The `Graph` of a built Functional or Sequential model."""
     view = functional_view(model)
-    config = view.get_config()
+    config = _graph_config(view)
     operations = {op.name: op for op in view.operations}
     shapes, nodes = {}, []
     for entry in config["layers"]:

@@ -22,6 +22,10 @@ class UnitGroup:
         removable: Whether removing a unit leaves the model's outputs
             exactly as they are once its slices are zero.
         reasons: Why it is not removable (empty when it is).
+        kind: "units" (output units, channels, feed-forward units),
+            "heads" (attention heads, or KV groups with their query
+            heads) or "blocks" (whole residual blocks: unit i is the i-th
+            block, zero when its output projections are).
 
     A unit counts as zero when every slice of it is exactly zero: the
     producing kernel's output slice and bias, the BatchNormalization scale
@@ -49,6 +53,7 @@ class UnitGroup:
     reasons: tuple
     _analysis: object = dataclasses.field(repr=False, compare=False)
     _root: int = dataclasses.field(repr=False, compare=False)
+    kind: str = "units"
 
     @property
     def reason(self):
@@ -67,8 +72,10 @@ class UnitGroup:
         return int(np.count_nonzero(self.norms(np.inf)))
 
 
-def build_groups(analysis):
-    """The `UnitGroup`s of an analysis, every space that slices a weight."""
+def build_groups(analysis, blocks=False):
+    """The `UnitGroup`s of an analysis, every space that slices a weight;
+    the "blocks" group only with `blocks` (the penalties and the training
+    targets act on the units inside the blocks)."""
     spaces = analysis.spaces
     found, names = [], set()
     by_root = {}
@@ -77,6 +84,10 @@ def build_groups(analysis):
     for root in analysis.roots():
         pieces = by_root.get(root)
         if not pieces or spaces.size[root] == 0:
+            continue
+        kind = spaces.kinds.get(root) or (
+            "heads" if spaces.producer[root].endswith("heads") else "units")
+        if kind == "blocks" and not blocks:
             continue
         name = spaces.producer[root]
         while name in names:
@@ -87,7 +98,7 @@ def build_groups(analysis):
             name=name, size=spaces.size[root],
             layers=tuple(dict.fromkeys(p.layer for p in pieces)),
             paths=tuple(dict.fromkeys(p.variable.path for p in pieces)),
-            removable=not reasons, reasons=reasons,
+            removable=not reasons, reasons=reasons, kind=kind,
             _analysis=analysis, _root=root))
     return found
 
@@ -134,4 +145,4 @@ def unit_groups(model):
         >>> groups[1].layers
         ('conv', 'bn', 'head')
     """
-    return build_groups(analyze(model))
+    return build_groups(analyze(model), blocks=True)

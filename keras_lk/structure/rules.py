@@ -255,6 +255,16 @@ def embedding(spaces, node, layer, maps, shape):
     return out
 
 
+def reversible_embedding(spaces, node, layer, maps, shape):
+    """Embedding with its reverse projection (the output head of a
+    language model when untied): one space for both."""
+    out = embedding(spaces, node, layer, maps, shape)
+    reverse = _variable(layer, "reverse_embeddings")
+    if reverse is not None:
+        spaces.record(out, node.name, reverse, 0, _single)
+    return out
+
+
 def attention(spaces, node, layer, maps, shape):
     """MultiHeadAttention: the heads are one space (query, key, value and
     output slices together); its inputs' units slice the projections."""
@@ -386,7 +396,7 @@ RULES = {
     "SeparableConv2D": separable, "BatchNormalization": batch_norm,
     "PReLU": per_channel, "LSTM": recurrent, "GRU": recurrent,
     "SimpleRNN": recurrent, "Bidirectional": bidirectional,
-    "Embedding": embedding,
+    "Embedding": embedding, "ReversibleEmbedding": reversible_embedding,
     "MultiHeadAttention": attention, "Concatenate": concatenate,
     "Activation": activation, "Rescaling": rescaling,
     "LayerNormalization": keep_all("normalizes across the channel axis"),

@@ -1,5 +1,7 @@
 """`shrink`: a smaller Keras model without the units that are all zero."""
 
+import warnings
+
 import keras
 import numpy as np
 
@@ -62,31 +64,160 @@ def _removals(analysis, dead):
     return found
 
 
+def _value(edit, count, layer):
+    """Sets one edit's entries in the config dict `layer` for `count`
+    units left."""
+    if edit.kind == "count":
+        layer[edit.key] = count
+    elif edit.kind == "counts":
+        for key, per_unit in edit.key.items():
+            layer[key] = count * per_unit
+        layer.update(edit.also)
+    elif edit.kind == "path":
+        entry = layer
+        for part in edit.key[:-1]:
+            entry = entry[part]
+        entry[edit.key[-1]] = count
+    elif edit.kind == "last":
+        layer[edit.key] = tuple(layer[edit.key][:-1]) + (count,)
+    else:  # MultiHeadAttention's output_shape
+        shape = layer.get(edit.key)
+        layer[edit.key] = (tuple(shape[:-1]) + (count,)
+                           if isinstance(shape, (list, tuple)) else count)
+
+
+def dead_blocks(analysis, dead):
+    """The `describe.Block`s whose units are all dead."""
+    units = dead.get(analysis.block_space, set()) if (
+        analysis.block_space is not None) else set()
+    return [analysis.blocks[u] for u in sorted(units)]
+
+
+def _shared_edits(analysis, dead, gone, by_layer):
+    """The "counts" edits that share config entries (the blocks of a
+    keras_hub backbone share `intermediate_dim`; ViT's blocks share its
+    encoder's `mlp_dim`), grouped: `{share key: [edit]}`. `by_layer`: the
+    entries are each layer's (a Functional model) rather than the
+    model's (a class rebuilt from its arguments)."""
+    shared = {}
+    for edit in analysis.spaces.edits:
+        if edit.kind != "counts" or not edit.key or (
+                edit.block is not None and id(edit.block) in gone):
+            continue
+        key = tuple(sorted(edit.key))
+        if by_layer:
+            key = (edit.layer,) + key
+        shared.setdefault(key, []).append(edit)
+    return shared
+
+
+def pad_to_shared(analysis, dead, by_layer):
+    """`dead` with as few units removed as keep every set of edits that
+    share a config entry at one width: the widest. Returns `(dead, kept)`,
+    `kept` the number of zero units that stay for it."""
+    gone = {id(b) for b in dead_blocks(analysis, dead)}
+    dead = {root: set(units) for root, units in dead.items()}
+    kept = 0
+    for edits in _shared_edits(analysis, dead, gone, by_layer).values():
+        roots = {}
+        for edit in edits:
+            channels = edit.channels
+            root = int(analysis.spaces.root(int(channels.space[0])))
+            roots[root] = len(channels)
+        width = max(size - len(dead.get(root, ())) for root, size in
+                    roots.items())
+        for root, size in roots.items():
+            units = sorted(dead.get(root, ()))
+            keep = size - width
+            if len(units) > keep:
+                kept += len(units) - keep
+                dead[root] = set(units[:keep])
+    return dead, kept
+
+
 def _edited(serialized, analysis, dead):
     """The serialized model with every layer's unit counts set to what is
-    left, and no build or compile state (the shapes change)."""
+    left, its dead blocks gone, and no build or compile state (the shapes
+    change)."""
     _scrub(serialized)
     entries = _entries(serialized, "")
+    gone = dead_blocks(analysis, dead)
+    gone_ids = {id(b) for b in gone}
     for edit in analysis.spaces.edits:
+        if edit.block is not None and id(edit.block) in gone_ids:
+            continue
         layer = entries[edit.layer]["config"]
         count = analysis.live(edit.channels, dead)
-        size = len(edit.channels)
-        if count == size:
+        if count == len(edit.channels):
             continue
-        if edit.kind == "count":
-            layer[edit.key] = count
-        elif edit.kind == "path":
-            entry = layer
-            for part in edit.key[:-1]:
-                entry = entry[part]
-            entry[edit.key[-1]] = count
-        elif edit.kind == "last":
-            layer[edit.key] = tuple(layer[edit.key][:-1]) + (count,)
-        else:  # MultiHeadAttention's output_shape
-            shape = layer.get(edit.key)
-            layer[edit.key] = (tuple(shape[:-1]) + (count,)
-                               if isinstance(shape, (list, tuple)) else count)
+        _value(edit, count, layer)
+    for block in gone:
+        if block.config is not None:
+            entries[block.layer]["config"][block.config] -= 1
+        else:
+            _remove_layer(serialized, block.layer)
     return serialized
+
+
+def _remove_layer(serialized, name):
+    """Takes layer `name` out of a serialized Functional model: every
+    tensor it made is read from its first input instead (a block that is
+    the identity)."""
+    for container in _containers(serialized):
+        layers = container["config"]["layers"]
+        for entry in layers:
+            if entry.get("name", entry["config"].get("name")) != name.split(
+                    "/")[-1]:
+                continue
+            source = _first_tensor(entry["inbound_nodes"][0])
+            layers.remove(entry)
+            _reroute(container["config"], name.split("/")[-1],
+                     source["config"]["keras_history"])
+            return
+    raise ValueError(f"shrink() found no layer '{name}' to remove.")
+
+
+def _containers(serialized):
+    yield serialized
+    for entry in serialized["config"]["layers"]:
+        if entry["class_name"] in ("Functional", "Sequential") and (
+                "layers" in entry.get("config", {})):
+            yield from _containers(entry)
+
+
+def _first_tensor(call):
+    for argument in call.get("args", []):
+        for item in (argument if isinstance(argument, list) else [argument]):
+            if isinstance(item, dict) and item.get("class_name") == (
+                    "__keras_tensor__"):
+                return item
+    raise ValueError("shrink() found a block called without a tensor.")
+
+
+def _reroute(config, name, history):
+    """Every reference to a tensor of layer `name` in `config` now points
+    at `history` (a keras_history triple)."""
+    if isinstance(config, dict):
+        if config.get("class_name") == "__keras_tensor__" and (
+                config["config"]["keras_history"][0] == name):
+            config["config"]["keras_history"] = list(history)
+        for key, value in config.items():
+            if key in ("input_layers", "output_layers"):
+                config[key] = _reroute_keys(value, name, history)
+            else:
+                _reroute(value, name, history)
+    elif isinstance(config, list):
+        for item in config:
+            _reroute(item, name, history)
+
+
+def _reroute_keys(keys, name, history):
+    if isinstance(keys, dict):
+        return {k: _reroute_keys(v, name, history) for k, v in keys.items()}
+    if (isinstance(keys, (list, tuple)) and len(keys) == 3
+            and isinstance(keys[0], str)):
+        return list(history) if keys[0] == name else keys
+    return [_reroute_keys(k, name, history) for k in keys]
 
 
 def _scrub(config):
@@ -159,14 +290,29 @@ def shrink(model, unknown_layers="raise"):
     """
     if unknown_layers not in UNKNOWN_LAYERS:
         raise checks.invalid("unknown_layers",
-                                  f"one of {list(UNKNOWN_LAYERS)}",
-                                  unknown_layers)
+                             f"one of {list(UNKNOWN_LAYERS)}",
+                             unknown_layers)
     analysis = analyze(model)
-    groups = build_groups(analysis)
+    groups = build_groups(analysis, blocks=True)
     dead = dead_units(analysis, groups, unknown_layers)
     graph = analysis.graph
-    source = model if (graph.view is model
-                       or isinstance(model, keras.Sequential)) else graph.view
+    by_class = not (graph.view is model or isinstance(model, keras.Sequential))
+    dead, kept = pad_to_shared(analysis, dead, by_layer=not by_class)
+    if kept:
+        warnings.warn(
+            f"shrink() kept {kept} zero units so that the layers that share "
+            f"a width in {type(model).__name__} keep one width (the widest "
+            "of them); prune every block alike (keras_lk.prune_units) to "
+            "lose them all.", stacklevel=2)
+    gone = dead_blocks(analysis, dead)
+    dropped = {id(v) for block in gone for v in block.weights}
+    removals = _removals(analysis, dead)
+    if by_class:
+        smaller = _rebuilt_class(model, analysis, dead, gone)
+        _copy_in_order(model.weights, smaller.weights, removals, dropped,
+                       type(model).__name__)
+        return smaller
+    source = model
     serialized = keras.saving.serialize_keras_object(source)
     serialized = _edited(serialized, analysis, dead)
     try:
@@ -175,22 +321,97 @@ def shrink(model, unknown_layers="raise"):
         raise ValueError(
             "shrink() could not rebuild the model from its config with "
             f"fewer units: {error}") from error
-    _copy_weights(source, smaller, _removals(analysis, dead))
+    _copy_weights(source, smaller, removals, dropped)
     return smaller
 
 
-def _copy_weights(source, smaller, removals):
+def _rebuilt_class(model, analysis, dead, gone):
+    """A new instance of `model`'s class (a keras_hub backbone, or any
+    Functional subclass whose config is its constructor arguments) with
+    the widths that are left."""
+    cls = type(model).__name__
+    config = model.get_config()
+    gone_ids = {id(b) for b in gone}
+    for edit in analysis.spaces.edits:
+        if edit.block is not None and id(edit.block) in gone_ids:
+            continue
+        count = analysis.live(edit.channels, dead)
+        if count == len(edit.channels):
+            continue
+        if edit.kind != "counts":
+            raise ValueError(
+                f"shrink() rebuilds a {cls} from its constructor arguments, "
+                f"which cannot say that layer '{edit.layer}' has {count} "
+                f"units instead of {len(edit.channels)}.")
+        missing = [k for k in list(edit.key) + list(edit.also)
+                   if k not in config]
+        if missing:
+            raise ValueError(
+                f"shrink() rebuilds a {cls} from its constructor arguments, "
+                f"and they have no {missing} to set for layer "
+                f"'{edit.layer}' ({count} of {len(edit.channels)} units "
+                "left).")
+        _value(edit, count, config)
+    if gone:
+        if "num_layers" not in config:
+            raise ValueError(
+                f"shrink() would remove {len(gone)} blocks of a {cls}, but "
+                "its constructor arguments have no num_layers.")
+        config["num_layers"] -= len(gone)
+    try:
+        return type(model).from_config(config)
+    except (TypeError, ValueError) as error:
+        raise ValueError(
+            f"shrink() could not build a {cls} with the widths left "
+            f"({_summary(config, model.get_config())}): {error}") from error
+
+
+def _summary(config, before):
+    return ", ".join(f"{k}={config[k]}" for k in config
+                     if before.get(k) != config[k]) or "nothing changed"
+
+
+def _pruned(old, removals):
+    value = np.asarray(old.numpy())
+    for axis, rows in removals.get(id(old), (None, {}))[1].items():
+        value = np.delete(value, sorted(rows), axis=axis)
+    return value
+
+
+def _copy_in_order(old_weights, new_weights, removals, dropped, what):
+    """Copies the variables of a model rebuilt from its class, in the order
+    both create them, those of the dead blocks left out."""
+    kept = [v for v in old_weights if id(v) not in dropped]
+    if len(kept) != len(new_weights):
+        raise ValueError(
+            f"shrink() rebuilt the {what} with {len(new_weights)} variables, "
+            f"but {len(kept)} are left after removing the zero units.")
+    for old, variable in zip(kept, new_weights):
+        value = _pruned(old, removals)
+        if tuple(value.shape) != tuple(variable.shape):
+            raise ValueError(
+                f"shrink() could not rebuild the {what}: variable "
+                f"'{old.path}' has shape {tuple(variable.shape)} in the new "
+                f"model but {tuple(value.shape)} after removing the zero "
+                "units.")
+        variable.assign(value)
+
+
+def _copy_weights(source, smaller, removals, dropped):
+    names = {layer.name for layer in smaller.layers}
     for layer in source.layers:
+        if layer.name not in names:
+            if all(id(v) in dropped for v in layer.weights):
+                continue  # a block that went whole
+            raise ValueError(f"shrink() lost layer '{layer.name}'.")
         new = smaller.get_layer(layer.name)
-        if len(layer.weights) != len(new.weights):
+        olds = [v for v in layer.weights if id(v) not in dropped]
+        if len(olds) != len(new.weights):
             raise ValueError(
                 f"shrink() rebuilt layer '{layer.name}' with "
-                f"{len(new.weights)} variables instead of "
-                f"{len(layer.weights)}.")
-        for old, variable in zip(layer.weights, new.weights):
-            value = np.asarray(old.numpy())
-            for axis, rows in removals.get(id(old), (None, {}))[1].items():
-                value = np.delete(value, sorted(rows), axis=axis)
+                f"{len(new.weights)} variables instead of {len(olds)}.")
+        for old, variable in zip(olds, new.weights):
+            value = _pruned(old, removals)
             if tuple(value.shape) != tuple(variable.shape):
                 raise ValueError(
                     f"shrink() could not rebuild layer '{layer.name}' "
