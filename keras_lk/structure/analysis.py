@@ -138,8 +138,9 @@ def _fresh(analysis, graph, scope, key, maker, reason, kind=EXACT):
 
 
 def _is_graph_model(node):
-    return (isinstance(node.operation, keras.Model) and node.calls == 1
-            and node.class_name in ("Functional", "Sequential"))
+    """A model called as a layer: Functional, Sequential, or a Functional
+    subclass (a keras_hub backbone inside its task)."""
+    return isinstance(node.operation, keras.Model) and node.calls == 1
 
 
 def _walk(analysis, graph, scope):
@@ -198,7 +199,11 @@ def _nested(analysis, node, inputs):
     """A Functional or Sequential model called as a layer: its graph is
     walked in place, its inputs bound to the caller's channels. Returns the
     channels of each of its outputs."""
-    inner = read(node.operation)
+    try:
+        inner = read(node.operation)
+    except ValueError:  # a subclassed model: no graph
+        rules.unknown(analysis.spaces, node, inputs, None)
+        return None
     if len(inner.inputs) != len(inputs):
         rules.unknown(analysis.spaces, node, inputs, None,
                       "a nested model called with its inputs nested")

@@ -110,6 +110,10 @@ def _flatten(value):
     """The tensors and the constants of one argument, in order."""
     if _is_tensor(value):
         return [value], []
+    if isinstance(value, dict) and any(_is_tensor(v) for v in value.values()):
+        # A dict argument (a keras_hub backbone's inputs): its tensors in
+        # sorted key order, as `keras.tree.flatten` orders them.
+        return _flatten([value[key] for key in sorted(value)])
     if isinstance(value, (list, tuple)) and any(
             _is_tensor(item) for item in value):
         tensors, constants = [], []
