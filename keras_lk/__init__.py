@@ -24,7 +24,7 @@ from keras_lk.penalties.prox import group_prox, prox  # noqa: E402
 from keras_lk.penalties.regularizers import LkRegularizer  # noqa: E402
 from keras_lk.sparsity import SparsityTarget, sparsity  # noqa: E402
 from keras_lk.structure import (  # noqa: E402
-    UnitGroup, macs, prune_units, shrink, unit_groups)
+    LayerUnits, UnitGroup, macs, prune_units, shrink, unit_groups, unit_rule)
 
 _moved.install()
 
@@ -37,6 +37,7 @@ __all__ = [
     "SparsityTarget",
     "ZeroCounts",
     "GroupLkRegularizer",
+    "LayerUnits",
     "LkRegularizer",
     "ProximalOptimizer",
     "UnitGroup",
@@ -52,4 +53,5 @@ __all__ = [
     "sparsity",
     "strip",
     "unit_groups",
+    "unit_rule",
 ]

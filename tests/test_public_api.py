@@ -11,6 +11,7 @@ def test_public_names_are_pinned():
         "GroupLkRegularizer",
         "LkRegularizer",
         "ProximalOptimizer",
+        "LayerUnits",
         "UnitGroup",
         "attach",
         "detach",
@@ -24,6 +25,7 @@ def test_public_names_are_pinned():
         "sparsity",
         "strip",
         "unit_groups",
+        "unit_rule",
     ])
     for name in keras_lk.__all__:
         assert getattr(keras_lk, name).__doc__, name
@@ -51,6 +53,8 @@ OLD_PATHS = {
     "keras_lk.structure.groups": ["UnitGroup", "unit_groups"],
     "keras_lk.structure.prune": ["prune_units"],
     "keras_lk.structure.surgery": ["shrink"],
+    # New since the split: their one home.
+    "keras_lk.structure.describe": ["LayerUnits", "unit_rule"],
 }
 
 

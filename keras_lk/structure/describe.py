@@ -53,7 +53,7 @@ def unit_rule(layer_class):
         ...         self.up = keras.layers.Dense(self.hidden, "relu")
         ...         self.up.build(shape)
         ...         self.down = keras.layers.Dense(shape[-1])
-        ...         self.down.build(shape[:-1] + (self.hidden,))
+        ...         self.down.build(tuple(shape[:-1]) + (self.hidden,))
         ...     def call(self, x):
         ...         return x + self.down(self.up(x))
         ...     def get_config(self):

@@ -206,7 +206,7 @@ def _reroute(config, name, history):
                 config[key] = _reroute_keys(value, name, history)
             else:
                 _reroute(value, name, history)
-    elif isinstance(config, list):
+    elif isinstance(config, (list, tuple)):
         for item in config:
             _reroute(item, name, history)
 
@@ -292,27 +292,24 @@ def shrink(model, unknown_layers="raise"):
         raise checks.invalid("unknown_layers",
                              f"one of {list(UNKNOWN_LAYERS)}",
                              unknown_layers)
+    if _is_task(model):
+        return _shrunk_task(model, unknown_layers)
     analysis = analyze(model)
     groups = build_groups(analysis, blocks=True)
     dead = dead_units(analysis, groups, unknown_layers)
     graph = analysis.graph
     by_class = not (graph.view is model or isinstance(model, keras.Sequential))
-    dead, kept = pad_to_shared(analysis, dead, by_layer=not by_class)
-    if kept:
-        warnings.warn(
-            f"shrink() kept {kept} zero units so that the layers that share "
-            f"a width in {type(model).__name__} keep one width (the widest "
-            "of them); prune every block alike (keras_lk.prune_units) to "
-            "lose them all.", stacklevel=2)
+    if by_class:
+        padded, kept = pad_to_shared(analysis, dead, by_layer=False)
+        config = model.get_config()
+        if _class_says(analysis, padded, config) is None:
+            return _shrunk_class(model, analysis, padded, kept, config)
+    dead, kept = pad_to_shared(analysis, dead, by_layer=True)
+    _warn_kept(kept, type(model).__name__)
     gone = dead_blocks(analysis, dead)
     dropped = {id(v) for block in gone for v in block.weights}
     removals = _removals(analysis, dead)
-    if by_class:
-        smaller = _rebuilt_class(model, analysis, dead, gone)
-        _copy_in_order(model.weights, smaller.weights, removals, dropped,
-                       type(model).__name__)
-        return smaller
-    source = model
+    source = model if not by_class else graph.view
     serialized = keras.saving.serialize_keras_object(source)
     serialized = _edited(serialized, analysis, dead)
     try:
@@ -325,13 +322,55 @@ def shrink(model, unknown_layers="raise"):
     return smaller
 
 
-def _rebuilt_class(model, analysis, dead, gone):
-    """A new instance of `model`'s class (a keras_hub backbone, or any
-    Functional subclass whose config is its constructor arguments) with
-    the widths that are left."""
-    cls = type(model).__name__
+def _is_task(model):
+    """A keras_hub Task (a CausalLM, a classifier): a model with a
+    `backbone` model inside and constructor arguments for a config."""
+    backbone = getattr(type(model), "backbone", None)
+    return (isinstance(backbone, property)
+            and isinstance(getattr(model, "backbone", None), keras.Model)
+            and model.backbone is not model)
+
+
+def _shrunk_task(model, unknown_layers):
+    """The task rebuilt around its shrunk backbone; its own weights (a
+    classifier's head) are copied as they are."""
+    backbone = model.backbone
+    small = shrink(backbone, unknown_layers)
+    if not isinstance(small, type(backbone)):
+        raise ValueError(
+            f"shrink() could not keep the {type(backbone).__name__} of this "
+            f"{type(model).__name__} of its class; shrink model.backbone "
+            "for a Functional model.")
     config = model.get_config()
-    gone_ids = {id(b) for b in gone}
+    config["backbone"] = small
+    try:
+        smaller = type(model).from_config(config)
+    except (TypeError, ValueError) as error:
+        raise ValueError(
+            f"shrink() could not rebuild the {type(model).__name__} around "
+            f"its shrunk backbone: {error}") from error
+    inside = {id(v) for v in backbone.weights}
+    inside_new = {id(v) for v in small.weights}
+    _copy_in_order([v for v in model.weights if id(v) not in inside],
+                   [v for v in smaller.weights if id(v) not in inside_new],
+                   {}, set(), type(model).__name__)
+    return smaller
+
+
+def _warn_kept(kept, what):
+    if kept:
+        warnings.warn(
+            f"shrink() kept {kept} zero units so that the layers that share "
+            f"a width in {what} keep one width (the widest of them); prune "
+            "every block alike (keras_lk.prune_units, allocation="
+            "\"uniform\") to lose them all.", stacklevel=3)
+
+
+def _class_says(analysis, dead, config):
+    """None when the constructor arguments `config` of a Functional
+    subclass can say every width that is left (keras_hub's backbones:
+    `intermediate_dim`, the head counts, `num_layers`), else why not."""
+    gone_ids = {id(b) for b in dead_blocks(analysis, dead)}
     for edit in analysis.spaces.edits:
         if edit.block is not None and id(edit.block) in gone_ids:
             continue
@@ -339,31 +378,49 @@ def _rebuilt_class(model, analysis, dead, gone):
         if count == len(edit.channels):
             continue
         if edit.kind != "counts":
-            raise ValueError(
-                f"shrink() rebuilds a {cls} from its constructor arguments, "
-                f"which cannot say that layer '{edit.layer}' has {count} "
-                f"units instead of {len(edit.channels)}.")
+            return f"layer '{edit.layer}' ({edit.kind} {edit.key})"
         missing = [k for k in list(edit.key) + list(edit.also)
                    if k not in config]
         if missing:
-            raise ValueError(
-                f"shrink() rebuilds a {cls} from its constructor arguments, "
-                f"and they have no {missing} to set for layer "
-                f"'{edit.layer}' ({count} of {len(edit.channels)} units "
-                "left).")
-        _value(edit, count, config)
+            return f"{missing} of layer '{edit.layer}'"
+    if gone_ids and "num_layers" not in config:
+        return "num_layers"
+    return None
+
+
+def _shrunk_class(model, analysis, dead, kept, config):
+    """`model` rebuilt as its own class with the widths left, its weights
+    copied without the zero units."""
+    _warn_kept(kept, type(model).__name__)
+    gone = dead_blocks(analysis, dead)
+    dropped = {id(v) for block in gone for v in block.weights}
+    smaller = _rebuilt_class(model, analysis, dead, gone, config)
+    _copy_in_order(model.weights, smaller.weights,
+                   _removals(analysis, dead), dropped, type(model).__name__)
+    return smaller
+
+
+def _rebuilt_class(model, analysis, dead, gone, config):
+    """A new instance of `model`'s class (a keras_hub backbone, or any
+    Functional subclass whose config is its constructor arguments) with
+    the widths that are left."""
+    cls = type(model).__name__
+    before = dict(config)
+    gone_ids = {id(b) for b in gone}
+    for edit in analysis.spaces.edits:
+        if edit.block is not None and id(edit.block) in gone_ids:
+            continue
+        count = analysis.live(edit.channels, dead)
+        if count != len(edit.channels):
+            _value(edit, count, config)
     if gone:
-        if "num_layers" not in config:
-            raise ValueError(
-                f"shrink() would remove {len(gone)} blocks of a {cls}, but "
-                "its constructor arguments have no num_layers.")
         config["num_layers"] -= len(gone)
     try:
         return type(model).from_config(config)
     except (TypeError, ValueError) as error:
         raise ValueError(
             f"shrink() could not build a {cls} with the widths left "
-            f"({_summary(config, model.get_config())}): {error}") from error
+            f"({_summary(config, before)}): {error}") from error
 
 
 def _summary(config, before):
