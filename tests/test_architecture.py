@@ -166,6 +166,8 @@ REGISTRIES = {
     ("keras_lk.monitoring.recording", "_RECORDINGS"),
     ("keras_lk.penalties.optimizer", "_state_builders"),
     ("keras_lk.sparsity.target", "_warned_flops"),
+    ("keras_lk.structure.describe", "_BY_CLASS"),
+    ("keras_lk.structure.describe", "BY_NAME"),
 }
 FRAME_WALK = "keras_lk.core.handled"
 

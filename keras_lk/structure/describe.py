@@ -14,10 +14,13 @@ import numpy as np
 
 from keras_lk.core import checks
 
-# Rules registered by users: layer class -> rule.
+# Rules registered by users: layer class -> rule. This registry exists
+# because a rule is written once, where the layer is defined, and every
+# analysis of every model then finds it.
 _BY_CLASS = {}
-# Rules keras_lk ships for layers it does not import (keras_hub's): (module,
-# class name) -> rule. Filled by `hub.py`.
+# Rules keras_lk ships for layers it does not import (keras_hub's): (top
+# package, class name) -> rule. It exists so that keras_hub is never
+# imported to know its classes; `hub.py` fills it when imported.
 BY_NAME = {}
 
 
