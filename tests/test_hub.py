@@ -91,7 +91,13 @@ def greedy(lm_class, model):
     return keras.ops.convert_to_numpy(out["token_ids"])
 
 
-@pytest.mark.parametrize("name", sorted(FAMILIES))
+# One fast family per rule; the others run with the slow tests.
+FAST = {"bert", "llama", "mistral", "gemma", "gpt_neox", "vit"}
+
+
+@pytest.mark.parametrize("name", [
+    name if name in FAST else pytest.param(name, marks=pytest.mark.slow)
+    for name in sorted(FAMILIES)])
 def test_a_keras_hub_backbone_loses_half_its_units_and_keeps_its_class(
         name, tmp_path):
     _, _, lm_class, heads_go = FAMILIES[name]
@@ -306,3 +312,41 @@ def test_a_custom_block_made_removable_with_unit_rule(tmp_path):
     path = os.path.join(tmp_path, "custom.keras")
     small.save(path)
     assert gap(model(x), keras.saving.load_model(path)(x)) < 1e-5
+
+
+def test_a_causal_lm_trains_toward_half_its_units_watched_per_block(
+        tmp_path):
+    """attach(structure="units"), SparsityTarget and LkMonitor(units=True)
+    on a keras_hub CausalLM: the heads and feed-forward units of each block
+    reach the target, the cards show them and the blocks per block, and
+    strip(shrink=True) gives a CausalLM of the same class."""
+    import events
+    model = backbone("mistral")
+    lm = keras_hub.models.MistralCausalLM(backbone=model, preprocessor=None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        keras_lk.attach(lm, keras_lk.LkRegularizer(0, 1e-3, proximal=True),
+                        structure="units")
+    lm.compile(keras_lk.ProximalOptimizer(keras.optimizers.Adam(1e-3)),
+               keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    tokens = np.random.default_rng(0).integers(0, 50, (64, 9)).astype(
+        "int32")
+    x = {"token_ids": tokens[:, :-1], "padding_mask": np.ones((64, 8),
+                                                              "int32")}
+    lm.fit(x, tokens[:, 1:], epochs=3, batch_size=16, verbose=0, callbacks=[
+        keras_lk.SparsityTarget(0.5, structure="units", log_dir=tmp_path),
+        keras_lk.LkMonitor(tmp_path, units=True)])
+    live = {g.name: g.live() for g in keras_lk.unit_groups(lm)
+            if g.removable}
+    assert live["mistral_backbone/transformer_layer_0/ffn"] == 32
+    assert live["mistral_backbone/transformer_layer_1/heads"] == 1
+    seen = events.tags(events.read(tmp_path), "train")
+    for tag in ("live_units/mistral_backbone/transformer_layer_0/ffn",
+                "live_units/mistral_backbone/transformer_layer_1/heads",
+                "live_units/blocks", "live_macs_fraction/(all layers)"):
+        assert tag in seen, tag
+    small = keras_lk.strip(lm, shrink=True)
+    assert isinstance(small, keras_hub.models.MistralCausalLM)
+    assert small.backbone.get_config()["intermediate_dim"] == 32
+    x8 = {k: v[:2] for k, v in x.items()}
+    assert gap(lm(x8), small(x8)) < 1e-5

@@ -36,6 +36,7 @@ class Analysis:
     nodes: list
     blocks: list = dataclasses.field(default_factory=list)
     block_space: object = None
+    called: dict = dataclasses.field(default_factory=dict)
 
     def roots(self):
         """Every space that is its own root, in the order made."""
@@ -164,6 +165,14 @@ def _walk(analysis, graph, scope):
         in_shape = graph.shapes.get(node.inputs[0]) if node.inputs else None
         rule = rule_of(node)
         out = None
+        owner = id(node.operation) if node.operation is not None else None
+        again = owner in analysis.called and analysis.called[owner] != scope
+        if owner is not None and node.calls:
+            analysis.called.setdefault(owner, scope)
+        if again:  # the same layer in a nested model and outside it
+            for m in inputs + extra:
+                spaces.keep(m, f"'{node.name}' is also called in another "
+                               "model (a shared layer)")
         if node.calls > 1:
             for m in inputs + extra:
                 spaces.keep(m, f"'{node.name}' is called more than once "

@@ -131,6 +131,10 @@ def _graph_config(view):
     with Keras's base config (name, dtype, trainable) for this one call:
     the graph needs its calls, and the rules read such layers' attributes.
     """
+    try:
+        return view.get_config()
+    except (AttributeError, TypeError, KeyError, NotImplementedError):
+        pass
     broken = []
     for layer in view.layers:
         try:

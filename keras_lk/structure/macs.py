@@ -5,6 +5,7 @@ import math
 
 import numpy as np
 
+from keras_lk.structure import describe
 from keras_lk.structure.analysis import analyze
 from keras_lk.structure.groups import build_groups
 from keras_lk.structure.surgery import dead_units
@@ -59,7 +60,38 @@ def node_macs(analysis, node, dead):
         return _attention_macs(analysis, node, ins, out, dead)
     if name in ("Functional", "Sequential"):
         return 0  # its layers are counted as calls of their own
+    if describe.rule_for(layer) is not None:
+        return _described_macs(analysis, node, out_shape, dead)
     return 0
+
+
+def _described_macs(analysis, node, out_shape, dead):
+    """A layer described with `unit_rule` (keras_hub's blocks): per
+    position, the product of the live sizes of each of its kernels (the
+    variables named `kernel`); the kernels of dead blocks count zero."""
+    gone = set()
+    if analysis.block_space is not None:
+        for unit in dead.get(analysis.block_space, ()):
+            gone.update(id(v) for v in analysis.blocks[unit].weights)
+    lost = {}
+    for piece in analysis.spaces.slices:
+        if piece.layer != node.name or not piece.counted:
+            continue
+        root = analysis.spaces.root(piece.space)
+        units = dead.get(root)
+        if not units or root == analysis.block_space:
+            continue
+        rows = piece.indices[np.isin(piece.units, list(units))].ravel()
+        lost.setdefault((id(piece.variable), piece.axis), set()).update(
+            rows.tolist())
+    total = 0
+    for variable in node.operation.weights:
+        if not variable.path.endswith("kernel") or id(variable) in gone:
+            continue
+        sizes = [int(d) - len(lost.get((id(variable), axis), ()))
+                 for axis, d in enumerate(variable.shape)]
+        total += math.prod(sizes)
+    return _positions(out_shape) * total
 
 
 def _attention_macs(analysis, node, ins, out, dead):
@@ -94,7 +126,9 @@ def macs(model, live=False):
 
     Counted for the layers that multiply by weights: Dense, the
     convolutions (depthwise, separable and transposed too), LSTM, GRU,
-    SimpleRNN and MultiHeadAttention (projections and attention). An axis
+    SimpleRNN and MultiHeadAttention (projections and attention), and the
+    kernels of layers described with `unit_rule` (keras_hub's Transformer
+    blocks: their projections, not the attention's products). An axis
     of unknown length (a sequence of `None` steps) counts as one step, and
     layers keras_lk cannot look inside count as zero.
 
@@ -120,7 +154,8 @@ def macs(model, live=False):
     analysis = analyze(model)
     dead = {}
     if live:
-        dead = dead_units(analysis, build_groups(analysis), "keep")
+        dead = dead_units(analysis, build_groups(analysis, blocks=True),
+                          "keep")
     return total_macs(analysis, dead)
 
 

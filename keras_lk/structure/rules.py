@@ -257,7 +257,16 @@ def embedding(spaces, node, layer, maps, shape):
 
 def reversible_embedding(spaces, node, layer, maps, shape):
     """Embedding with its reverse projection (the output head of a
-    language model when untied): one space for both."""
+    language model when untied): one space for both. Called with
+    `reverse=True` (a CausalLM's logits), it reads its input's channels
+    through the embeddings and makes the vocabulary."""
+    if node.options.get("reverse"):
+        x = maps[0]
+        spaces.record(x, node.name, layer.embeddings, 1, _single)
+        reverse = _variable(layer, "reverse_embeddings")
+        if reverse is not None:
+            spaces.record(x, node.name, reverse, 0, _single)
+        return spaces.new(layer.input_dim, node.name)
     out = embedding(spaces, node, layer, maps, shape)
     reverse = _variable(layer, "reverse_embeddings")
     if reverse is not None:

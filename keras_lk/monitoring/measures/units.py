@@ -57,7 +57,7 @@ class UnitMeasure:
         self._analysis = analyze(model)
 
     def start(self, model, recording):
-        self._groups = [g for g in build_groups(self._analysis)
+        self._groups = [g for g in build_groups(self._analysis, blocks=True)
                         if g.removable]
         self._dense = total_macs(self._analysis, {})
 
