@@ -53,7 +53,20 @@ def test_every_block_marked_to_run_is_run():
     marked = {path.relative_to(ROOT).as_posix(): len(runnable_blocks(path))
               for path in USER_PAGES if runnable_blocks(path)}
     assert marked == {"README.md": 2, "docs/getting-started.md": 2,
-                      "docs/guides/shrink.md": 3}
+                      "docs/guides/shrink.md": 3,
+                      "docs/guides/keras-hub.md": 1}
+
+
+def test_the_keras_hub_guide_runs_as_written(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("keras_hub")
+    (block,) = runnable_blocks(ROOT / "docs/guides/keras-hub.md")
+    monkeypatch.chdir(tmp_path)
+    namespace = {}
+    exec(compile(block, "keras-hub.md", "exec"), namespace)
+    printed = capsys.readouterr().out
+    assert "MistralCausalLM 3 128" in printed
+    assert "same tokens: True" in printed
+    assert type(namespace["again"]).__name__ == "MistralBackbone"
 
 
 @pytest.mark.slow

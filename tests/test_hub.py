@@ -350,3 +350,47 @@ def test_a_causal_lm_trains_toward_half_its_units_watched_per_block(
     assert small.backbone.get_config()["intermediate_dim"] == 32
     x8 = {k: v[:2] for k, v in x.items()}
     assert gap(lm(x8), small(x8)) < 1e-5
+
+
+def test_bad_inputs_name_what_was_wrong():
+    with pytest.raises(ValueError, match="layer_class"):
+        keras_lk.unit_rule("Dense")
+    with pytest.raises(ValueError, match="rule"):
+        keras_lk.unit_rule(keras.layers.Dense)(42)
+    model = backbone("llama")
+    with pytest.raises(ValueError, match="allocation"):
+        keras_lk.prune_units(model, 0.5, allocation="per_block")
+    with pytest.raises(ValueError, match="blocks"):
+        keras_lk.prune_units(model, 0.5, blocks=1.0)
+    with pytest.raises(ValueError, match="score"):
+        keras_lk.prune_units(model, 0.5, score="wanda")
+    with pytest.raises(ValueError, match=r"\(x, y\) pairs"):
+        lm = keras_hub.models.LlamaCausalLM(backbone=model,
+                                            preprocessor=None)
+        lm.compile(loss="sparse_categorical_crossentropy")
+        keras_lk.prune_units(lm, 0.5, score="taylor", data=[1, 2, 3])
+
+
+def test_a_global_allocation_ranks_across_blocks_and_still_shrinks():
+    model = backbone("gemma")
+    x = inputs_of(model)
+    removed = keras_lk.prune_units(model, 0.5, score="lamp",
+                                   allocation="global")
+    sizes = {name: len(units) for name, units in removed.items()}
+    total = sum(g.size for g in keras_lk.unit_groups(model)
+                if g.removable and g.kind != "blocks")
+    assert sum(sizes.values()) == total // 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        small = keras_lk.shrink(model)
+    assert type(small) is type(model)
+    assert gap(model(x), small(x)) < 1e-5
+
+
+@pytest.mark.parametrize("name", ["vit", "gpt_neox", "qwen3"])
+def test_with_nothing_removed_shrink_is_a_copy_of_the_same_class(name):
+    model = backbone(name)
+    x = inputs_of(model)
+    small = keras_lk.shrink(model)
+    assert type(small) is type(model) and small is not model
+    assert gap(model(x), small(x)) == 0.0

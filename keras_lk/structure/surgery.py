@@ -272,24 +272,13 @@ def _copy_in_order(old_weights, new_weights, removals, dropped, what):
 
 
 def _copy_weights(source, smaller, removals, dropped):
+    """Copies each layer's variables into the layer of the same name."""
     names = {layer.name for layer in smaller.layers}
     for layer in source.layers:
         if layer.name not in names:
             if all(id(v) in dropped for v in layer.weights):
                 continue  # a block that went whole
             raise ValueError(f"shrink() lost layer '{layer.name}'.")
-        new = smaller.get_layer(layer.name)
-        olds = [v for v in layer.weights if id(v) not in dropped]
-        if len(olds) != len(new.weights):
-            raise ValueError(
-                f"shrink() rebuilt layer '{layer.name}' with "
-                f"{len(new.weights)} variables instead of {len(olds)}.")
-        for old, variable in zip(olds, new.weights):
-            value = _pruned(old, removals)
-            if tuple(value.shape) != tuple(variable.shape):
-                raise ValueError(
-                    f"shrink() could not rebuild layer '{layer.name}' "
-                    f"({type(layer).__name__}): variable '{old.path}' has "
-                    f"shape {tuple(variable.shape)} in the new model but "
-                    f"{tuple(value.shape)} after removing the zero units.")
-            variable.assign(value)
+        _copy_in_order(layer.weights, smaller.get_layer(layer.name).weights,
+                       removals, dropped,
+                       f"layer '{layer.name}' ({type(layer).__name__})")
