@@ -394,3 +394,15 @@ def test_with_nothing_removed_shrink_is_a_copy_of_the_same_class(name):
     small = keras_lk.shrink(model)
     assert type(small) is type(model) and small is not model
     assert gap(model(x), small(x)) == 0.0
+
+
+def test_blocks_built_by_their_index_do_not_go_whole():
+    """Gemma 3 makes every sixth block global: removing the first block
+    would turn the last one local, a different model, so shrink refuses."""
+    keras.utils.set_random_seed(0)
+    model = keras_hub.models.Gemma3Backbone(**dict(
+        FAMILIES["gemma3"][1], num_layers=6,
+        use_sliding_window_attention=True))
+    keras_lk.prune_units(model, 0.0, blocks=0.2)
+    with pytest.raises(ValueError, match="built by their index"):
+        keras_lk.shrink(model)

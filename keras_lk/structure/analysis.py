@@ -106,7 +106,10 @@ def _described(rule):
     def apply(spaces, node, layer, maps, shape):
         units = describe.LayerUnits(spaces, node, layer, maps, shape,
                                     spaces.blocks)
-        return rule(layer, units)
+        first = len(spaces.edits)
+        out = rule(layer, units)
+        units.finish(spaces.edits[first:])
+        return out
     return apply
 
 

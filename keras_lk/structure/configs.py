@@ -85,11 +85,17 @@ def edited(serialized, analysis, dead):
     for edit in analysis.spaces.edits:
         if edit.block is not None and id(edit.block) in gone_ids:
             continue
-        layer = entries[edit.layer]["config"]
         count = analysis.live(edit.channels, dead)
         if count == len(edit.channels):
             continue
-        set_count(edit, count, layer)
+        if edit.layer not in entries:
+            raise ValueError(
+                f"shrink() cannot set the units of '{edit.layer}': it is "
+                "inside a nested model whose config is not a graph (a "
+                "keras_hub backbone inside a Functional model). Shrink that "
+                f"model on its own. Received: {count} of "
+                f"{len(edit.channels)} units left")
+        set_count(edit, count, entries[edit.layer]["config"])
     for block in gone:
         if block.config is not None:
             entries[block.layer]["config"][block.config] -= 1

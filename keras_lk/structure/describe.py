@@ -154,7 +154,7 @@ class LayerUnits:
                 layer would otherwise derive from the others).
             block: The `block(...)` these units belong to: when the block
                 goes whole, its units go with it. Defaults to the layer's
-                one block, when it declared one.
+                one block, when it declares exactly one (before or after).
 
         Returns:
             The channels of the new units.
@@ -169,7 +169,7 @@ class LayerUnits:
             counts = {config: 1} if isinstance(config, str) else dict(config)
             self._spaces.edit(self.name, counts, channels, kind="counts")
             self._spaces.edits[-1].also = dict(also or {})
-            self._spaces.edits[-1].block = block or self._default_block()
+            self._spaces.edits[-1].block = block
         return channels
 
     def slice(self, channels, variable, axis, width=1):
@@ -208,8 +208,13 @@ class LayerUnits:
         self._mine.append(found)
         return found
 
-    def _default_block(self):
-        return self._mine[0] if len(self._mine) == 1 else None
+    def finish(self, edits):
+        """After the rule: units that named no block belong to the
+        layer's one block, when it declared exactly one."""
+        if len(self._mine) == 1:
+            for edit in edits:
+                if edit.block is None:
+                    edit.block = self._mine[0]
 
     def variable(self, suffix):
         """The layer's variable whose path ends with `suffix` (after a

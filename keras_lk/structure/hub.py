@@ -292,16 +292,12 @@ def vit_encoder(layer, units):
 
 @_register("PositionEmbedding")
 def position_embedding(layer, units):
-    """A learned position embedding: its width is its input's."""
+    """A learned position embedding: its width is its input's, so its
+    channels are its input's."""
     x = units.inputs[0]
-    out = units.new(x_size(units), "positions", config={})
     for variable in layer.weights:
-        units.slice(out, variable, len(variable.shape) - 1)
-    return out
-
-
-def x_size(units):
-    return len(units.inputs[0])
+        units.slice(x, variable, len(variable.shape) - 1)
+    return x
 
 
 @_register("TokenAndPositionEmbedding")

@@ -142,7 +142,8 @@ def prune_units(model, fraction, score="l2", round_to=None, data=None,
             f"{block_group.reason}")
     if blocks:
         keep = kept_count(block_group.size, blocks)
-        order = np.argsort(_block_scores(context, block_group, data),
+        order = np.argsort(_block_scores(context, block_group, data,
+                                         scorer.data == "pairs"),
                            kind="stable")
         chosen[block_group.name] = (block_group, tuple(sorted(
             int(u) for u in order[: block_group.size - keep])))
@@ -159,10 +160,10 @@ def _fraction(name, value):
     return value
 
 
-def _block_scores(context, group, data):
+def _block_scores(context, group, data, pairs):
     if data is None:
         return group.norms(2)
-    return scores.block_influence(context, context.analysis.blocks)
+    return scores.block_influence(context, context.analysis.blocks, pairs)
 
 
 def _allocate(groups, ranked, fraction, round_to, allocation):

@@ -75,12 +75,19 @@ class Taylor(Score):
         loss = _compiled_loss(model)
         variables = _variables(context.analysis, groups)
         totals = {id(v): np.zeros(v.shape, np.float64) for v in variables}
+        frozen = [v.path for v in variables if not v.trainable]
+        if frozen:
+            raise ValueError(
+                "score='taylor' needs the gradient of every weight it "
+                "scores; these are not trainable: "
+                f"{frozen[:3]}. Received: {len(frozen)} frozen weights")
         for x, y in context.pairs():
             grads = backend.current().model_gradients(
                 model, loss, x, y, variables)
+            size = len(keras.tree.flatten(y)[0])  # a mean over the chunk
             for variable, grad in zip(variables, grads):
                 if grad is not None:
-                    totals[id(variable)] += np.asarray(
+                    totals[id(variable)] += size * np.asarray(
                         keras.ops.convert_to_numpy(grad), np.float64)
         products = {key: totals[key] * np.asarray(v.numpy(), np.float64)
                     for key, v in ((id(v), v) for v in variables)}
@@ -228,64 +235,88 @@ def _consumer(context, variable, axis):
     return None, None
 
 
+def _replace_call(layer, make):
+    """Sets `layer.call` on the instance to `make(original call)`;
+    returns what to restore."""
+    before = vars(layer).get("call")
+    layer.call = make(layer.call)
+    return layer, before
+
+
+def _restore_calls(saved):
+    for layer, before in reversed(saved):
+        if before is None:
+            vars(layer).pop("call", None)
+        else:
+            layer.call = before
+
+
 class _watching:
     """Lets each reader see its layer's first input on every call, for the
-    duration of a `with` block."""
+    duration of a `with` block (each layer's own `call` restored after,
+    error or not)."""
 
     def __init__(self, readers):
         self.readers = list(readers)
+        self.saved = []
 
     def __enter__(self):
         for reader in self.readers:
             reader.axis = next(iter(reader.axes.values()))
-            original = reader.layer.call
 
-            def call(*args, _reader=reader, _original=original, **kwargs):
-                _reader.read(args[0])
-                return _original(*args, **kwargs)
-            reader.layer.call = call
+            def make(original, _reader=reader):
+                def call(*args, **kwargs):
+                    _reader.read(args[0])
+                    return original(*args, **kwargs)
+                return call
+            self.saved.append(_replace_call(reader.layer, make))
         return self
 
     def __exit__(self, *error):
-        for reader in self.readers:
-            del reader.layer.call
+        _restore_calls(self.saved)
         return False
 
 
-def block_influence(context, blocks):
-    """Per block, the mean over tokens of 1 - cos(its input, its output)."""
+def block_influence(context, blocks, pairs=False):
+    """Per block, the mean over tokens of 1 - cos(its input, its output).
+    `pairs`: the data is `(x, y)` batches (a Taylor score's)."""
     layers = [context.owner_of_block(block) for block in blocks]
     sums = [[0.0, 0] for _ in blocks]
-    watched = []
     for index, layer in enumerate(layers):
-        if layer is None:
+        if layer is None or layers.index(layer) != index:
             raise ValueError(
                 f"The influence of block {index} ('{blocks[index].layer}') "
-                "needs the layer that holds it alone; rank blocks without "
-                "data instead.")
-        watched.append((layer, layer.call, index))
+                "needs a layer that holds that block alone. Received: "
+                f"{'no such layer' if layer is None else 'a shared one'}; "
+                "rank blocks without data instead.")
 
-    def wrap(layer, original, index):
-        def call(*args, **kwargs):
-            out = original(*args, **kwargs)
-            first = out[0] if isinstance(out, (tuple, list)) else out
-            a = np.asarray(keras.ops.convert_to_numpy(args[0]), np.float64)
-            b = np.asarray(keras.ops.convert_to_numpy(first), np.float64)
-            a, b = a.reshape(-1, a.shape[-1]), b.reshape(-1, b.shape[-1])
-            cos = np.sum(a * b, 1) / np.maximum(
-                np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
-            sums[index][0] += float(np.sum(1.0 - cos))
-            sums[index][1] += len(cos)
-            return out
-        return call
-    for layer, original, index in watched:
-        layer.call = wrap(layer, original, index)
+    def wrap(index):
+        def make(original):
+            def call(*args, **kwargs):
+                out = original(*args, **kwargs)
+                first = out[0] if isinstance(out, (tuple, list)) else out
+                a = np.asarray(keras.ops.convert_to_numpy(args[0]),
+                               np.float64)
+                b = np.asarray(keras.ops.convert_to_numpy(first), np.float64)
+                a, b = a.reshape(-1, a.shape[-1]), b.reshape(-1, b.shape[-1])
+                cos = np.sum(a * b, 1) / np.maximum(
+                    np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1),
+                    1e-12)
+                sums[index][0] += float(np.sum(1.0 - cos))
+                sums[index][1] += len(cos)
+                return out
+            return call
+        return make
+    saved = []
     try:
-        for x in context.inputs():
+        for index, layer in enumerate(layers):
+            saved.append(_replace_call(layer, wrap(index)))
+        batches = ((x for x, _ in context.pairs()) if pairs
+                   else context.inputs())
+        for x in batches:
             context.model(x, training=False)
     finally:
-        for layer, _, _ in watched:
-            del layer.call
+        _restore_calls(saved)
     return np.array([total / max(count, 1) for total, count in sums])
 
 

@@ -87,9 +87,12 @@ def shrink(model, unknown_layers="raise"):
             naming it. "keep": such units stay, the rest shrinks.
 
     Returns:
-        The new `keras.Model`: Sequential for a Sequential model,
-        Functional otherwise (a Functional subclass comes back as a plain
-        Functional model with the same layers).
+        The new `keras.Model`: Sequential for a Sequential model; for a
+        Functional subclass built from its constructor arguments (a
+        keras_hub backbone or task), an instance of its class when those
+        arguments can say the widths left (layers that share a width keep
+        the widest, with a warning), else a plain Functional model with
+        the same layers (with a warning); Functional otherwise.
 
     Examples:
 
@@ -119,15 +122,25 @@ def shrink(model, unknown_layers="raise"):
     if by_class:
         padded, kept = configs.pad_to_shared(analysis, dead, by_layer=False)
         config = model.get_config()
-        if _class_says(analysis, padded, config) is None:
+        refused = _class_says(analysis, padded, config)
+        if refused is None:
             return _shrunk_class(model, analysis, padded, kept, config)
+        warnings.warn(
+            f"shrink() returns a Functional model with the layers of this "
+            f"{type(model).__name__}: its constructor arguments cannot say "
+            f"the units left in {refused}.", stacklevel=2)
     dead, kept = configs.pad_to_shared(analysis, dead, by_layer=True)
     _warn_kept(kept, type(model).__name__)
     gone = configs.dead_blocks(analysis, dead)
     dropped = {id(v) for block in gone for v in block.weights}
     removals = _removals(analysis, dead)
     source = model if not by_class else graph.view
-    serialized = keras.saving.serialize_keras_object(source)
+    try:
+        serialized = keras.saving.serialize_keras_object(source)
+    except (AttributeError, TypeError, KeyError, NotImplementedError) as err:
+        raise ValueError(
+            "shrink() could not read the config of a layer of this "
+            f"{type(model).__name__} to rebuild it: {err!r}") from err
     serialized = configs.edited(serialized, analysis, dead)
     try:
         smaller = keras.saving.deserialize_keras_object(serialized)
@@ -200,8 +213,10 @@ def _class_says(analysis, dead, config):
                    if k not in config]
         if missing:
             return f"{missing} of layer '{edit.layer}'"
-    if gone_ids and "num_layers" not in config:
-        return "num_layers"
+    for block in configs.dead_blocks(analysis, dead):
+        if (block.config or "num_layers") not in config:
+            return f"{block.config or 'num_layers'} (a block of " \
+                f"'{block.layer}')"
     return None
 
 
@@ -212,9 +227,36 @@ def _shrunk_class(model, analysis, dead, kept, config):
     gone = configs.dead_blocks(analysis, dead)
     dropped = {id(v) for block in gone for v in block.weights}
     smaller = _rebuilt_class(model, analysis, dead, gone, config)
+    if gone:
+        _same_blocks(model, smaller, dropped, analysis)
     _copy_in_order(model.weights, smaller.weights,
                    _removals(analysis, dead), dropped, type(model).__name__)
     return smaller
+
+
+def _same_blocks(model, smaller, dropped, analysis):
+    """Raises a ValueError when a layer left after a block went is built
+    differently in the rebuilt model (Gemma 2 and 3 choose local or global
+    attention by a block's index): removing a block would shift them."""
+    edited = {k for e in analysis.spaces.edits if e.kind == "counts"
+              for k in list(e.key) + list(e.also)}
+    kept = [layer for layer in model.layers
+            if not (layer.weights and all(id(v) in dropped
+                                          for v in layer.weights))]
+    for old, new in zip(kept, smaller.layers):
+        try:
+            before, after = old.get_config(), new.get_config()
+        except (AttributeError, TypeError, NotImplementedError):
+            continue  # a layer whose config cannot be read
+        differ = sorted(k for k in set(before) | set(after)
+                        if k not in edited and k not in ("name", "num_layers")
+                        and before.get(k) != after.get(k))
+        if differ:
+            raise ValueError(
+                f"shrink() cannot remove whole blocks of this "
+                f"{type(model).__name__}: its blocks are built by their "
+                f"index, and layer '{old.name}' would become a different "
+                f"one ({differ} change). Remove units only (blocks=0).")
 
 
 def _rebuilt_class(model, analysis, dead, gone, config):
@@ -230,8 +272,8 @@ def _rebuilt_class(model, analysis, dead, gone, config):
         count = analysis.live(edit.channels, dead)
         if count != len(edit.channels):
             set_count(edit, count, config)
-    if gone:
-        config["num_layers"] -= len(gone)
+    for block in gone:
+        config[block.config or "num_layers"] -= 1
     try:
         return type(model).from_config(config)
     except (TypeError, ValueError) as error:
