@@ -62,7 +62,8 @@ def gap(a, b):
     """The largest difference of two outputs, over the output's scale."""
     worst = 0.0
     for x, y in zip(keras.tree.flatten(a), keras.tree.flatten(b)):
-        x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+        x = keras.ops.convert_to_numpy(x).astype(np.float64)
+        y = keras.ops.convert_to_numpy(y).astype(np.float64)
         worst = max(worst, float(np.max(np.abs(x - y)) / (
             np.max(np.abs(x)) + 1e-12)))
     return worst
