@@ -74,20 +74,25 @@ def pad_to_shared(analysis, dead, by_layer):
     return dead, kept
 
 
+def changed_edits(analysis, dead):
+    """`(edit, units left)` for every edit whose units change, those of the
+    dead blocks (which go whole) left out."""
+    gone = {id(b) for b in dead_blocks(analysis, dead)}
+    for edit in analysis.spaces.edits:
+        if edit.block is not None and id(edit.block) in gone:
+            continue
+        count = analysis.live(edit.channels, dead)
+        if count != len(edit.channels):
+            yield edit, count
+
+
 def edited(serialized, analysis, dead):
     """The serialized model with every layer's unit counts set to what is
     left, its dead blocks gone, and no build or compile state (the shapes
     change)."""
     _scrub(serialized)
     entries = _entries(serialized, "")
-    gone = dead_blocks(analysis, dead)
-    gone_ids = {id(b) for b in gone}
-    for edit in analysis.spaces.edits:
-        if edit.block is not None and id(edit.block) in gone_ids:
-            continue
-        count = analysis.live(edit.channels, dead)
-        if count == len(edit.channels):
-            continue
+    for edit, count in changed_edits(analysis, dead):
         if edit.layer not in entries:
             raise ValueError(
                 f"shrink() cannot set the units of '{edit.layer}': it is "
@@ -96,7 +101,7 @@ def edited(serialized, analysis, dead):
                 f"model on its own. Received: {count} of "
                 f"{len(edit.channels)} units left")
         set_count(edit, count, entries[edit.layer]["config"])
-    for block in gone:
+    for block in dead_blocks(analysis, dead):
         if block.config is not None:
             entries[block.layer]["config"][block.config] -= 1
         else:

@@ -200,13 +200,7 @@ def _class_says(analysis, dead, config):
     """None when the constructor arguments `config` of a Functional
     subclass can say every width that is left (keras_hub's backbones:
     `intermediate_dim`, the head counts, `num_layers`), else why not."""
-    gone_ids = {id(b) for b in configs.dead_blocks(analysis, dead)}
-    for edit in analysis.spaces.edits:
-        if edit.block is not None and id(edit.block) in gone_ids:
-            continue
-        count = analysis.live(edit.channels, dead)
-        if count == len(edit.channels):
-            continue
+    for edit, count in configs.changed_edits(analysis, dead):
         if edit.kind != "counts":
             return f"layer '{edit.layer}' ({edit.kind} {edit.key})"
         missing = [k for k in list(edit.key) + list(edit.also)
@@ -265,13 +259,8 @@ def _rebuilt_class(model, analysis, dead, gone, config):
     the widths that are left."""
     cls = type(model).__name__
     before = dict(config)
-    gone_ids = {id(b) for b in gone}
-    for edit in analysis.spaces.edits:
-        if edit.block is not None and id(edit.block) in gone_ids:
-            continue
-        count = analysis.live(edit.channels, dead)
-        if count != len(edit.channels):
-            set_count(edit, count, config)
+    for edit, count in configs.changed_edits(analysis, dead):
+        set_count(edit, count, config)
     for block in gone:
         config[block.config or "num_layers"] -= 1
     try:
